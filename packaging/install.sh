@@ -1,0 +1,546 @@
+#!/usr/bin/env bash
+# Install or upgrade Gatehouse on one Linux machine.
+#
+#   curl -fsSL https://…/install.sh | sudo bash -s -- --archive https://…/gatehouse-X.Y.Z-x86_64.tar.gz
+#   sudo packaging/install.sh                 # from a checkout: builds with cargo first
+#   packaging/install.sh --prefix ~/gh --no-systemd --binary target/release/gatehouse
+#
+# Run `install.sh --help` for every option. Re-running upgrades in place: the configuration is
+# never overwritten, the data folder is kept, and a backup is taken with the old binary before
+# the new one replaces it.
+set -euo pipefail
+
+readonly SERVICE_NAME=gatehouse
+readonly SERVICE_USER=gatehouse
+readonly UNIT_PATH=/etc/systemd/system/gatehouse.service
+readonly HEALTH_TRIES=60
+
+usage() {
+    cat <<'EOF'
+Usage: install.sh [OPTIONS]
+
+Installs (or upgrades in place) the Gatehouse binary, a default configuration, the data folder
+and, unless --no-systemd, a hardened systemd service that is enabled and started.
+
+Where the binary comes from (first that applies):
+  --binary PATH     an already built gatehouse binary
+  --archive URL     a release .tar.gz that contains `gatehouse` (https://, file://, anything curl
+                    fetches)
+  (neither)         build the checkout this script sits in with `cargo build --release --locked`;
+                    when the script is piped into bash there is no checkout: pass --archive
+
+Where it goes:
+  (default)         /usr/local/bin/gatehouse, /etc/gatehouse/gatehouse.toml, /var/lib/gatehouse
+                    (owned by the `gatehouse` system user, which is created); needs root
+  --prefix DIR      everything under DIR instead: DIR/bin, DIR/etc/gatehouse,
+                    DIR/var/lib/gatehouse; creates no user; requires --no-systemd
+  --no-systemd      install no service and start nothing; print the command that starts it
+
+Other options:
+  --listen ADDR     the [server] listen address written into a NEW configuration
+                    (default 0.0.0.0:443; 0.0.0.0:8443 with --prefix, which runs unprivileged)
+  --print-unit      print the systemd unit this script installs, and exit
+  -h, --help        this help
+
+The configuration file is only written when absent. On an upgrade the service is stopped, the
+data folder is exported with the OLD binary to
+  <data>/backups/pre-upgrade-<UTC timestamp>.ghbak
+then the binary is replaced atomically and the service started again. Without systemd, a
+server that still holds the data folder must be stopped first: the script refuses otherwise.
+EOF
+}
+
+# The unit installed by this script: identical to packaging/gatehouse.service (a test checks it).
+print_unit() {
+    cat <<'UNIT'
+# Gatehouse: VDI connection broker and gateway. Installed by packaging/install.sh, which keeps
+# an identical copy of this file (a test checks they match): edit both together.
+[Unit]
+Description=Gatehouse VDI connection broker and gateway
+Documentation=https://example.invalid/gatehouse
+Wants=network-online.target
+After=network-online.target
+
+[Service]
+Type=simple
+User=gatehouse
+Group=gatehouse
+ExecStart=/usr/local/bin/gatehouse serve --config /etc/gatehouse/gatehouse.toml
+Restart=on-failure
+RestartSec=2s
+TimeoutStopSec=30s
+LimitNOFILE=65536
+UMask=0077
+
+# Binding to port 443 is the only privilege it needs.
+AmbientCapabilities=CAP_NET_BIND_SERVICE
+CapabilityBoundingSet=CAP_NET_BIND_SERVICE
+NoNewPrivileges=true
+
+# Everything is read-only except the data folder (store, certificates, backups).
+ProtectSystem=strict
+ReadWritePaths=/var/lib/gatehouse
+ProtectHome=true
+PrivateTmp=true
+PrivateDevices=true
+PrivateMounts=true
+ProtectKernelTunables=true
+ProtectKernelModules=true
+ProtectKernelLogs=true
+ProtectControlGroups=true
+ProtectClock=true
+ProtectHostname=true
+ProtectProc=invisible
+ProcSubset=pid
+RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX
+RestrictNamespaces=true
+RestrictRealtime=true
+RestrictSUIDSGID=true
+LockPersonality=true
+MemoryDenyWriteExecute=true
+RemoveIPC=true
+SystemCallArchitectures=native
+SystemCallFilter=@system-service
+SystemCallFilter=~@privileged @resources
+SystemCallErrorNumber=EPERM
+
+[Install]
+WantedBy=multi-user.target
+UNIT
+}
+
+say() { printf 'gatehouse install: %s\n' "$*" >&2; }
+die() {
+    printf 'gatehouse install: error: %s\n' "$*" >&2
+    exit 1
+}
+
+# ---------------------------------------------------------------------------------------------
+# Helpers (they read the globals main sets)
+# ---------------------------------------------------------------------------------------------
+need_value() {
+    [[ $# -ge 2 && -n "$2" ]] || die "$1 needs a value (see --help)"
+}
+
+cleanup() {
+    rm -rf -- "$work"
+    if [[ -n "$staged" ]]; then rm -f -- "$staged"; fi
+}
+
+# Runs a command as the user the server runs as, so files it creates have the right owner.
+as_service_user() {
+    if [[ "$system_wide" -eq 1 && "$(id -u)" -eq 0 ]]; then
+        runuser -u "$SERVICE_USER" -- "$@"
+    else
+        "$@"
+    fi
+}
+
+# Sets `listen` and `data_dir` in the [server] table of a TOML file on stdin: an existing
+# assignment (commented out or not) is replaced in place; a missing one is added to the table.
+set_server_keys() {
+    awk -v listen="$1" -v data="$2" '
+        function emit_missing() {
+            if (!done_listen) print "listen = \"" listen "\""
+            if (!done_data) print "data_dir = \"" data "\""
+            done_listen = 1; done_data = 1
+        }
+        /^[[:space:]]*\[/ {
+            if (in_server) emit_missing()
+            in_server = ($0 ~ /^[[:space:]]*\[[[:space:]]*server[[:space:]]*\][[:space:]]*(#.*)?$/)
+            if (in_server) seen_server = 1
+            print
+            next
+        }
+        in_server && /^[[:space:]]*#?[[:space:]]*listen[[:space:]]*=/ {
+            commented = ($0 ~ /^[[:space:]]*#/)
+            if (!done_listen && (!commented || $0 ~ /=[[:space:]]*"/)) {
+                print "listen = \"" listen "\""; done_listen = 1; next
+            }
+            if (!commented) next
+        }
+        in_server && /^[[:space:]]*#?[[:space:]]*data_dir[[:space:]]*=/ {
+            commented = ($0 ~ /^[[:space:]]*#/)
+            if (!done_data && (!commented || $0 ~ /=[[:space:]]*"/)) {
+                print "data_dir = \"" data "\""; done_data = 1; next
+            }
+            if (!commented) next
+        }
+        { print }
+        END {
+            if (in_server) emit_missing()
+            if (!seen_server) { print ""; print "[server]"; emit_missing() }
+        }
+    '
+}
+
+# Prints "PID COMMAND" for every process with a file open under the data folder.
+data_holders() {
+    local real pid
+    real="$(cd -- "$data_dir" && pwd -P)"
+    { find /proc/[0-9]*/fd -maxdepth 1 -type l -lname "$real/*" 2>/dev/null || true; } |
+        awk -F/ '{print $3}' | sort -un | while read -r pid; do
+        [[ "$pid" == "$$" ]] && continue
+        printf '%s %s\n' "$pid" "$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null || true)"
+    done
+}
+
+# True when the data folder holds anything besides the backups folder.
+has_data() {
+    [[ -n "$(find "$data_dir" -mindepth 1 -maxdepth 1 ! -name backups -print -quit)" ]]
+}
+
+restart_old() {
+    if [[ "$was_active" -eq 1 ]]; then
+        say "starting the previous version again"
+        systemctl start "$SERVICE_NAME" || true
+    fi
+}
+
+# The [server] listen address of the configuration in use (it may have been edited).
+configured_listen() {
+    awk '
+        /^[[:space:]]*\[/ { in_server = ($0 ~ /^[[:space:]]*\[[[:space:]]*server[[:space:]]*\]/); next }
+        in_server && /^[[:space:]]*listen[[:space:]]*=/ {
+            sub(/^[^=]*=[[:space:]]*"/, ""); sub(/".*$/, ""); print; exit
+        }
+    ' "$conf_file"
+}
+
+# A browser address for a listen address: wildcard hosts become this machine's address.
+console_url() {
+    local addr="$1" host port
+    host="${addr%:*}"
+    port="${addr##*:}"
+    case "$host" in
+        0.0.0.0 | "[::]" | "")
+            host="$(hostname -I 2>/dev/null | awk '{print $1}')"
+            host="${host:-$(hostname -f 2>/dev/null || hostname)}"
+            [[ "$host" == *:* ]] && host="[$host]"
+            ;;
+    esac
+    if [[ "$port" == 443 ]]; then
+        printf 'https://%s/admin\n' "$host"
+    else
+        printf 'https://%s:%s/admin\n' "$host" "$port"
+    fi
+}
+
+# The whole flow is one function, so a truncated download (curl … | bash) runs nothing.
+main() {
+    # -----------------------------------------------------------------------------------------
+    # Arguments
+    # -----------------------------------------------------------------------------------------
+    binary=""
+    archive=""
+    prefix=""
+    listen=""
+    use_systemd=1
+
+    while [[ $# -gt 0 ]]; do
+        case "$1" in
+            --binary)
+                need_value "$@"
+                binary="$2"
+                shift 2
+                ;;
+            --binary=*)
+                binary="${1#*=}"
+                shift
+                ;;
+            --archive)
+                need_value "$@"
+                archive="$2"
+                shift 2
+                ;;
+            --archive=*)
+                archive="${1#*=}"
+                shift
+                ;;
+            --prefix)
+                need_value "$@"
+                prefix="$2"
+                shift 2
+                ;;
+            --prefix=*)
+                prefix="${1#*=}"
+                shift
+                ;;
+            --listen)
+                need_value "$@"
+                listen="$2"
+                shift 2
+                ;;
+            --listen=*)
+                listen="${1#*=}"
+                shift
+                ;;
+            --no-systemd)
+                use_systemd=0
+                shift
+                ;;
+            --print-unit)
+                print_unit
+                exit 0
+                ;;
+            -h | --help)
+                usage
+                exit 0
+                ;;
+            *) die "unknown argument '$1' (see --help)" ;;
+        esac
+    done
+
+    # -----------------------------------------------------------------------------------------
+    # The machine
+    # -----------------------------------------------------------------------------------------
+    os="$(uname -s)"
+    [[ "$os" == Linux ]] || die "Gatehouse runs on Linux only (this is $os)"
+
+    case "$(uname -m)" in
+        x86_64 | amd64) ;;
+        aarch64 | arm64) ;;
+        *) die "unsupported CPU architecture $(uname -m): Gatehouse is built for x86_64 and aarch64" ;;
+    esac
+
+    if [[ -n "$prefix" && "$use_systemd" -eq 1 ]]; then
+        die "--prefix installs a private tree that the systemd unit does not point at: add --no-systemd"
+    fi
+
+    if [[ "$use_systemd" -eq 1 ]]; then
+        if ! command -v systemctl >/dev/null 2>&1 || [[ ! -d /run/systemd/system ]]; then
+            die "systemd is not running on this machine: re-run with --no-systemd (and start Gatehouse yourself)"
+        fi
+    fi
+
+    command -v curl >/dev/null 2>&1 || die "curl is required (apt-get install curl)"
+
+    if [[ -z "$prefix" && "$(id -u)" -ne 0 ]]; then
+        die "installing system-wide needs root: run it with sudo (or use --prefix DIR --no-systemd)"
+    fi
+
+    # Paths: absolute, and free of characters that would need escaping inside a TOML string.
+    if [[ -n "$prefix" ]]; then
+        mkdir -p -- "$prefix"
+        prefix="$(cd -- "$prefix" && pwd -P)"
+    fi
+    bin_dir="${prefix:+$prefix/bin}"
+    bin_dir="${bin_dir:-/usr/local/bin}"
+    conf_dir="${prefix}/etc/gatehouse"
+    conf_file="${conf_dir}/gatehouse.toml"
+    data_dir="${prefix}/var/lib/gatehouse"
+    backup_dir="${data_dir}/backups"
+    target_bin="${bin_dir}/gatehouse"
+    case "$data_dir$conf_file" in
+        *\"* | *\\* | *$'\n'*) die "the install path must not contain quotes, backslashes or newlines: $prefix" ;;
+    esac
+
+    if [[ -z "$listen" ]]; then
+        if [[ -n "$prefix" ]]; then listen="0.0.0.0:8443"; else listen="0.0.0.0:443"; fi
+    fi
+    [[ "$listen" =~ ^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):[0-9]+$ ]] ||
+        die "--listen wants HOST:PORT (like 0.0.0.0:443 or [::]:443), got '$listen'"
+
+    # Owner of what the server writes: the service user system-wide, the caller with --prefix.
+    system_wide=0
+    [[ -z "$prefix" ]] && system_wide=1
+
+    work="$(mktemp -d "${TMPDIR:-/tmp}/gatehouse-install.XXXXXX")"
+    staged=""
+    trap cleanup EXIT
+
+    # -----------------------------------------------------------------------------------------
+    # The binary: --binary, --archive, or a build of this checkout
+    # -----------------------------------------------------------------------------------------
+    script_path="${BASH_SOURCE[0]:-}"
+    checkout=""
+    if [[ -n "$script_path" && -f "$script_path" ]]; then
+        candidate="$(cd -- "$(dirname -- "$script_path")/.." && pwd -P)"
+        if [[ -f "$candidate/Cargo.toml" ]] && grep -q '^name = "gatehouse"' "$candidate/Cargo.toml"; then
+            checkout="$candidate"
+        fi
+    fi
+
+    new_bin="$work/gatehouse"
+    if [[ -n "$binary" ]]; then
+        [[ -f "$binary" && -x "$binary" ]] || die "--binary $binary is not an executable file"
+        cp -- "$binary" "$new_bin"
+    elif [[ -n "$archive" ]]; then
+        # A local path is fine too.
+        if [[ -f "$archive" ]]; then archive="file://$(cd -- "$(dirname -- "$archive")" && pwd -P)/$(basename -- "$archive")"; fi
+        say "downloading $archive"
+        curl -fsSL --proto '=https,file' -o "$work/release.tar.gz" -- "$archive" ||
+            die "could not download $archive"
+        mkdir -p "$work/release"
+        tar -xzf "$work/release.tar.gz" -C "$work/release" --no-same-owner ||
+            die "$archive is not a readable .tar.gz"
+        found="$(find "$work/release" -type f -name gatehouse -print -quit)"
+        [[ -n "$found" ]] || die "$archive does not contain a file named 'gatehouse'"
+        mv -- "$found" "$new_bin"
+    elif [[ -n "$checkout" ]]; then
+        cargo_bin="$(command -v cargo || true)"
+        for home in "${HOME:-}" "$(getent passwd "${SUDO_USER:-root}" | cut -d: -f6)"; do
+            if [[ -z "$cargo_bin" && -n "$home" && -x "$home/.cargo/bin/cargo" ]]; then
+                cargo_bin="$home/.cargo/bin/cargo"
+            fi
+        done
+        [[ -n "$cargo_bin" ]] ||
+            die "building from $checkout needs cargo (https://rustup.rs), or pass --binary PATH / --archive URL"
+        say "building $checkout with cargo build --release --locked"
+        build=("$cargo_bin" build --release --locked)
+        # Under sudo, build as the user who owns the checkout so target/ stays theirs.
+        if [[ "$(id -u)" -eq 0 && -n "${SUDO_USER:-}" && "${SUDO_USER}" != root &&
+            "$(stat -c %U -- "$checkout")" == "$SUDO_USER" ]]; then
+            user_home="$(getent passwd "$SUDO_USER" | cut -d: -f6)"
+            build=(runuser -u "$SUDO_USER" -- env "HOME=$user_home" "PATH=$user_home/.cargo/bin:$PATH" cargo build --release --locked)
+        fi
+        (cd -- "$checkout" && "${build[@]}") || die "cargo build failed"
+        target_dir="${CARGO_TARGET_DIR:-target}"
+        [[ "$target_dir" == /* ]] || target_dir="$checkout/$target_dir"
+        cp -- "$target_dir/release/gatehouse" "$new_bin"
+    else
+        die "no checkout next to this script (was it piped into bash?): pass --archive URL of a release .tar.gz, or --binary PATH"
+    fi
+    chmod 0755 "$new_bin"
+
+    new_version="$("$new_bin" version 2>/dev/null)" ||
+        die "the new binary does not run on this machine (wrong architecture or not a gatehouse binary?)"
+    [[ "$new_version" == gatehouse\ * ]] ||
+        die "the new binary does not look like gatehouse: 'version' printed '$new_version'"
+
+    # -----------------------------------------------------------------------------------------
+    # User and folders
+    # -----------------------------------------------------------------------------------------
+    if [[ "$system_wide" -eq 1 ]] && ! id -u "$SERVICE_USER" >/dev/null 2>&1; then
+        nologin=/usr/sbin/nologin
+        [[ -x "$nologin" ]] || nologin=/sbin/nologin
+        [[ -x "$nologin" ]] || nologin=/bin/false
+        say "creating system user $SERVICE_USER"
+        useradd --system --user-group --home-dir "$data_dir" --no-create-home \
+            --shell "$nologin" --comment "Gatehouse" "$SERVICE_USER"
+    fi
+
+    mkdir -p -- "$bin_dir" "$conf_dir"
+    install -d -m 0750 -- "$data_dir" "$backup_dir"
+    if [[ "$system_wide" -eq 1 ]]; then
+        chown root:"$SERVICE_USER" "$conf_dir"
+        chmod 0750 "$conf_dir"
+        chown "$SERVICE_USER:$SERVICE_USER" "$data_dir" "$backup_dir"
+    fi
+
+    # -----------------------------------------------------------------------------------------
+    # Configuration: written only when absent, always checked with the NEW binary before anything
+    # running is touched
+    # -----------------------------------------------------------------------------------------
+    if [[ -e "$conf_file" ]]; then
+        say "keeping the existing configuration $conf_file"
+        "$new_bin" config check --config "$conf_file" ||
+            die "$conf_file is not valid for $new_version (see above): fix it, then re-run; nothing was changed"
+    else
+        "$new_bin" config default >"$work/default.toml" || die "'$new_bin config default' failed"
+        set_server_keys "$listen" "$data_dir" <"$work/default.toml" >"$work/gatehouse.toml"
+        "$new_bin" config check --config "$work/gatehouse.toml" ||
+            die "the generated configuration does not pass 'config check' (see above)"
+        chmod 0640 "$work/gatehouse.toml"
+        if [[ "$system_wide" -eq 1 ]]; then chown root:"$SERVICE_USER" "$work/gatehouse.toml"; fi
+        # Same-folder rename: a concurrent reader sees the old (absent) or the whole new file.
+        cp -p -- "$work/gatehouse.toml" "$conf_file.new.$$"
+        mv -f -- "$conf_file.new.$$" "$conf_file"
+        say "wrote $conf_file"
+    fi
+
+    # -----------------------------------------------------------------------------------------
+    # Upgrade: stop, refuse if something still holds the data folder, back up with the OLD binary
+    # -----------------------------------------------------------------------------------------
+    was_active=0
+    backup_file=""
+
+    if [[ -e "$target_bin" ]]; then
+        old_version="$("$target_bin" version 2>/dev/null || echo "gatehouse (unknown version)")"
+        if [[ "$old_version" == "$new_version" ]]; then
+            say "re-installing $new_version in place"
+        else
+            say "upgrading $old_version to $new_version"
+        fi
+        if [[ "$use_systemd" -eq 1 ]] && systemctl is-active --quiet "$SERVICE_NAME"; then
+            say "stopping $SERVICE_NAME.service"
+            systemctl stop "$SERVICE_NAME"
+            was_active=1
+        fi
+        holders="$(data_holders)"
+        if [[ -n "$holders" ]]; then
+            restart_old
+            die "a running server holds $data_dir; stop it first, then re-run (nothing was changed):"$'\n'"$holders"
+        fi
+        if has_data; then
+            stamp="$(date -u +%Y%m%dT%H%M%SZ)"
+            backup_file="$backup_dir/pre-upgrade-$stamp.ghbak"
+            n=1
+            while [[ -e "$backup_file" ]]; do
+                backup_file="$backup_dir/pre-upgrade-$stamp-$n.ghbak"
+                n=$((n + 1))
+            done
+            say "backing up $data_dir to $backup_file"
+            if ! (cd / && as_service_user "$target_bin" backup export --data "$data_dir" --out "$backup_file"); then
+                restart_old
+                die "the pre-upgrade backup failed (see above); nothing was changed"
+            fi
+        fi
+    fi
+
+    # Same-folder rename, so the path always names a whole binary.
+    staged="$bin_dir/.gatehouse.new.$$"
+    cp -- "$new_bin" "$staged"
+    chmod 0755 "$staged"
+    mv -f -- "$staged" "$target_bin"
+    staged=""
+    say "installed $new_version as $target_bin"
+
+    # -----------------------------------------------------------------------------------------
+    # Start (systemd), or say how to start
+    # -----------------------------------------------------------------------------------------
+    live_listen="$(configured_listen)"
+    live_listen="${live_listen:-$listen}"
+
+    if [[ "$use_systemd" -eq 1 ]]; then
+        print_unit >"$work/gatehouse.service"
+        install -m 0644 -- "$work/gatehouse.service" "$UNIT_PATH"
+        systemctl daemon-reload
+        systemctl enable --quiet "$SERVICE_NAME"
+        systemctl restart "$SERVICE_NAME"
+
+        probe_host="${live_listen%:*}"
+        case "$probe_host" in
+            0.0.0.0 | "") probe_host=127.0.0.1 ;;
+            "[::]") probe_host="[::1]" ;;
+        esac
+        health="https://$probe_host:${live_listen##*:}/healthz"
+        say "waiting for $health"
+        ok=0
+        for _ in $(seq 1 "$HEALTH_TRIES"); do
+            if curl -kfsS --max-time 3 -o /dev/null "$health" 2>/dev/null; then
+                ok=1
+                break
+            fi
+            if systemctl is-failed --quiet "$SERVICE_NAME"; then break; fi
+            sleep 1
+        done
+        if [[ "$ok" -ne 1 ]]; then
+            journalctl -u "$SERVICE_NAME" -n 30 --no-pager >&2 || true
+            die "$SERVICE_NAME.service did not become healthy at $health (log above; systemctl status $SERVICE_NAME)${backup_file:+; the data as it was before this upgrade is in $backup_file}"
+        fi
+        say "$new_version is running"
+        printf 'Gatehouse console: %s\n' "$(console_url "$live_listen")"
+    else
+        if [[ "$system_wide" -eq 1 ]]; then
+            start_cmd="setpriv --reuid=$SERVICE_USER --regid=$SERVICE_USER --init-groups --inh-caps=+net_bind_service --ambient-caps=+net_bind_service $target_bin serve --config $conf_file"
+        else
+            start_cmd="$target_bin serve --config $conf_file"
+        fi
+        say "$new_version is installed; nothing was started"
+        printf 'Start it with:\n  %s\n' "$start_cmd"
+        printf 'Then open: %s\n' "$(console_url "$live_listen")"
+    fi
+}
+
+main "$@"

@@ -1,0 +1,641 @@
+//! The appliance's administration rules: the first-run wizard's steps, the admin account,
+//! licence activation, the console certificate, backups and restores, and the audit trail
+//! every one of them writes.
+//!
+//! Both front ends call these functions: the console (`http`) and the command line (`cli`,
+//! e.g. `gatehouse setup` runs the wizard's steps unattended). They block (argon2, sled,
+//! file I/O): async callers go through `Store::call`. No HTTP types here.
+
+use chrono::{DateTime, Utc};
+
+use crate::auth;
+use crate::backup::{self, BackupError, SnapshotMeta};
+use crate::config::Config;
+use crate::licence::{self, Licence, LicenceError, LicenceState, Verifier};
+use crate::model::{
+    ADMIN_USER, AdminAccount, AuditEntry, Certificate, FACTORY_PASSWORD, LicenceKey, SetupState,
+    WizardStep,
+};
+use crate::store::{Record, Singleton, Store, StoreError, TxError};
+use crate::tls::{self, CertInfo, CertPem, TlsError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Licence(#[from] LicenceError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error(transparent)]
+    Backup(#[from] BackupError),
+    #[error(transparent)]
+    Auth(#[from] auth::AuthError),
+    #[error("The new password is not accepted: {}", .0.join(" "))]
+    WeakPassword(Vec<String>),
+    #[error("The current password is wrong.")]
+    WrongPassword,
+    #[error("Accept the licence agreement to continue.")]
+    AgreementRequired,
+    #[error("Paste a licence key, upload a key file, or choose the 30-day evaluation.")]
+    NoLicenceKey,
+    #[error("That step of the setup wizard is not open now: {0}")]
+    WizardOrder(String),
+    #[error("The account `{0}` does not exist.")]
+    NoSuchAccount(String),
+}
+
+pub type Result<T, E = AdminError> = std::result::Result<T, E>;
+
+impl From<TxError<AdminError>> for AdminError {
+    fn from(e: TxError<AdminError>) -> Self {
+        match e {
+            TxError::Abort(e) => e,
+            TxError::Store(e) => AdminError::Store(e),
+            TxError::Conflict(_) => {
+                AdminError::Store(StoreError::Engine("transaction conflict".into()))
+            }
+        }
+    }
+}
+
+/// Who did something and from where, for the audit trail.
+#[derive(Debug, Clone)]
+pub struct Actor {
+    pub name: String,
+    pub source: String,
+}
+
+impl Actor {
+    pub fn cli() -> Self {
+        Self {
+            name: "cli".into(),
+            source: String::new(),
+        }
+    }
+    pub fn system() -> Self {
+        Self {
+            name: "system".into(),
+            source: String::new(),
+        }
+    }
+}
+
+fn entry(actor: &Actor, action: &str, detail: impl Into<String>, ok: bool) -> AuditEntry {
+    AuditEntry {
+        at: Utc::now(),
+        actor: actor.name.clone(),
+        source: actor.source.clone(),
+        action: action.to_string(),
+        detail: detail.into(),
+        ok,
+    }
+}
+
+/// Appends one line to the audit trail.
+pub fn audit(
+    store: &Store,
+    actor: &Actor,
+    action: &str,
+    detail: impl Into<String>,
+    ok: bool,
+) -> Result<()> {
+    let key = store.next_key()?;
+    store.put(&key, &entry(actor, action, detail, ok))?;
+    Ok(())
+}
+
+/// Prepares a store for use: the factory admin account, the wizard state with the evaluation
+/// clock, and a generated certificate, each only if missing. Returns the certificate to serve.
+pub fn initialise(store: &Store, config: &Config) -> Result<Certificate> {
+    if store.get::<AdminAccount>(ADMIN_USER)?.is_none() {
+        store.put(
+            ADMIN_USER,
+            &AdminAccount {
+                username: ADMIN_USER.into(),
+                password_hash: auth::hash_password(FACTORY_PASSWORD)?,
+                factory: true,
+                must_change: false,
+                password_changed: Utc::now(),
+            },
+        )?;
+    }
+    let mut setup = store.get_one::<SetupState>()?;
+    if setup.evaluation_started.is_none() || setup.wizard_step == 0 {
+        setup.evaluation_started.get_or_insert_with(licence::today);
+        setup.wizard_step = setup.wizard_step.max(WizardStep::Password as u8);
+        store.put_one(&setup)?;
+    }
+    let cert = store.get_one::<Certificate>()?;
+    if !cert.cert_chain_pem.is_empty() {
+        return Ok(cert);
+    }
+    let pem = tls::generate_self_signed(&config.server.hostnames)?;
+    let cert = Certificate {
+        cert_chain_pem: pem.cert_chain_pem.clone(),
+        key_pem: pem.key_pem.clone(),
+        generated: true,
+        updated: Some(Utc::now()),
+    };
+    store.put_one(&cert)?;
+    tracing::info!("generated a self-signed certificate for the console");
+    Ok(cert)
+}
+
+/// The licence verifier: the configured public key if one is named, else the built-in one.
+pub fn verifier(config: &Config) -> Result<Verifier> {
+    match &config.licence.public_key_file {
+        Some(path) => {
+            let pem = std::fs::read_to_string(path).map_err(|e| {
+                LicenceError::PublicKey(format!("cannot read {}: {e}", path.display()))
+            })?;
+            Ok(Verifier::from_pem(&pem)?)
+        }
+        None => Ok(Verifier::builtin()?),
+    }
+}
+
+pub fn installation_code(store: &Store) -> String {
+    licence::installation_code(&store.installation_id())
+}
+
+/// What a successful sign-in found.
+#[derive(Debug, Clone, Copy)]
+pub struct SignedIn {
+    pub factory: bool,
+    pub must_change: bool,
+}
+
+/// Checks an account's password (argon2id; an unknown account takes as long as a known one).
+/// The factory password opens only the wizard: once the wizard is done it is refused.
+pub fn check_password(store: &Store, username: &str, password: &str) -> Result<SignedIn> {
+    let account = store.get::<AdminAccount>(username)?;
+    let hash = account
+        .as_ref()
+        .map(|a| a.password_hash.as_str())
+        .unwrap_or(auth::decoy_hash());
+    let matches = auth::verify_password(password, hash);
+    let Some(account) = account.filter(|_| matches) else {
+        return Err(AdminError::WrongPassword);
+    };
+    if account.factory && store.get_one::<SetupState>()?.wizard_done {
+        return Err(AdminError::WrongPassword);
+    }
+    Ok(SignedIn {
+        factory: account.factory,
+        must_change: account.must_change,
+    })
+}
+
+fn new_account(
+    username: &str,
+    password: &str,
+    confirm: &str,
+    min_len: usize,
+) -> Result<AdminAccount> {
+    let problems = auth::password_problems(password, confirm, username, min_len);
+    if !problems.is_empty() {
+        return Err(AdminError::WeakPassword(problems));
+    }
+    Ok(AdminAccount {
+        username: username.to_string(),
+        password_hash: auth::hash_password(password)?,
+        factory: false,
+        must_change: false,
+        password_changed: Utc::now(),
+    })
+}
+
+/// Inside the wizard, a step opens only after the ones before it; once the wizard is done the
+/// same actions (new licence, new certificate) are open any time.
+fn require_step(
+    setup: &SetupState,
+    needed: WizardStep,
+) -> std::result::Result<(), TxError<AdminError>> {
+    if !setup.wizard_done && setup.step() < needed {
+        return Err(TxError::Abort(AdminError::WizardOrder(format!(
+            "finish the steps before {needed:?} first"
+        ))));
+    }
+    Ok(())
+}
+
+/// Wizard step 1: the admin's own password replaces the factory one.
+pub fn wizard_password(
+    store: &Store,
+    actor: &Actor,
+    password: &str,
+    confirm: &str,
+    min_len: usize,
+) -> Result<()> {
+    let account = new_account(ADMIN_USER, password, confirm, min_len)?;
+    let audit_key = store.next_key()?;
+    let line = entry(actor, "wizard.password", "administrator password set", true);
+    store.transact(
+        &[AdminAccount::TREE, SetupState::TREE, AuditEntry::TREE],
+        |tx| {
+            let mut setup: SetupState = tx.get(SetupState::KEY)?.unwrap_or_default();
+            if setup.wizard_done {
+                return Err(TxError::Abort(AdminError::WizardOrder(
+                    "the wizard is already finished".into(),
+                )));
+            }
+            setup.wizard_step = setup.wizard_step.max(WizardStep::Licence as u8);
+            tx.put(ADMIN_USER, &account)?;
+            tx.put(SetupState::KEY, &setup)?;
+            tx.put(&audit_key, &line)?;
+            Ok(())
+        },
+    )?;
+    Ok(())
+}
+
+/// My options: change one's own password, knowing the current one.
+pub fn change_password(
+    store: &Store,
+    actor: &Actor,
+    current: &str,
+    password: &str,
+    confirm: &str,
+    min_len: usize,
+) -> Result<()> {
+    let username = actor.name.as_str();
+    let stored = store
+        .get::<AdminAccount>(username)?
+        .ok_or_else(|| AdminError::NoSuchAccount(username.to_string()))?;
+    if !auth::verify_password(current, &stored.password_hash) {
+        audit(
+            store,
+            actor,
+            "password.change",
+            "current password wrong",
+            false,
+        )?;
+        return Err(AdminError::WrongPassword);
+    }
+    if current == password {
+        return Err(AdminError::WeakPassword(vec![
+            "Choose a password different from the current one.".into(),
+        ]));
+    }
+    let account = new_account(username, password, confirm, min_len)?;
+    let audit_key = store.next_key()?;
+    let line = entry(actor, "password.change", "password changed", true);
+    store.transact(&[AdminAccount::TREE, AuditEntry::TREE], |tx| {
+        tx.put(username, &account)?;
+        tx.put(&audit_key, &line)?;
+        Ok(())
+    })?;
+    Ok(())
+}
+
+/// `gatehouse admin reset-password`: a one-time password that must be changed at sign-in.
+pub fn reset_password(store: &Store, config: &Config) -> Result<String> {
+    initialise(store, config)?;
+    let password = auth::generate_password();
+    let mut account = new_account(
+        ADMIN_USER,
+        &password,
+        &password,
+        config.security.min_password_length,
+    )?;
+    account.must_change = true;
+    // A reset before the wizard ran keeps the wizard ahead: the one-time password opens it.
+    account.factory = !store.get_one::<SetupState>()?.wizard_done;
+    store.put(ADMIN_USER, &account)?;
+    audit(
+        store,
+        &Actor::cli(),
+        "password.reset",
+        "one-time administrator password issued",
+        true,
+    )?;
+    Ok(password)
+}
+
+/// The licence as it stands today: a stored key is verified again on every read.
+pub fn licence_state(store: &Store, verifier: &Verifier) -> Result<LicenceState> {
+    let setup = store.get_one::<SetupState>()?;
+    let key = store.get_one::<LicenceKey>()?;
+    let code = installation_code(store);
+    let licence = match key.key_text.as_deref() {
+        Some(text) => match verifier.check(text, &code) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::warn!("the stored licence key is no longer valid: {e}");
+                None
+            }
+        },
+        None => None,
+    };
+    let started = setup.evaluation_started.unwrap_or_else(licence::today);
+    Ok(LicenceState::current(
+        licence.as_ref(),
+        started,
+        licence::today(),
+    ))
+}
+
+/// Activates a licence key (wizard step 2 or System > Licence). Refused keys leave the store
+/// as it was.
+pub fn activate_licence(
+    store: &Store,
+    verifier: &Verifier,
+    actor: &Actor,
+    key_text: &str,
+    agreed: bool,
+) -> Result<Licence> {
+    if !agreed {
+        return Err(AdminError::AgreementRequired);
+    }
+    if key_text.trim().is_empty() {
+        return Err(AdminError::NoLicenceKey);
+    }
+    let licence = match verifier.verify(key_text, &installation_code(store), licence::today()) {
+        Ok(l) => l,
+        Err(e) => {
+            audit(store, actor, "licence.refused", e.to_string(), false)?;
+            return Err(e.into());
+        }
+    };
+    let audit_key = store.next_key()?;
+    let line = entry(
+        actor,
+        "licence.activated",
+        format!("serial {} for {}", licence.serial(), licence.customer()),
+        true,
+    );
+    let stored = LicenceKey {
+        key_text: Some(licence.key_text().to_string()),
+        activated: Some(Utc::now()),
+    };
+    let who = actor.name.clone();
+    store.transact(&[SetupState::TREE, AuditEntry::TREE], |tx| {
+        let mut setup: SetupState = tx.get(SetupState::KEY)?.unwrap_or_default();
+        require_step(&setup, WizardStep::Licence)?;
+        setup.agreement_accepted = Some((Utc::now(), who.clone()));
+        if !setup.wizard_done {
+            setup.wizard_step = setup.wizard_step.max(WizardStep::Certificate as u8);
+        }
+        tx.put(SetupState::KEY, &setup)?;
+        tx.put(LicenceKey::KEY, &stored)?;
+        tx.put(&audit_key, &line)?;
+        Ok(())
+    })?;
+    Ok(licence)
+}
+
+/// Wizard step 2 without a key: the 30-day evaluation, counted from the first start.
+pub fn choose_evaluation(store: &Store, actor: &Actor, agreed: bool) -> Result<()> {
+    if !agreed {
+        return Err(AdminError::AgreementRequired);
+    }
+    let audit_key = store.next_key()?;
+    let line = entry(
+        actor,
+        "licence.evaluation",
+        "continuing with the evaluation",
+        true,
+    );
+    let who = actor.name.clone();
+    store.transact(&[SetupState::TREE, AuditEntry::TREE], |tx| {
+        let mut setup: SetupState = tx.get(SetupState::KEY)?.unwrap_or_default();
+        require_step(&setup, WizardStep::Licence)?;
+        setup.agreement_accepted = Some((Utc::now(), who.clone()));
+        if !setup.wizard_done {
+            setup.wizard_step = setup.wizard_step.max(WizardStep::Certificate as u8);
+        }
+        tx.put(SetupState::KEY, &setup)?;
+        tx.put(&audit_key, &line)?;
+        Ok(())
+    })?;
+    Ok(())
+}
+
+/// Wizard step 3 or Setup > Certificate: keep the current certificate (`None`) or replace it
+/// with an uploaded one, validated first. Returns what is now served; the caller applies it.
+pub fn choose_certificate(
+    store: &Store,
+    actor: &Actor,
+    upload: Option<CertPem>,
+) -> Result<(Certificate, CertInfo)> {
+    let current = store.get_one::<Certificate>()?;
+    let (cert, info, detail) = match upload {
+        None => {
+            let info = tls::describe(&current.cert_chain_pem)?;
+            let detail = format!("kept certificate {}", info.sha256_fingerprint);
+            (current, info, detail)
+        }
+        Some(pem) => {
+            let info = match tls::validate(&pem, Utc::now()) {
+                Ok(info) => info,
+                Err(e) => {
+                    audit(store, actor, "certificate.refused", e.to_string(), false)?;
+                    return Err(e.into());
+                }
+            };
+            let detail = format!(
+                "installed certificate for {} ({})",
+                info.subject, info.sha256_fingerprint
+            );
+            let cert = Certificate {
+                cert_chain_pem: pem.cert_chain_pem.clone(),
+                key_pem: pem.key_pem.clone(),
+                generated: false,
+                updated: Some(Utc::now()),
+            };
+            (cert, info, detail)
+        }
+    };
+    let audit_key = store.next_key()?;
+    let line = entry(actor, "certificate.set", detail, true);
+    store.transact(&[SetupState::TREE, AuditEntry::TREE], |tx| {
+        let mut setup: SetupState = tx.get(SetupState::KEY)?.unwrap_or_default();
+        require_step(&setup, WizardStep::Certificate)?;
+        if !setup.wizard_done {
+            setup.wizard_step = setup.wizard_step.max(WizardStep::Done as u8);
+        }
+        tx.put(SetupState::KEY, &setup)?;
+        tx.put(Certificate::KEY, &cert)?;
+        tx.put(&audit_key, &line)?;
+        Ok(())
+    })?;
+    Ok((cert, info))
+}
+
+/// Wizard step 4: the console opens. Every earlier step must be done.
+pub fn finish_wizard(store: &Store, actor: &Actor) -> Result<()> {
+    let audit_key = store.next_key()?;
+    let line = entry(actor, "wizard.finished", "first-run setup completed", true);
+    store.transact(
+        &[SetupState::TREE, AuditEntry::TREE, AdminAccount::TREE],
+        |tx| {
+            let mut setup: SetupState = tx.get(SetupState::KEY)?.unwrap_or_default();
+            if setup.step() < WizardStep::Done {
+                return Err(TxError::Abort(AdminError::WizardOrder(
+                    "finish the earlier steps first".into(),
+                )));
+            }
+            let admin: Option<AdminAccount> = tx.get(ADMIN_USER)?;
+            if admin.is_none_or(|a| a.factory) {
+                return Err(TxError::Abort(AdminError::WizardOrder(
+                    "set the administrator password first".into(),
+                )));
+            }
+            setup.wizard_done = true;
+            tx.put(SetupState::KEY, &setup)?;
+            tx.put(&audit_key, &line)?;
+            Ok(())
+        },
+    )?;
+    Ok(())
+}
+
+/// A snapshot of the whole store, encrypted when a passphrase is given.
+pub fn export_backup(
+    store: &Store,
+    actor: &Actor,
+    passphrase: Option<&str>,
+) -> Result<(Vec<u8>, SnapshotMeta)> {
+    let records = store.export_records()?;
+    let meta = SnapshotMeta {
+        format_version: backup::FORMAT_VERSION,
+        schema_version: store.schema_version()?,
+        installation_id: store.installation_id(),
+        created: Utc::now(),
+        encrypted: passphrase.is_some(),
+        record_count: records.len() as u64,
+    };
+    let bytes = backup::encode(&meta, &records, passphrase)?;
+    audit(
+        store,
+        actor,
+        "backup.exported",
+        format!(
+            "{} records{}",
+            records.len(),
+            if passphrase.is_some() {
+                ", encrypted"
+            } else {
+                ""
+            }
+        ),
+        true,
+    )?;
+    Ok((bytes, meta))
+}
+
+/// Verifies a whole snapshot (checksum, passphrase, schema) without changing anything.
+pub fn verify_backup(
+    bytes: &[u8],
+    passphrase: Option<&str>,
+) -> Result<(SnapshotMeta, Vec<backup::Record>)> {
+    let (meta, records) = backup::decode(bytes, passphrase)?;
+    backup::check_schema(&meta, crate::store::SCHEMA_VERSION)?;
+    Ok((meta, records))
+}
+
+/// Replaces the store with a snapshot after verifying all of it; an error anywhere leaves the
+/// store as it was.
+pub fn restore_backup(
+    store: &Store,
+    actor: &Actor,
+    bytes: &[u8],
+    passphrase: Option<&str>,
+) -> Result<SnapshotMeta> {
+    let (meta, records) = match verify_backup(bytes, passphrase) {
+        Ok(v) => v,
+        Err(e) => {
+            audit(store, actor, "backup.refused", e.to_string(), false)?;
+            return Err(e);
+        }
+    };
+    restore_verified(store, actor, meta, &records)
+}
+
+/// Replaces the store with records that [`verify_backup`] accepted. The audit trail is the
+/// one thing a restore does not roll back: lines written since the snapshot are kept.
+pub fn restore_verified(
+    store: &Store,
+    actor: &Actor,
+    meta: SnapshotMeta,
+    records: &[backup::Record],
+) -> Result<SnapshotMeta> {
+    let in_snapshot: std::collections::HashSet<&[u8]> = records
+        .iter()
+        .filter(|r| r.tree == AuditEntry::TREE)
+        .map(|r| r.key.as_slice())
+        .collect();
+    let newer: Vec<backup::Record> = store
+        .export_tree(AuditEntry::TREE)?
+        .into_iter()
+        .filter(|r| !in_snapshot.contains(r.key.as_slice()))
+        .collect();
+    let merged: Vec<backup::Record> = records.iter().cloned().chain(newer).collect();
+    store.replace_all(&merged)?;
+    let foreign = if meta.installation_id == store.installation_id() {
+        String::new()
+    } else {
+        format!(", from installation {}", meta.installation_id)
+    };
+    audit(
+        store,
+        actor,
+        "backup.imported",
+        format!(
+            "{} records made {}{foreign}",
+            meta.record_count,
+            meta.created.format("%Y-%m-%d %H:%M UTC")
+        ),
+        true,
+    )?;
+    Ok(meta)
+}
+
+/// The scheduled backup job: a snapshot into the configured folder, then rotation.
+pub fn scheduled_backup(store: &Store, config: &Config) -> Result<String> {
+    let passphrase = match &config.backup.passphrase_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| BackupError::Io {
+                    action: "reading the backup passphrase file",
+                    path: path.clone(),
+                    source: e,
+                })?
+                .trim_end_matches(['\r', '\n'])
+                .to_string(),
+        ),
+        None => None,
+    };
+    let (bytes, meta) = export_backup(store, &Actor::system(), passphrase.as_deref())?;
+    let saved = backup::save_to_dir(
+        &config.backup_dir(),
+        meta.created,
+        &bytes,
+        config.backup.keep,
+    )?;
+    Ok(format!(
+        "saved {} ({} records), removed {} old",
+        saved.path.display(),
+        meta.record_count,
+        saved.deleted.len()
+    ))
+}
+
+/// The scheduled backups present in the backup folder, newest first.
+pub fn list_backups(config: &Config) -> Vec<(String, u64, DateTime<Utc>)> {
+    let dir = config.backup_dir();
+    let mut out: Vec<(String, u64, DateTime<Utc>)> = std::fs::read_dir(&dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let created = backup::parse_file_name(&name)?;
+            let size = e.metadata().ok()?.len();
+            Some((name, size, created))
+        })
+        .collect();
+    out.sort_by_key(|b| std::cmp::Reverse(b.2));
+    out
+}

@@ -1,0 +1,488 @@
+//! Local console authentication: argon2id password hashes, password rules, console sessions
+//! with their CSRF tokens, and the throttle that slows and locks out repeated failed sign-ins
+//! per account and per client address.
+//!
+//! Sessions and throttle counters live in memory: a restart signs everyone out and forgets
+//! failures, which is the safe direction. Tokens are compared in constant time and only their
+//! SHA-256 is kept as a map key. This module decides who someone is, never what they may do.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use argon2::Argon2;
+use argon2::password_hash::phc::PasswordHash;
+use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+use base64::Engine as _;
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("password hashing failed: {0}")]
+    Hash(String),
+}
+
+pub type Result<T, E = AuthError> = std::result::Result<T, E>;
+
+/// Hashes a password with argon2id and a fresh random salt (PHC string).
+pub fn hash_password(password: &str) -> Result<String> {
+    Argon2::default()
+        .hash_password(password.as_bytes())
+        .map(|h| h.to_string())
+        .map_err(|e| AuthError::Hash(e.to_string()))
+}
+
+/// Checks a password against a stored PHC string; a malformed hash never matches.
+pub fn verify_password(password: &str, phc: &str) -> bool {
+    match PasswordHash::new(phc) {
+        Ok(parsed) => Argon2::default()
+            .verify_password(password.as_bytes(), &parsed)
+            .is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// A hash to verify against when the account does not exist, so that the answer takes as long
+/// as for a real account.
+pub fn decoy_hash() -> &'static str {
+    static DECOY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DECOY.get_or_init(|| hash_password("decoy password for unknown accounts").unwrap_or_default())
+}
+
+/// The rules a new administrator password must meet; each broken rule is one sentence.
+pub fn password_problems(
+    password: &str,
+    confirm: &str,
+    username: &str,
+    min_len: usize,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    if password != confirm {
+        problems.push("The two passwords differ: type the same password twice.".to_string());
+    }
+    if password.chars().count() < min_len {
+        problems.push(format!("Use at least {min_len} characters."));
+    }
+    let classes = [
+        password.chars().any(|c| c.is_lowercase()),
+        password.chars().any(|c| c.is_uppercase()),
+        password.chars().any(|c| c.is_ascii_digit()),
+        password.chars().any(|c| !c.is_alphanumeric()),
+    ]
+    .iter()
+    .filter(|&&b| b)
+    .count();
+    if classes < 3 {
+        problems.push(
+            "Mix at least three of: lower-case letters, upper-case letters, digits, symbols."
+                .to_string(),
+        );
+    }
+    let lower = password.to_lowercase();
+    if !username.is_empty() && lower.contains(&username.to_lowercase()) {
+        problems.push("Do not include the user name.".to_string());
+    }
+    if lower.contains(crate::model::FACTORY_PASSWORD) && lower.len() < min_len + 3 {
+        problems.push("Do not build on the factory password.".to_string());
+    }
+    problems
+}
+
+/// A random password that meets [`password_problems`] (for `admin reset-password`).
+pub fn generate_password() -> String {
+    let mut bytes = [0u8; 15];
+    rand::rng().fill_bytes(&mut bytes);
+    // base64 gives upper, lower and digits; the suffix guarantees a digit and a symbol.
+    format!(
+        "{}-7",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    )
+}
+
+/// A random, URL-safe token of 256 bits.
+pub fn random_token() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn token_key(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// Compares two secrets without an early exit.
+pub fn constant_time_eq(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// One browser's console session. Anonymous until someone signs in, so the sign-in form has a
+/// CSRF token too.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub username: Option<String>,
+    pub csrf: String,
+    /// Signed in with the factory password: only the wizard is open.
+    pub factory: bool,
+    pub must_change: bool,
+    created: Instant,
+    last_seen: Instant,
+}
+
+/// The live sessions, keyed by the SHA-256 of their cookie token.
+pub struct Sessions {
+    map: Mutex<HashMap<[u8; 32], Session>>,
+    idle: Duration,
+}
+
+/// Anonymous sessions (sign-in page visits) expire quickly and are capped in number.
+const ANONYMOUS_TTL: Duration = Duration::from_secs(15 * 60);
+const MAX_SESSIONS: usize = 10_000;
+
+impl Sessions {
+    pub fn new(idle: Duration) -> Self {
+        Self {
+            map: Mutex::new(HashMap::new()),
+            idle,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Session>> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts an anonymous session; returns its cookie token.
+    pub fn start(&self) -> (String, Session) {
+        let token = random_token();
+        let now = Instant::now();
+        let session = Session {
+            username: None,
+            csrf: random_token(),
+            factory: false,
+            must_change: false,
+            created: now,
+            last_seen: now,
+        };
+        let mut map = self.lock();
+        if map.len() >= MAX_SESSIONS {
+            self.sweep(&mut map, now);
+            if map.len() >= MAX_SESSIONS {
+                // Still full: drop the anonymous sessions first, oldest first.
+                let mut anon: Vec<([u8; 32], Instant)> = map
+                    .iter()
+                    .filter(|(_, s)| s.username.is_none())
+                    .map(|(k, s)| (*k, s.created))
+                    .collect();
+                anon.sort_by_key(|(_, t)| *t);
+                for (k, _) in anon.into_iter().take(MAX_SESSIONS / 10) {
+                    map.remove(&k);
+                }
+            }
+        }
+        map.insert(token_key(&token), session.clone());
+        (token, session)
+    }
+
+    fn sweep(&self, map: &mut HashMap<[u8; 32], Session>, now: Instant) {
+        let idle = self.idle;
+        map.retain(|_, s| {
+            let ttl = if s.username.is_some() {
+                idle
+            } else {
+                ANONYMOUS_TTL
+            };
+            now.duration_since(s.last_seen) < ttl
+        });
+    }
+
+    /// The session for a cookie token, if it is live; touching it keeps it alive.
+    pub fn get(&self, token: &str) -> Option<Session> {
+        let now = Instant::now();
+        let mut map = self.lock();
+        let key = token_key(token);
+        let session = map.get_mut(&key)?;
+        let ttl = if session.username.is_some() {
+            self.idle
+        } else {
+            ANONYMOUS_TTL
+        };
+        if now.duration_since(session.last_seen) >= ttl {
+            map.remove(&key);
+            return None;
+        }
+        session.last_seen = now;
+        Some(session.clone())
+    }
+
+    /// Signs in: the old token is dropped and a new one issued (no session fixation).
+    pub fn sign_in(
+        &self,
+        old_token: Option<&str>,
+        username: &str,
+        factory: bool,
+        must_change: bool,
+    ) -> String {
+        let mut map = self.lock();
+        if let Some(old) = old_token {
+            map.remove(&token_key(old));
+        }
+        let token = random_token();
+        let now = Instant::now();
+        map.insert(
+            token_key(&token),
+            Session {
+                username: Some(username.to_string()),
+                csrf: random_token(),
+                factory,
+                must_change,
+                created: now,
+                last_seen: now,
+            },
+        );
+        token
+    }
+
+    /// Updates the flags of a signed-in session (after the password was changed).
+    pub fn update(&self, token: &str, factory: bool, must_change: bool) {
+        if let Some(s) = self.lock().get_mut(&token_key(token)) {
+            s.factory = factory;
+            s.must_change = must_change;
+        }
+    }
+
+    pub fn end(&self, token: &str) {
+        self.lock().remove(&token_key(token));
+    }
+
+    /// Ends every session of one account except `keep` (after its password changed).
+    pub fn end_all_for(&self, username: &str, keep: Option<&str>) {
+        let keep = keep.map(token_key);
+        self.lock()
+            .retain(|k, s| s.username.as_deref() != Some(username) || Some(*k) == keep);
+    }
+}
+
+/// Failed sign-ins counted per account and per client address.
+pub struct Throttle {
+    state: Mutex<HashMap<ThrottleKey, Failures>>,
+    per_account: u32,
+    per_address: u32,
+    lockout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum ThrottleKey {
+    Account(String),
+    Address(IpAddr),
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Failures {
+    count: u32,
+    last: Instant,
+    locked_until: Option<Instant>,
+}
+
+/// The throttle's verdict before a password is even checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Go ahead; answer a failure no sooner than this delay.
+    Allowed { delay: Duration },
+    /// Refuse without checking the password.
+    Locked { for_: Duration },
+}
+
+impl Throttle {
+    pub fn new(per_account: u32, per_address: u32, lockout: Duration) -> Self {
+        Self {
+            state: Mutex::new(HashMap::new()),
+            per_account,
+            per_address,
+            lockout,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ThrottleKey, Failures>> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn keys(account: &str, address: IpAddr) -> [ThrottleKey; 2] {
+        [
+            ThrottleKey::Account(account.to_lowercase()),
+            ThrottleKey::Address(address),
+        ]
+    }
+
+    pub fn check(&self, account: &str, address: IpAddr) -> Verdict {
+        let now = Instant::now();
+        let mut map = self.lock();
+        let mut failures = 0;
+        for key in Self::keys(account, address) {
+            if let Some(f) = map.get_mut(&key) {
+                match f.locked_until {
+                    Some(until) if until > now => return Verdict::Locked { for_: until - now },
+                    Some(_) => {
+                        map.remove(&key);
+                    }
+                    None if now.duration_since(f.last) > self.lockout => {
+                        map.remove(&key);
+                    }
+                    None => failures = failures.max(f.count),
+                }
+            }
+        }
+        // Each failure in a row adds a quarter second, up to two seconds.
+        Verdict::Allowed {
+            delay: Duration::from_millis(250 * u64::from(failures.min(8))),
+        }
+    }
+
+    /// Counts a failure; says whether it locked the account or the address.
+    pub fn failure(&self, account: &str, address: IpAddr) -> bool {
+        let now = Instant::now();
+        let mut map = self.lock();
+        if map.len() > 100_000 {
+            let lockout = self.lockout;
+            map.retain(|_, f| now.duration_since(f.last) < lockout);
+        }
+        let mut locked = false;
+        for key in Self::keys(account, address) {
+            let limit = match key {
+                ThrottleKey::Account(_) => self.per_account,
+                ThrottleKey::Address(_) => self.per_address,
+            };
+            let f = map.entry(key).or_insert(Failures {
+                count: 0,
+                last: now,
+                locked_until: None,
+            });
+            f.count += 1;
+            f.last = now;
+            if f.count >= limit {
+                f.locked_until = Some(now + self.lockout);
+                locked = true;
+            }
+        }
+        locked
+    }
+
+    /// A good sign-in clears the account's count (not the address's: one good password must
+    /// not reset an attacker's budget for other accounts).
+    pub fn success(&self, account: &str) {
+        self.lock()
+            .remove(&ThrottleKey::Account(account.to_lowercase()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn argon2id_hashes_verify_and_differ() {
+        let a = hash_password("Correct horse 9").expect("hash");
+        let b = hash_password("Correct horse 9").expect("hash");
+        assert!(a.starts_with("$argon2id$"), "{a}");
+        assert_ne!(a, b, "salted");
+        assert!(verify_password("Correct horse 9", &a));
+        assert!(!verify_password("correct horse 9", &a));
+        assert!(!verify_password("x", "not a hash"));
+    }
+
+    #[test]
+    fn password_rules_name_each_problem() {
+        assert!(password_problems("Tr0ub4dor&3xyz", "Tr0ub4dor&3xyz", "admin", 12).is_empty());
+        let p = password_problems("short", "other", "admin", 12);
+        assert!(p.iter().any(|s| s.contains("differ")));
+        assert!(p.iter().any(|s| s.contains("at least 12")));
+        assert!(p.iter().any(|s| s.contains("three")));
+        let p = password_problems("Admin-Password-1", "Admin-Password-1", "admin", 12);
+        assert!(p.iter().any(|s| s.contains("user name")), "{p:?}");
+        let generated = generate_password();
+        assert!(
+            password_problems(&generated, &generated, "admin", 12).is_empty(),
+            "{generated}"
+        );
+    }
+
+    #[test]
+    fn sessions_rotate_on_sign_in_and_end() {
+        let s = Sessions::new(Duration::from_secs(60));
+        let (anon, first) = s.start();
+        assert!(first.username.is_none());
+        let token = s.sign_in(Some(&anon), "admin", false, false);
+        assert!(s.get(&anon).is_none(), "old token is gone");
+        let live = s.get(&token).expect("live");
+        assert_eq!(live.username.as_deref(), Some("admin"));
+        assert_ne!(
+            live.csrf, first.csrf,
+            "a new CSRF token comes with the new session"
+        );
+        let other = s.sign_in(None, "admin", false, false);
+        s.end_all_for("admin", Some(&token));
+        assert!(s.get(&other).is_none());
+        assert!(s.get(&token).is_some());
+        s.end(&token);
+        assert!(s.get(&token).is_none());
+    }
+
+    #[test]
+    fn idle_sessions_expire() {
+        let s = Sessions::new(Duration::ZERO);
+        let token = s.sign_in(None, "admin", false, false);
+        assert!(s.get(&token).is_none());
+    }
+
+    #[test]
+    fn throttle_slows_then_locks_per_account_and_per_address() {
+        let ip: IpAddr = "192.0.2.7".parse().expect("ip");
+        let other_ip: IpAddr = "192.0.2.8".parse().expect("ip");
+        let t = Throttle::new(3, 5, Duration::from_secs(600));
+        assert_eq!(
+            t.check("admin", ip),
+            Verdict::Allowed {
+                delay: Duration::ZERO
+            }
+        );
+        assert!(!t.failure("admin", ip));
+        assert!(
+            matches!(t.check("admin", ip), Verdict::Allowed { delay } if delay > Duration::ZERO)
+        );
+        assert!(!t.failure("admin", ip));
+        assert!(t.failure("ADMIN", ip), "third failure locks the account");
+        assert!(
+            matches!(t.check("admin", other_ip), Verdict::Locked { .. }),
+            "account lock holds from anywhere"
+        );
+        // The address: 5 failures across accounts.
+        let t = Throttle::new(100, 5, Duration::from_secs(600));
+        for n in 0..5 {
+            t.failure(&format!("user{n}"), ip);
+        }
+        assert!(matches!(
+            t.check("someone-else", ip),
+            Verdict::Locked { .. }
+        ));
+        assert!(matches!(
+            t.check("someone-else", other_ip),
+            Verdict::Allowed { .. }
+        ));
+        t.success("user0");
+        assert!(
+            matches!(t.check("user0", ip), Verdict::Locked { .. }),
+            "success does not unlock the address"
+        );
+    }
+
+    #[test]
+    fn constant_time_eq_compares() {
+        assert!(constant_time_eq("abc", "abc"));
+        assert!(!constant_time_eq("abc", "abd"));
+        assert!(!constant_time_eq("abc", "ab"));
+    }
+}

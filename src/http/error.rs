@@ -1,0 +1,155 @@
+//! The one mapping from errors to HTTP responses: each variant has a status and a stable,
+//! lowercase error code, shown on the error page and in the JSON body of API answers
+//! (`{"error": {"code": "…", "message": "…"}}`).
+
+use actix_web::http::{StatusCode, header};
+use actix_web::{HttpResponse, ResponseError};
+
+use crate::admin::AdminError;
+use crate::backup::BackupError;
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error("Sign in first.")]
+    NotSignedIn,
+    #[error("Finish the first-run setup wizard first.")]
+    SetupRequired,
+    #[error("Change the one-time password first.")]
+    MustChangePassword,
+    #[error(
+        "The form has expired or did not come from this console. Reload the page and try again."
+    )]
+    Csrf,
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("Too many failed sign-ins. Try again in {minutes} minute(s).")]
+    Locked { minutes: u64 },
+    #[error("There is no such page.")]
+    NotFound,
+    #[error(transparent)]
+    Admin(#[from] AdminError),
+    #[error("The page could not be drawn: {0}")]
+    Render(String),
+}
+
+impl From<StoreError> for HttpError {
+    fn from(e: StoreError) -> Self {
+        HttpError::Admin(AdminError::Store(e))
+    }
+}
+
+impl HttpError {
+    /// The stable code scripts and the error page show.
+    pub fn code(&self) -> &'static str {
+        match self {
+            HttpError::NotSignedIn => "not_signed_in",
+            HttpError::SetupRequired => "setup_required",
+            HttpError::MustChangePassword => "password_change_required",
+            HttpError::Csrf => "csrf_failed",
+            HttpError::BadRequest(_) => "bad_request",
+            HttpError::Locked { .. } => "locked_out",
+            HttpError::NotFound => "not_found",
+            HttpError::Render(_) => "render_failed",
+            HttpError::Admin(e) => match e {
+                AdminError::Store(_) => "store_error",
+                AdminError::Licence(_) => "licence_refused",
+                AdminError::Tls(_) => "certificate_refused",
+                AdminError::Backup(BackupError::WrongPassphrase) => "wrong_passphrase",
+                AdminError::Backup(BackupError::PassphraseRequired) => "passphrase_required",
+                AdminError::Backup(_) => "backup_refused",
+                AdminError::Auth(_) => "internal_error",
+                AdminError::WeakPassword(_) => "weak_password",
+                AdminError::WrongPassword => "wrong_password",
+                AdminError::AgreementRequired => "agreement_required",
+                AdminError::NoLicenceKey => "licence_key_missing",
+                AdminError::WizardOrder(_) => "wizard_order",
+                AdminError::NoSuchAccount(_) => "no_such_account",
+            },
+        }
+    }
+
+    fn redirect_to(&self) -> Option<&'static str> {
+        match self {
+            HttpError::NotSignedIn => Some("/admin/login"),
+            HttpError::SetupRequired => Some("/admin/wizard"),
+            HttpError::MustChangePassword => Some("/admin/me"),
+            _ => None,
+        }
+    }
+
+    /// An answer for API clients: the same status and code, as JSON.
+    pub fn json_response(&self) -> HttpResponse {
+        let mut builder = HttpResponse::build(self.status_code());
+        if let Some(to) = self.redirect_to() {
+            builder.insert_header((header::LOCATION, to));
+        }
+        builder.json(serde_json::json!({
+            "error": { "code": self.code(), "message": self.to_string() }
+        }))
+    }
+}
+
+impl ResponseError for HttpError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            HttpError::NotSignedIn | HttpError::SetupRequired | HttpError::MustChangePassword => {
+                StatusCode::SEE_OTHER
+            }
+            HttpError::Csrf => StatusCode::FORBIDDEN,
+            HttpError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            HttpError::Locked { .. } => StatusCode::TOO_MANY_REQUESTS,
+            HttpError::NotFound => StatusCode::NOT_FOUND,
+            HttpError::Render(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            HttpError::Admin(e) => match e {
+                AdminError::Store(StoreError::InUse { .. }) => StatusCode::SERVICE_UNAVAILABLE,
+                AdminError::Store(_) | AdminError::Auth(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                AdminError::WrongPassword => StatusCode::UNAUTHORIZED,
+                AdminError::WizardOrder(_) => StatusCode::CONFLICT,
+                AdminError::NoSuchAccount(_) => StatusCode::NOT_FOUND,
+                _ => StatusCode::BAD_REQUEST,
+            },
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        if let Some(to) = self.redirect_to() {
+            return HttpResponse::SeeOther()
+                .insert_header((header::LOCATION, to))
+                .finish();
+        }
+        if self.status_code().is_server_error() {
+            tracing::error!(code = self.code(), "{self}");
+        }
+        let message = escape(&self.to_string());
+        HttpResponse::build(self.status_code())
+            .content_type("text/html; charset=utf-8")
+            .insert_header((header::CACHE_CONTROL, "no-store"))
+            .body(format!(
+                "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Gatehouse: \
+                 {status}</title><link rel=\"stylesheet\" href=\"/assets/gatehouse.css\"></head>\
+                 <body class=\"bare\"><main class=\"card narrow\"><h1>{status}</h1>\
+                 <p class=\"error\" data-code=\"{code}\">{message}</p>\
+                 <p><a href=\"/admin\">Back to the console</a></p></main></body></html>",
+                status = self.status_code(),
+                code = self.code(),
+            ))
+    }
+}
+
+/// The answer the wizard gate gives: a redirect for pages, the same with a JSON body for APIs.
+pub fn setup_required(path: &str) -> HttpResponse {
+    if path.starts_with("/api/") {
+        HttpError::SetupRequired.json_response()
+    } else {
+        HttpError::SetupRequired.error_response()
+    }
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#39;")
+}

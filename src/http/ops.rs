@@ -1,0 +1,61 @@
+//! Operations endpoints and the dashboard: `GET /healthz`, `GET /metrics`, and
+//! Dashboard > Overview.
+
+use actix_web::{HttpResponse, web};
+
+use super::pages::Page;
+use super::session::Console;
+use super::setup::describe_certificate;
+use super::{AppState, HttpError};
+use crate::admin;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/healthz", web::get().to(healthz))
+        .route("/metrics", web::get().to(metrics))
+        .route("/admin", web::get().to(dashboard));
+}
+
+/// 200 once the server answers at all: the store was opened and migrated before it listened.
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; charset=utf-8")
+        .body("ok\n")
+}
+
+async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(state.metrics.render())
+}
+
+async fn dashboard(state: web::Data<AppState>, who: Console) -> Result<HttpResponse, HttpError> {
+    let licence = state.licence_state().await?;
+    let cert = describe_certificate(&state).await?;
+    let config = state.config.clone();
+    let last_backup = web::block(move || admin::list_backups(&config).into_iter().next())
+        .await
+        .map_err(|e| HttpError::Render(e.to_string()))?
+        .map_or("none yet".to_string(), |(name, _, _)| name);
+    let uptime = state.started.elapsed().as_secs();
+    let memory = crate::telemetry::process_memory().map_or("unknown".into(), |(rss, _)| {
+        format!("{:.1} MiB", rss as f64 / 1048576.0)
+    });
+    let facts: Vec<(&str, String)> = vec![
+        ("Version", env!("CARGO_PKG_VERSION").to_string()),
+        ("Licence", licence.label(crate::licence::today())),
+        ("Installation code", admin::installation_code(&state.store)),
+        (
+            "Certificate",
+            format!("{} (valid until {})", cert.names.join(", "), cert.not_after),
+        ),
+        (
+            "Up for",
+            format!("{}h {:02}m", uptime / 3600, (uptime % 3600) / 60),
+        ),
+        ("Memory", memory),
+        ("Last scheduled backup", last_backup),
+    ];
+    let mut page = Page::new(&state, Some(&who), "dashboard.html", "Dashboard", "/admin").await?;
+    page.set("facts", &facts);
+    page.render(&state)
+}

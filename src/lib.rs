@@ -1,0 +1,36 @@
+//! Gatehouse: a VDI connection broker and gateway appliance in one binary.
+//!
+//! # Code map
+//!
+//! Data flows from the edges (HTTP console, CLI, scheduler) into the rules and down to the
+//! store; nothing below reaches back up.
+//!
+//! | module      | owns                                                                   | never touches            |
+//! |-------------|------------------------------------------------------------------------|--------------------------|
+//! | `cli`       | clap commands; with `main`, the only user of `anyhow`                  | business rules           |
+//! | `config`    | the typed `Config`: defaults → TOML file → `GATEHOUSE_…` env → flags   | —                        |
+//! | `app`       | wiring: shared state, starts HTTP and the scheduler once, shutdown     | decisions                |
+//! | `model`     | plain domain types with their validation; pure                         | I/O, sled, actix         |
+//! | `store`     | the only module that names `sled`: typed collections, versioned values, migrations, transactions, snapshot swap | business rules, HTTP |
+//! | `admin`     | administration rules: wizard steps, admin password, licence activation, certificate, backups, audit | HTTP types |
+//! | `auth`      | admin accounts, argon2id hashes, console sessions, CSRF, sign-in throttling | HTTP types           |
+//! | `licence`   | signed licence keys, installation codes, evaluation, "is this allowed" | the store                |
+//! | `backup`    | the snapshot file format: header, checksum, encryption, rotation       | sled                     |
+//! | `tls`       | certificates: generation, PEM validation, a resolver that reloads live | the store                |
+//! | `scheduler` | cron expressions and the job loop                                      | what the jobs do         |
+//! | `telemetry` | tracing setup and Prometheus metrics                                   | —                        |
+//! | `http`      | actix routes per area, tera pages, the one error → response mapping    | sled                     |
+
+pub mod admin;
+pub mod app;
+pub mod auth;
+pub mod backup;
+pub mod cli;
+pub mod config;
+pub mod http;
+pub mod licence;
+pub mod model;
+pub mod scheduler;
+pub mod store;
+pub mod telemetry;
+pub mod tls;

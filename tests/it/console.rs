@@ -1,0 +1,542 @@
+//! The console over real HTTPS: the wizard, its gate, CSRF, sign-in throttling, licences,
+//! certificates, My options, the audit log and metrics.
+
+use crate::common::{self, Licensing, Server};
+
+const PASSWORD: &str = "Gatehouse-Test-42!";
+
+#[tokio::test]
+async fn wizard_end_to_end_then_factory_password_is_refused() {
+    let (_dir, data) = common::fresh_data();
+    let server = Server::start(&data, None);
+    let mut c = server.console();
+
+    // Before the wizard every console page and API leads to it.
+    for path in [
+        "/admin",
+        "/admin/system/licence",
+        "/admin/system/backups",
+        "/admin/me",
+    ] {
+        let a = c.get(path).await;
+        assert_eq!(
+            (a.status, a.location.as_str()),
+            (303, "/admin/wizard"),
+            "{path}"
+        );
+    }
+    let api = c.get("/api/v1/anything").await;
+    assert_eq!(api.status, 303);
+    let json: serde_json::Value = serde_json::from_str(&api.body).expect("json error body");
+    assert_eq!(json["error"]["code"], "setup_required");
+    // The wizard itself needs a signed-in administrator.
+    let a = c.get("/admin/wizard").await;
+    assert_eq!((a.status, a.location.as_str()), (303, "/admin/login"));
+
+    c.complete_wizard(PASSWORD, None).await;
+    let dash = c.get("/admin").await;
+    assert_eq!(dash.status, 200, "{}", dash.body);
+    assert!(dash.body.contains("Signed in as admin"));
+    assert!(
+        dash.body.contains("Evaluation"),
+        "evaluation is shown as such"
+    );
+    for area in [
+        "Dashboard",
+        "Setup",
+        "System",
+        "Licence",
+        "Backups",
+        "Audit log",
+    ] {
+        assert!(dash.body.contains(area), "menu has {area}");
+    }
+    assert!(
+        !dash.body.contains(">Resources<"),
+        "areas without pages are not shown"
+    );
+
+    // The factory password no longer opens anything.
+    let mut other = server.console();
+    let a = other.sign_in("admin", "leo").await;
+    assert_eq!(a.status, 401, "{}", a.body);
+    assert!(a.body.contains("Wrong user name or password"));
+    // The new one does.
+    let mut again = server.console();
+    let a = again.sign_in("admin", PASSWORD).await;
+    assert_eq!((a.status, a.location.as_str()), (303, "/admin"));
+
+    // After a restart the wizard stays done.
+    drop(server);
+    let server = Server::start(&data, None);
+    let mut c = server.console();
+    let a = c.sign_in("admin", PASSWORD).await;
+    assert_eq!((a.status, a.location.as_str()), (303, "/admin"));
+}
+
+#[tokio::test]
+async fn wizard_steps_cannot_be_skipped_and_weak_passwords_are_refused() {
+    let (_dir, data) = common::fresh_data();
+    let server = Server::start(&data, None);
+    let mut c = server.console();
+    c.sign_in("admin", "leo").await;
+    c.get("/admin/wizard").await;
+    // Step 2 and 3 before step 1: refused.
+    let a = c
+        .post_multipart(
+            "/admin/wizard/licence",
+            &[("agree", "yes"), ("choice", "evaluation")],
+            &[],
+        )
+        .await;
+    assert_eq!(a.status, 409, "{}", a.body);
+    let a = c
+        .post_multipart("/admin/wizard/certificate", &[("choice", "keep")], &[])
+        .await;
+    assert_eq!(a.status, 409, "{}", a.body);
+    let a = c.post("/admin/wizard/finish", &[]).await;
+    assert_eq!(a.status, 409, "{}", a.body);
+    // Weak and mismatched passwords.
+    let a = c
+        .post(
+            "/admin/wizard/password",
+            &[("password", "short"), ("confirm", "short")],
+        )
+        .await;
+    assert_eq!(a.status, 400);
+    assert!(a.body.contains("at least 12"), "{}", a.body);
+    let a = c
+        .post(
+            "/admin/wizard/password",
+            &[("password", PASSWORD), ("confirm", "Gatehouse-Test-43!")],
+        )
+        .await;
+    assert_eq!(a.status, 400);
+    assert!(a.body.contains("differ"));
+    // Nothing changed: the factory password still signs in.
+    let mut other = server.console();
+    assert_eq!(
+        other.sign_in("admin", "leo").await.location,
+        "/admin/wizard"
+    );
+    // The licence step without the agreement checkbox.
+    c.post(
+        "/admin/wizard/password",
+        &[("password", PASSWORD), ("confirm", PASSWORD)],
+    )
+    .await;
+    c.get("/admin/wizard").await;
+    let a = c
+        .post_multipart("/admin/wizard/licence", &[("choice", "evaluation")], &[])
+        .await;
+    assert_eq!(a.status, 400);
+    assert!(a.body.contains("Accept the licence agreement"));
+    // The certificate step is still closed.
+    let a = c
+        .post_multipart("/admin/wizard/certificate", &[("choice", "keep")], &[])
+        .await;
+    assert_eq!(a.status, 409, "{}", a.body);
+}
+
+#[tokio::test]
+async fn forms_without_the_right_csrf_token_are_refused() {
+    let (_dir, data) = common::fresh_data();
+    let server = Server::start(&data, None);
+    let mut c = server.console();
+    c.get("/admin/login").await;
+    // Sign-in form: missing token, wrong token.
+    let a = c
+        .post_raw(
+            "/admin/login",
+            &[("username", "admin"), ("password", "leo")],
+        )
+        .await;
+    assert_eq!(a.status, 403);
+    let a = c
+        .post_raw(
+            "/admin/login",
+            &[
+                ("username", "admin"),
+                ("password", "leo"),
+                ("csrf", "forged"),
+            ],
+        )
+        .await;
+    assert_eq!(a.status, 403);
+    assert!(a.body.contains("csrf_failed"));
+    // A signed-in form with a token from another session.
+    let a = c.sign_in("admin", "leo").await;
+    assert_eq!(a.status, 303);
+    let mut other = server.console();
+    other.get("/admin/login").await;
+    let foreign = other.csrf.clone();
+    c.get("/admin/wizard").await;
+    let a = c
+        .post_raw(
+            "/admin/wizard/password",
+            &[
+                ("password", PASSWORD),
+                ("confirm", PASSWORD),
+                ("csrf", &foreign),
+            ],
+        )
+        .await;
+    assert_eq!(a.status, 403);
+    let a = c.post_multipart("/admin/wizard/licence", &[], &[]).await;
+    assert_ne!(a.status, 403, "the right token passes the check");
+    // The refused password change did not happen.
+    let mut third = server.console();
+    assert_eq!(third.sign_in("admin", "leo").await.status, 303);
+}
+
+#[tokio::test]
+async fn failed_sign_ins_are_throttled_then_locked_out() {
+    let (dir, data) = common::fresh_data();
+    let config = dir.path().join("gatehouse.toml");
+    std::fs::write(&config, "[security]\nmax_failures_per_account = 3\n").expect("config");
+    let server = Server::start(&data, Some(&config));
+    let mut c = server.console();
+    for n in 1..=3 {
+        let a = c.sign_in("admin", "wrong").await;
+        assert_eq!(a.status, 401, "failure {n}");
+    }
+    // Locked: even the right password is refused, with a clear message.
+    let a = c.sign_in("admin", "leo").await;
+    assert_eq!(a.status, 429, "{}", a.body);
+    assert!(a.body.contains("Too many failed sign-ins"));
+    let metrics = c.get("/metrics").await.body;
+    let failures: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("gatehouse_signin_failures_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("sign-in failure counter");
+    assert_eq!(failures, 4);
+    assert!(metrics.contains("route=\"/admin/login\""), "{metrics}");
+    assert!(metrics.contains("gatehouse_process_resident_memory_bytes"));
+    let health = c.get("/healthz").await;
+    assert_eq!((health.status, health.body.trim()), (200, "ok"));
+}
+
+#[tokio::test]
+async fn licence_keys_are_checked_with_a_clear_error_for_each_fault() {
+    let (dir, data) = common::fresh_data();
+    let vendor = Licensing::new();
+    let stranger = Licensing::new();
+    let config = vendor.config_file(dir.path(), "");
+    let server = Server::start(&data, Some(&config));
+    let code = common::installation_code(&data);
+    let mut c = server.console();
+    c.sign_in("admin", "leo").await;
+    c.get("/admin/wizard").await;
+    c.post(
+        "/admin/wizard/password",
+        &[("password", PASSWORD), ("confirm", PASSWORD)],
+    )
+    .await;
+    let page = c.get("/admin/wizard").await;
+    assert!(
+        page.body.contains(&code),
+        "the wizard shows the installation code"
+    );
+
+    let other_code = {
+        let (_d, other) = common::fresh_data();
+        drop(Server::start(&other, None));
+        common::installation_code(&other)
+    };
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "malformed",
+            "this is not a licence key".into(),
+            "could not be read",
+        ),
+        (
+            "bad signature",
+            stranger.issue("S-1", &code, &[]),
+            "signature does not match",
+        ),
+        (
+            "other installation",
+            vendor.issue("S-2", &other_code, &[]),
+            "issued for installation",
+        ),
+        (
+            "expired",
+            vendor.issue(
+                "S-3",
+                &code,
+                &["--issued", "2020-01-01", "--expires", "2020-01-31"],
+            ),
+            "expired on 2020-01-31",
+        ),
+    ];
+    for (what, key, message) in cases {
+        let a = c
+            .post_multipart(
+                "/admin/wizard/licence",
+                &[("key", &key), ("agree", "yes"), ("choice", "key")],
+                &[],
+            )
+            .await;
+        assert_eq!(a.status, 400, "{what}: {}", a.body);
+        assert!(
+            a.body.contains(message),
+            "{what}: expected {message:?} in {}",
+            a.body
+        );
+        assert!(
+            a.body.contains("id=\"licence-form\""),
+            "{what}: still on the licence step"
+        );
+    }
+    // A good key, uploaded as a file.
+    let good = vendor.issue(
+        "S-GOOD",
+        &code,
+        &["--max-users", "250", "--expires", "2099-12-31"],
+    );
+    let a = c
+        .post_multipart(
+            "/admin/wizard/licence",
+            &[("agree", "yes"), ("choice", "key")],
+            &[("key_file", "licence.txt", good.into_bytes())],
+        )
+        .await;
+    assert_eq!(a.status, 303, "{}", a.body);
+    c.get("/admin/wizard").await;
+    c.post_multipart("/admin/wizard/certificate", &[("choice", "keep")], &[])
+        .await;
+    c.get("/admin/wizard").await;
+    c.post("/admin/wizard/finish", &[]).await;
+    let page = c.get("/admin/system/licence").await;
+    assert_eq!(page.status, 200);
+    for fact in ["S-GOOD", "ACME Test", "2099-12-31", "250"] {
+        assert!(page.body.contains(fact), "licence page shows {fact}");
+    }
+    assert!(
+        !page.body.contains("id=\"licence-banner\""),
+        "no evaluation banner once licensed"
+    );
+    // System > Licence refuses a bad key later too, and keeps the good one.
+    let a = c
+        .post_multipart(
+            "/admin/system/licence",
+            &[("key", "garbage"), ("agree", "yes")],
+            &[],
+        )
+        .await;
+    assert_eq!(a.status, 400);
+    assert!(a.body.contains("S-GOOD"));
+    let audit = c.get("/admin/system/audit").await.body;
+    assert!(
+        audit.contains("licence.refused") && audit.contains("licence.activated"),
+        "{audit}"
+    );
+}
+
+#[tokio::test]
+async fn uploaded_certificates_are_validated_and_applied_without_restart() {
+    let (_dir, data) = common::fresh_data();
+    let server = Server::start(&data, None);
+    let mut c = server.console();
+    c.complete_wizard(PASSWORD, None).await;
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tls");
+    let read = |name: &str| std::fs::read_to_string(fixtures.join(name)).expect("fixture");
+    let (ec_cert, ec_key, rsa_key) = (
+        read("ec-cert.pem"),
+        read("ec-key-sec1.pem"),
+        read("rsa-key-pkcs1.pem"),
+    );
+
+    // A client that trusts only the fixture certificate.
+    let port = server.base.rsplit(':').next().expect("port").to_string();
+    let strict = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(ec_cert.as_bytes()).expect("pem")])
+        .build()
+        .expect("client");
+    let health = format!("https://localhost:{port}/healthz");
+    assert!(
+        strict.get(&health).send().await.is_err(),
+        "the generated certificate is not the fixture"
+    );
+
+    c.get("/admin/setup/certificate").await;
+    let a = c
+        .post_multipart(
+            "/admin/setup/certificate",
+            &[("cert", &ec_cert), ("key", &rsa_key)],
+            &[],
+        )
+        .await;
+    assert_eq!(a.status, 400);
+    assert!(
+        a.body.contains("does not belong to this certificate"),
+        "{}",
+        a.body
+    );
+    assert!(
+        strict.get(&health).send().await.is_err(),
+        "a refused upload changes nothing"
+    );
+
+    let a = c
+        .post_multipart(
+            "/admin/setup/certificate",
+            &[],
+            &[
+                ("cert_file", "c.pem", ec_cert.clone().into_bytes()),
+                ("key_file", "k.pem", ec_key.into_bytes()),
+            ],
+        )
+        .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert!(a.body.contains("The new certificate is in use"));
+    let resp = strict
+        .get(&health)
+        .send()
+        .await
+        .expect("new certificate served without restart");
+    assert_eq!(resp.status(), 200);
+}
+
+#[tokio::test]
+async fn my_options_changes_the_password_and_reset_password_forces_a_change() {
+    let (_dir, data) = common::fresh_data();
+    let server = Server::start(&data, None);
+    let mut c = server.console();
+    c.complete_wizard(PASSWORD, None).await;
+    c.get("/admin/me").await;
+    let a = c
+        .post(
+            "/admin/me/password",
+            &[
+                ("current", "wrong"),
+                ("password", "Another-Pass-77!"),
+                ("confirm", "Another-Pass-77!"),
+            ],
+        )
+        .await;
+    assert_eq!(a.status, 401);
+    let a = c
+        .post(
+            "/admin/me/password",
+            &[
+                ("current", PASSWORD),
+                ("password", "Another-Pass-77!"),
+                ("confirm", "Another-Pass-77!"),
+            ],
+        )
+        .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert!(a.body.contains("Your password has been changed"));
+    assert_eq!(
+        server.console().sign_in("admin", PASSWORD).await.status,
+        401
+    );
+
+    // reset-password needs the server stopped, and says so.
+    let (ok, _, err) = common::run(&[
+        "admin",
+        "reset-password",
+        "--data",
+        data.to_str().expect("utf8"),
+    ]);
+    assert!(!ok);
+    assert!(err.contains("in use"), "{err}");
+    drop(server);
+    let (ok, out, err) = common::run(&[
+        "admin",
+        "reset-password",
+        "--data",
+        data.to_str().expect("utf8"),
+    ]);
+    assert!(ok, "{err}");
+    let one_time = out
+        .lines()
+        .find_map(|l| l.strip_prefix("One-time password for admin: "))
+        .expect("password printed")
+        .to_string();
+    let server = Server::start(&data, None);
+    let mut c = server.console();
+    let a = c.sign_in("admin", &one_time).await;
+    assert_eq!((a.status, a.location.as_str()), (303, "/admin/me"));
+    let a = c.get("/admin/system/audit").await;
+    assert_eq!(
+        (a.status, a.location.as_str()),
+        (303, "/admin/me"),
+        "nothing else until changed"
+    );
+    c.get("/admin/me").await;
+    let a = c
+        .post(
+            "/admin/me/password",
+            &[
+                ("current", &one_time),
+                ("password", "Third-Pass-99!"),
+                ("confirm", "Third-Pass-99!"),
+            ],
+        )
+        .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let audit = c.get("/admin/system/audit").await;
+    assert_eq!(audit.status, 200);
+    for action in [
+        "password.reset",
+        "password.change",
+        "wizard.finished",
+        "signin",
+    ] {
+        assert!(audit.body.contains(action), "audit has {action}");
+    }
+}
+
+#[tokio::test]
+async fn plain_http_port_redirects_to_https() {
+    let (dir, data) = common::fresh_data();
+    let free = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let plain = free.local_addr().expect("addr");
+    drop(free);
+    let config = dir.path().join("gatehouse.toml");
+    std::fs::write(
+        &config,
+        format!("[server]\nhttp_redirect_listen = \"{plain}\"\n"),
+    )
+    .expect("config");
+    let server = Server::start(&data, Some(&config));
+    let resp = common::client()
+        .get(format!("http://{plain}/admin/login?x=1"))
+        .send()
+        .await
+        .expect("plain port answers");
+    assert_eq!(resp.status(), 308);
+    let to = resp.headers()["location"]
+        .to_str()
+        .expect("ascii")
+        .to_string();
+    assert_eq!(to, format!("{}/admin/login?x=1", server.base));
+}
+
+#[tokio::test]
+async fn session_cookie_is_secure_httponly_strict() {
+    let (_dir, data) = common::fresh_data();
+    let server = Server::start(&data, None);
+    let resp = common::client()
+        .get(format!("{}/admin/login", server.base))
+        .send()
+        .await
+        .expect("login page");
+    let cookie = resp.headers()["set-cookie"]
+        .to_str()
+        .expect("ascii")
+        .to_string();
+    for part in [
+        "__Host-gatehouse=",
+        "Secure",
+        "HttpOnly",
+        "SameSite=Strict",
+        "Path=/",
+    ] {
+        assert!(cookie.contains(part), "{cookie} lacks {part}");
+    }
+    assert_eq!(resp.headers()["x-frame-options"], "DENY");
+}

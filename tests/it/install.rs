@@ -1,0 +1,449 @@
+//! `packaging/install.sh` end to end, in `--prefix DIR --no-systemd` mode so it needs neither
+//! root nor systemd: the layout it installs, that the installed binary serves HTTPS, that a
+//! re-run upgrades in place (configuration byte-identical, a pre-upgrade backup taken) and
+//! refuses while a server holds the data folder, and the `--archive file://…` source.
+//!
+//! Owns nothing but its temporary folders and the processes it starts, which a guard ends on
+//! `Drop`. It does not touch the system-wide paths (`/usr/local/bin`, `/etc`, `/var/lib`).
+
+use std::ffi::{OsStr, OsString};
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+const BINARY: &str = env!("CARGO_BIN_EXE_gatehouse");
+const CONSOLE_PREFIX: &str = "Gatehouse console: ";
+/// Requests tried before /healthz counts as down; the server says it is ready before it prints
+/// the console line, so the first one normally answers.
+const HEALTH_TRIES: usize = 100;
+/// Only a guard against a hung server: a healthy one prints its line at once.
+const CONSOLE_LINE_DEADLINE: Duration = Duration::from_secs(120);
+
+fn install_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/install.sh")
+}
+
+/// The paths `install.sh --prefix DIR` promises.
+struct Layout {
+    prefix: PathBuf,
+}
+
+impl Layout {
+    /// Creates `prefix` and names it canonically, as install.sh writes it into the config.
+    fn new(prefix: &Path) -> Self {
+        fs::create_dir_all(prefix).expect("the prefix folder can be created");
+        let prefix = fs::canonicalize(prefix).expect("the prefix folder has a canonical path");
+        Self { prefix }
+    }
+    fn binary(&self) -> PathBuf {
+        self.prefix.join("bin/gatehouse")
+    }
+    fn config(&self) -> PathBuf {
+        self.prefix.join("etc/gatehouse/gatehouse.toml")
+    }
+    fn data_dir(&self) -> PathBuf {
+        self.prefix.join("var/lib/gatehouse")
+    }
+    fn backups(&self) -> PathBuf {
+        self.data_dir().join("backups")
+    }
+
+    fn pre_upgrade_backups(&self) -> Vec<PathBuf> {
+        let mut found: Vec<PathBuf> = fs::read_dir(self.backups())
+            .expect("the backups folder is readable")
+            .map(|entry| entry.expect("a readable backups entry").path())
+            .filter(|path| {
+                let name = path.file_name().and_then(OsStr::to_str).unwrap_or_default();
+                name.starts_with("pre-upgrade-") && name.ends_with(".ghbak")
+            })
+            .collect();
+        found.sort();
+        found
+    }
+}
+
+fn describe(output: &Output) -> String {
+    format!(
+        "exit: {}\n--- stdout\n{}--- stderr\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// Runs install.sh with `args`, through `bash` so the executable bit of the checkout does not
+/// matter, with stdin closed.
+fn run_install<I, S>(args: I) -> Output
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    Command::new("bash")
+        .arg(install_script())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("bash runs install.sh")
+}
+
+fn prefix_args(layout: &Layout, source: &[&OsStr]) -> Vec<OsString> {
+    let mut args: Vec<OsString> = vec![
+        "--prefix".into(),
+        layout.prefix.clone().into(),
+        "--no-systemd".into(),
+    ];
+    args.extend(source.iter().map(|arg| arg.to_os_string()));
+    args
+}
+
+fn install_from_binary(layout: &Layout) -> Output {
+    let output = run_install(prefix_args(layout, &["--binary".as_ref(), BINARY.as_ref()]));
+    assert!(
+        output.status.success(),
+        "install.sh failed:\n{}",
+        describe(&output)
+    );
+    output
+}
+
+fn assert_installed_layout(layout: &Layout) {
+    let binary = layout.binary();
+    let mode = fs::metadata(&binary)
+        .expect("the binary is installed")
+        .permissions()
+        .mode();
+    assert!(
+        mode & 0o111 != 0,
+        "{} is not executable (mode {mode:o})",
+        binary.display()
+    );
+
+    let version = Command::new(&binary)
+        .arg("version")
+        .output()
+        .expect("the installed binary runs");
+    let version_text = String::from_utf8_lossy(&version.stdout);
+    assert!(
+        version.status.success() && version_text.starts_with("gatehouse "),
+        "`gatehouse version`:\n{}",
+        describe(&version)
+    );
+
+    let check = Command::new(&binary)
+        .args(["config", "check", "--config"])
+        .arg(layout.config())
+        .output()
+        .expect("config check runs");
+    assert!(
+        check.status.success(),
+        "the installed configuration is invalid:\n{}",
+        describe(&check)
+    );
+
+    let config = fs::read_to_string(layout.config()).expect("the configuration is readable");
+    let data_dir_line = format!("data_dir = \"{}\"", layout.data_dir().display());
+    assert!(
+        config.contains(&data_dir_line),
+        "config lacks `{data_dir_line}`:\n{config}"
+    );
+
+    assert!(
+        layout.data_dir().is_dir(),
+        "no data folder {}",
+        layout.data_dir().display()
+    );
+    assert!(
+        layout.backups().is_dir(),
+        "no backups folder {}",
+        layout.backups().display()
+    );
+}
+
+/// A `gatehouse serve` started from an installed tree; killed and reaped on `Drop`.
+struct Server {
+    child: Child,
+    base_url: String,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Server {
+    fn start(layout: &Layout) -> Self {
+        let mut child = Command::new(layout.binary())
+            .arg("serve")
+            .arg("--config")
+            .arg(layout.config())
+            .args(["--listen", "127.0.0.1:0"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the installed binary starts");
+
+        // Both pipes are drained to the end so a chatty server never blocks on a full pipe.
+        let stderr = Arc::new(Mutex::new(String::new()));
+        if let Some(pipe) = child.stderr.take() {
+            let sink = Arc::clone(&stderr);
+            thread::spawn(move || {
+                for line in BufReader::new(pipe).lines() {
+                    let Ok(line) = line else { break };
+                    if let Ok(mut shared) = sink.lock() {
+                        shared.push_str(&line);
+                        shared.push('\n');
+                    }
+                }
+            });
+        }
+        let (line_tx, line_rx) = mpsc::channel::<String>();
+        let stdout = child.stdout.take().expect("stdout is piped");
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if line.starts_with(CONSOLE_PREFIX) {
+                    let _ = line_tx.send(line);
+                }
+            }
+        });
+
+        let mut server = Self {
+            child,
+            base_url: String::new(),
+            stderr,
+        };
+        let line = match line_rx.recv_timeout(CONSOLE_LINE_DEADLINE) {
+            Ok(line) => line,
+            Err(err) => panic!(
+                "no `{CONSOLE_PREFIX}` line on stdout ({err}); exit status {:?}; stderr:\n{}",
+                server.child.try_wait(),
+                server.stderr_text()
+            ),
+        };
+        let url = line.trim_start_matches(CONSOLE_PREFIX).trim();
+        let base = url
+            .strip_suffix("/admin")
+            .unwrap_or_else(|| panic!("the console URL does not end in /admin: {line}"));
+        let port = base.strip_prefix("https://127.0.0.1:").unwrap_or_else(|| {
+            panic!("the console URL is not https on the bound 127.0.0.1 address: {line}")
+        });
+        let port: u16 = port
+            .parse()
+            .unwrap_or_else(|_| panic!("no port in the console URL: {line}"));
+        assert_ne!(
+            port, 0,
+            "the console line must name the real bound port: {line}"
+        );
+        server.base_url = base.to_string();
+        server
+    }
+
+    fn stderr_text(&self) -> String {
+        self.stderr
+            .lock()
+            .map(|text| text.clone())
+            .unwrap_or_default()
+    }
+
+    /// GETs /healthz until it answers 200, a bounded number of times.
+    async fn assert_healthy(&self) {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = reqwest::Client::builder()
+            .tls_danger_accept_invalid_certs(true)
+            .timeout(Duration::from_secs(10))
+            .build()
+            .expect("a reqwest client");
+        let url = format!("{}/healthz", self.base_url);
+        let mut last = String::from("no request made");
+        for _ in 0..HEALTH_TRIES {
+            match client.get(&url).send().await {
+                Ok(response) if response.status() == reqwest::StatusCode::OK => return,
+                Ok(response) => last = format!("status {}", response.status()),
+                Err(err) => last = format!("{err:?}"),
+            }
+            tokio::task::yield_now().await;
+        }
+        panic!(
+            "{url} never answered 200 (last: {last}); server stderr:\n{}",
+            self.stderr_text()
+        );
+    }
+
+    /// Ends the server (SIGKILL, as a crash or power loss would) and reaps it.
+    fn stop(mut self) {
+        self.end();
+    }
+
+    fn end(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.end();
+    }
+}
+
+#[tokio::test]
+async fn install_serve_then_upgrade_in_place_keeps_config_and_takes_a_backup() {
+    let temp = tempfile::tempdir().expect("a temporary folder");
+    let layout = Layout::new(&temp.path().join("gatehouse"));
+
+    let first = install_from_binary(&layout);
+    assert_installed_layout(&layout);
+    let stdout = String::from_utf8_lossy(&first.stdout);
+    assert!(
+        stdout.contains(&format!(
+            "{} serve --config {}",
+            layout.binary().display(),
+            layout.config().display()
+        )),
+        "install.sh --no-systemd must print the command that starts it:\n{}",
+        describe(&first)
+    );
+    // An administrator's edit, which an upgrade must keep.
+    let mut config_before = fs::read(layout.config()).expect("the configuration is readable");
+    config_before.extend_from_slice(b"\n# edited by the administrator\n");
+    fs::write(layout.config(), &config_before).expect("the configuration is writable");
+
+    let server = Server::start(&layout);
+    server.assert_healthy().await;
+
+    // While the server holds the data folder, an upgrade is refused and changes nothing.
+    let refused = run_install(prefix_args(
+        &layout,
+        &["--binary".as_ref(), BINARY.as_ref()],
+    ));
+    assert!(
+        !refused.status.success(),
+        "install.sh upgraded under a running server:\n{}",
+        describe(&refused)
+    );
+    let refusal = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        refusal.contains("running server holds")
+            && refusal.contains(&layout.data_dir().display().to_string()),
+        "the refusal must say a running server holds the data folder:\n{}",
+        describe(&refused)
+    );
+    assert!(
+        layout.pre_upgrade_backups().is_empty(),
+        "a refused upgrade must not take a backup"
+    );
+    server.assert_healthy().await;
+    server.stop();
+
+    // Stopped: the re-run upgrades in place.
+    let upgrade = install_from_binary(&layout);
+    assert_eq!(
+        fs::read(layout.config()).expect("the configuration is readable"),
+        config_before,
+        "an upgrade must never rewrite the configuration:\n{}",
+        describe(&upgrade)
+    );
+    let backups = layout.pre_upgrade_backups();
+    assert_eq!(
+        backups.len(),
+        1,
+        "one pre-upgrade backup expected, found {backups:?}:\n{}",
+        describe(&upgrade)
+    );
+    let backup_size = fs::metadata(&backups[0])
+        .expect("the backup is readable")
+        .len();
+    assert!(
+        backup_size > 0,
+        "the pre-upgrade backup {} is empty",
+        backups[0].display()
+    );
+    assert_installed_layout(&layout);
+
+    // The upgraded install starts again on the kept data folder.
+    let again = Server::start(&layout);
+    again.assert_healthy().await;
+}
+
+#[test]
+fn install_from_a_release_archive_url() {
+    let temp = tempfile::tempdir().expect("a temporary folder");
+    let release = temp.path().join("release");
+    let folder = release.join("gatehouse-0.0.0-test");
+    fs::create_dir_all(&folder).expect("a release folder");
+    fs::copy(BINARY, folder.join("gatehouse"))
+        .expect("the binary is copied into the release folder");
+    let archive = temp.path().join("gatehouse-0.0.0-test.tar.gz");
+    let tar = Command::new("tar")
+        .arg("-czf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(&release)
+        .arg("gatehouse-0.0.0-test")
+        .output()
+        .expect("tar runs");
+    assert!(tar.status.success(), "tar failed:\n{}", describe(&tar));
+
+    let layout = Layout::new(&temp.path().join("prefix"));
+    let url = format!("file://{}", archive.display());
+    let output = run_install(prefix_args(&layout, &["--archive".as_ref(), url.as_ref()]));
+    assert!(
+        output.status.success(),
+        "install.sh --archive failed:\n{}",
+        describe(&output)
+    );
+    assert_installed_layout(&layout);
+    assert!(
+        fs::read(layout.binary()).expect("the installed binary is readable")
+            == fs::read(BINARY).expect("the built binary is readable"),
+        "the installed binary is not the one from the archive"
+    );
+}
+
+#[test]
+fn piped_into_bash_without_a_source_asks_for_an_archive() {
+    let temp = tempfile::tempdir().expect("a temporary folder");
+    let layout = Layout::new(temp.path());
+    let script = fs::File::open(install_script()).expect("install.sh is readable");
+    // `curl … | bash -s -- ARGS`: there is no checkout to build, so --archive is required.
+    let output = Command::new("bash")
+        .args(["-s", "--", "--no-systemd", "--prefix"])
+        .arg(&layout.prefix)
+        .stdin(script)
+        .output()
+        .expect("bash runs");
+    assert!(
+        !output.status.success(),
+        "install.sh succeeded with nothing to install:\n{}",
+        describe(&output)
+    );
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("--archive"),
+        "the error must say to pass --archive:\n{}",
+        describe(&output)
+    );
+    assert!(
+        !layout.binary().exists(),
+        "nothing may be installed without a binary"
+    );
+}
+
+#[test]
+fn installed_unit_is_the_packaged_unit() {
+    let output = run_install(["--print-unit"]);
+    assert!(
+        output.status.success(),
+        "install.sh --print-unit failed:\n{}",
+        describe(&output)
+    );
+    let packaged = Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/gatehouse.service");
+    let packaged = fs::read_to_string(packaged).expect("packaging/gatehouse.service is readable");
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        packaged,
+        "install.sh embeds a unit that differs from packaging/gatehouse.service: edit both together"
+    );
+}

@@ -1,0 +1,9 @@
+//! Gatehouse integration tests: one test binary, one module per area. Each test starts the
+//! real `gatehouse` binary on 127.0.0.1:0 with a fresh data folder and talks HTTPS to it.
+
+mod common;
+
+mod backup;
+mod browser;
+mod console;
+mod install;
