@@ -16,7 +16,7 @@ use crate::model::{
     ADMIN_USER, AdminAccount, AuditEntry, Certificate, FACTORY_PASSWORD, LicenceKey, SetupState,
     WizardStep,
 };
-use crate::store::{Record, Singleton, Store, StoreError, TxError};
+use crate::store::{Record, Singleton, Store, StoreError, Tx, TxError};
 use crate::tls::{self, CertInfo, CertPem, TlsError};
 
 #[derive(Debug, thiserror::Error)]
@@ -220,6 +220,27 @@ fn require_step(
     Ok(())
 }
 
+/// One change to the setup state (and the settings beside it) with its audit line, in one
+/// transaction: `f` checks and changes the state and writes what else it needs.
+fn change_setup(
+    store: &Store,
+    line: AuditEntry,
+    also: &[&'static str],
+    f: impl Fn(&Tx<'_>, &mut SetupState) -> std::result::Result<(), TxError<AdminError>>,
+) -> Result<()> {
+    let audit_key = store.next_key()?;
+    let mut trees = vec![SetupState::TREE, AuditEntry::TREE];
+    trees.extend_from_slice(also);
+    store.transact(&trees, |tx| {
+        let mut setup: SetupState = tx.get(SetupState::KEY)?.unwrap_or_default();
+        f(tx, &mut setup)?;
+        tx.put(SetupState::KEY, &setup)?;
+        tx.put(&audit_key, &line)?;
+        Ok(())
+    })?;
+    Ok(())
+}
+
 /// Wizard step 1: the admin's own password replaces the factory one.
 pub fn wizard_password(
     store: &Store,
@@ -229,25 +250,17 @@ pub fn wizard_password(
     min_len: usize,
 ) -> Result<()> {
     let account = new_account(ADMIN_USER, password, confirm, min_len)?;
-    let audit_key = store.next_key()?;
     let line = entry(actor, "wizard.password", "administrator password set", true);
-    store.transact(
-        &[AdminAccount::TREE, SetupState::TREE, AuditEntry::TREE],
-        |tx| {
-            let mut setup: SetupState = tx.get(SetupState::KEY)?.unwrap_or_default();
-            if setup.wizard_done {
-                return Err(TxError::Abort(AdminError::WizardOrder(
-                    "the wizard is already finished".into(),
-                )));
-            }
-            setup.wizard_step = setup.wizard_step.max(WizardStep::Licence as u8);
-            tx.put(ADMIN_USER, &account)?;
-            tx.put(SetupState::KEY, &setup)?;
-            tx.put(&audit_key, &line)?;
-            Ok(())
-        },
-    )?;
-    Ok(())
+    change_setup(store, line, &[AdminAccount::TREE], |tx, setup| {
+        if setup.wizard_done {
+            return Err(TxError::Abort(AdminError::WizardOrder(
+                "the wizard is already finished".into(),
+            )));
+        }
+        setup.wizard_step = setup.wizard_step.max(WizardStep::Licence as u8);
+        tx.put(ADMIN_USER, &account)?;
+        Ok(())
+    })
 }
 
 /// My options: change one's own password, knowing the current one.
@@ -358,7 +371,6 @@ pub fn activate_licence(
             return Err(e.into());
         }
     };
-    let audit_key = store.next_key()?;
     let line = entry(
         actor,
         "licence.activated",
@@ -369,20 +381,28 @@ pub fn activate_licence(
         key_text: Some(licence.key_text().to_string()),
         activated: Some(Utc::now()),
     };
-    let who = actor.name.clone();
-    store.transact(&[SetupState::TREE, AuditEntry::TREE], |tx| {
-        let mut setup: SetupState = tx.get(SetupState::KEY)?.unwrap_or_default();
-        require_step(&setup, WizardStep::Licence)?;
-        setup.agreement_accepted = Some((Utc::now(), who.clone()));
-        if !setup.wizard_done {
-            setup.wizard_step = setup.wizard_step.max(WizardStep::Certificate as u8);
-        }
-        tx.put(SetupState::KEY, &setup)?;
+    accept_agreement(store, actor, line, |tx| {
         tx.put(LicenceKey::KEY, &stored)?;
-        tx.put(&audit_key, &line)?;
         Ok(())
     })?;
     Ok(licence)
+}
+
+/// The licence step's common part: the agreement is recorded and the wizard moves on.
+fn accept_agreement(
+    store: &Store,
+    actor: &Actor,
+    line: AuditEntry,
+    f: impl Fn(&Tx<'_>) -> std::result::Result<(), TxError<AdminError>>,
+) -> Result<()> {
+    change_setup(store, line, &[], |tx, setup| {
+        require_step(setup, WizardStep::Licence)?;
+        setup.agreement_accepted = Some((Utc::now(), actor.name.clone()));
+        if !setup.wizard_done {
+            setup.wizard_step = setup.wizard_step.max(WizardStep::Certificate as u8);
+        }
+        f(tx)
+    })
 }
 
 /// Wizard step 2 without a key: the 30-day evaluation, counted from the first start.
@@ -390,26 +410,13 @@ pub fn choose_evaluation(store: &Store, actor: &Actor, agreed: bool) -> Result<(
     if !agreed {
         return Err(AdminError::AgreementRequired);
     }
-    let audit_key = store.next_key()?;
     let line = entry(
         actor,
         "licence.evaluation",
         "continuing with the evaluation",
         true,
     );
-    let who = actor.name.clone();
-    store.transact(&[SetupState::TREE, AuditEntry::TREE], |tx| {
-        let mut setup: SetupState = tx.get(SetupState::KEY)?.unwrap_or_default();
-        require_step(&setup, WizardStep::Licence)?;
-        setup.agreement_accepted = Some((Utc::now(), who.clone()));
-        if !setup.wizard_done {
-            setup.wizard_step = setup.wizard_step.max(WizardStep::Certificate as u8);
-        }
-        tx.put(SetupState::KEY, &setup)?;
-        tx.put(&audit_key, &line)?;
-        Ok(())
-    })?;
-    Ok(())
+    accept_agreement(store, actor, line, |_| Ok(()))
 }
 
 /// Wizard step 3 or Setup > Certificate: keep the current certificate (`None`) or replace it
@@ -447,17 +454,13 @@ pub fn choose_certificate(
             (cert, info, detail)
         }
     };
-    let audit_key = store.next_key()?;
     let line = entry(actor, "certificate.set", detail, true);
-    store.transact(&[SetupState::TREE, AuditEntry::TREE], |tx| {
-        let mut setup: SetupState = tx.get(SetupState::KEY)?.unwrap_or_default();
-        require_step(&setup, WizardStep::Certificate)?;
+    change_setup(store, line, &[], |tx, setup| {
+        require_step(setup, WizardStep::Certificate)?;
         if !setup.wizard_done {
             setup.wizard_step = setup.wizard_step.max(WizardStep::Done as u8);
         }
-        tx.put(SetupState::KEY, &setup)?;
         tx.put(Certificate::KEY, &cert)?;
-        tx.put(&audit_key, &line)?;
         Ok(())
     })?;
     Ok((cert, info))
@@ -465,30 +468,22 @@ pub fn choose_certificate(
 
 /// Wizard step 4: the console opens. Every earlier step must be done.
 pub fn finish_wizard(store: &Store, actor: &Actor) -> Result<()> {
-    let audit_key = store.next_key()?;
     let line = entry(actor, "wizard.finished", "first-run setup completed", true);
-    store.transact(
-        &[SetupState::TREE, AuditEntry::TREE, AdminAccount::TREE],
-        |tx| {
-            let mut setup: SetupState = tx.get(SetupState::KEY)?.unwrap_or_default();
-            if setup.step() < WizardStep::Done {
-                return Err(TxError::Abort(AdminError::WizardOrder(
-                    "finish the earlier steps first".into(),
-                )));
-            }
-            let admin: Option<AdminAccount> = tx.get(ADMIN_USER)?;
-            if admin.is_none_or(|a| a.factory) {
-                return Err(TxError::Abort(AdminError::WizardOrder(
-                    "set the administrator password first".into(),
-                )));
-            }
-            setup.wizard_done = true;
-            tx.put(SetupState::KEY, &setup)?;
-            tx.put(&audit_key, &line)?;
-            Ok(())
-        },
-    )?;
-    Ok(())
+    change_setup(store, line, &[AdminAccount::TREE], |tx, setup| {
+        if setup.step() < WizardStep::Done {
+            return Err(TxError::Abort(AdminError::WizardOrder(
+                "finish the earlier steps first".into(),
+            )));
+        }
+        let admin: Option<AdminAccount> = tx.get(ADMIN_USER)?;
+        if admin.is_none_or(|a| a.factory) {
+            return Err(TxError::Abort(AdminError::WizardOrder(
+                "set the administrator password first".into(),
+            )));
+        }
+        setup.wizard_done = true;
+        Ok(())
+    })
 }
 
 /// A snapshot of the whole store, encrypted when a passphrase is given.

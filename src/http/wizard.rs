@@ -116,6 +116,21 @@ async fn password(
     outcome(&state, &who, result).await
 }
 
+/// Reads a step's upload form and checks its CSRF token; a finished wizard answers with the
+/// dashboard instead.
+async fn step_form(
+    state: &AppState,
+    who: &SignedIn,
+    multipart: Multipart,
+) -> Result<Result<MultipartForm, HttpResponse>, HttpError> {
+    let form = MultipartForm::read(multipart, 1024 * 1024).await?;
+    who.check_csrf(&form.text("csrf"))?;
+    if done(state) {
+        return Ok(Err(see_other("/admin")));
+    }
+    Ok(Ok(form))
+}
+
 /// Refuses later steps to a session still on the factory password.
 fn past_step_one(who: &SignedIn) -> Result<(), AdminError> {
     if who.session.factory {
@@ -132,11 +147,10 @@ async fn licence(
     who: SignedIn,
     multipart: Multipart,
 ) -> Result<HttpResponse, HttpError> {
-    let form = MultipartForm::read(multipart, 1024 * 1024).await?;
-    who.check_csrf(&form.text("csrf"))?;
-    if done(&state) {
-        return Ok(see_other("/admin"));
-    }
+    let form = match step_form(&state, &who, multipart).await? {
+        Ok(form) => form,
+        Err(resp) => return Ok(resp),
+    };
     let result = match past_step_one(&who) {
         Err(e) => Err(e),
         Ok(()) => {
@@ -165,11 +179,10 @@ async fn certificate(
     who: SignedIn,
     multipart: Multipart,
 ) -> Result<HttpResponse, HttpError> {
-    let form = MultipartForm::read(multipart, 1024 * 1024).await?;
-    who.check_csrf(&form.text("csrf"))?;
-    if done(&state) {
-        return Ok(see_other("/admin"));
-    }
+    let form = match step_form(&state, &who, multipart).await? {
+        Ok(form) => form,
+        Err(resp) => return Ok(resp),
+    };
     let result = match past_step_one(&who) {
         Err(e) => Err(e),
         Ok(()) => {

@@ -540,3 +540,51 @@ async fn session_cookie_is_secure_httponly_strict() {
     }
     assert_eq!(resp.headers()["x-frame-options"], "DENY");
 }
+
+#[test]
+fn bad_config_is_refused_at_start_with_file_key_and_reason() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("bad.toml");
+    std::fs::write(
+        &config,
+        "[server]\nlisten = \"127.0.0.1:0\"\nlisten_port = 3\n",
+    )
+    .expect("write");
+    let (ok, _, err) = common::run(&[
+        "config",
+        "check",
+        "--config",
+        config.to_str().expect("utf8"),
+    ]);
+    assert!(!ok);
+    assert!(
+        err.contains("bad.toml") && err.contains("listen_port"),
+        "{err}"
+    );
+    std::fs::write(&config, "[backup]\nkeep = 0\n").expect("write");
+    let data = dir.path().join("data");
+    let (ok, _, err) = common::run(&[
+        "serve",
+        "--config",
+        config.to_str().expect("utf8"),
+        "--data",
+        data.to_str().expect("utf8"),
+    ]);
+    assert!(!ok, "the server does not start");
+    assert!(
+        err.contains("backup.keep") && err.contains("at least 1"),
+        "{err}"
+    );
+    assert!(!data.exists(), "nothing was written");
+    let (ok, out, _) = common::run(&["config", "default"]);
+    assert!(ok && out.contains("[server]") && out.contains("# listen ="));
+    let default = dir.path().join("default.toml");
+    std::fs::write(&default, out).expect("write");
+    let (ok, _, err) = common::run(&[
+        "config",
+        "check",
+        "--config",
+        default.to_str().expect("utf8"),
+    ]);
+    assert!(ok, "{err}");
+}
