@@ -588,3 +588,89 @@ fn bad_config_is_refused_at_start_with_file_key_and_reason() {
     ]);
     assert!(ok, "{err}");
 }
+
+#[tokio::test]
+async fn unattended_setup_runs_the_wizard_steps() {
+    let (dir, data) = common::fresh_data();
+    let vendor = Licensing::new();
+    let config = vendor.config_file(dir.path(), "");
+    let password_file = dir.path().join("admin-password");
+    std::fs::write(&password_file, format!("{PASSWORD}\n")).expect("write");
+    let cfg = config.to_str().expect("utf8");
+    let d = data.to_str().expect("utf8");
+    let pw = password_file.to_str().expect("utf8");
+
+    // A weak password stops setup before anything is saved past the first start.
+    let weak = dir.path().join("weak");
+    std::fs::write(&weak, "short\n").expect("write");
+    let (ok, _, err) = common::run(&[
+        "setup",
+        "--config",
+        cfg,
+        "--data",
+        d,
+        "--admin-password-file",
+        weak.to_str().expect("utf8"),
+    ]);
+    assert!(!ok);
+    assert!(err.contains("at least 12"), "{err}");
+
+    // A licence file needs the agreement.
+    let code = common::installation_code(&data);
+    let key_file = dir.path().join("licence.txt");
+    std::fs::write(&key_file, vendor.issue("S-CLI", &code, &[])).expect("write");
+    let kf = key_file.to_str().expect("utf8");
+    let (ok, _, err) = common::run(&[
+        "setup",
+        "--config",
+        cfg,
+        "--data",
+        d,
+        "--admin-password-file",
+        pw,
+        "--licence-file",
+        kf,
+    ]);
+    assert!(!ok);
+    assert!(err.contains("--accept-licence"), "{err}");
+
+    let (ok, out, err) = common::run(&[
+        "setup",
+        "--config",
+        cfg,
+        "--data",
+        d,
+        "--admin-password-file",
+        pw,
+        "--licence-file",
+        kf,
+        "--accept-licence",
+    ]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("Licence S-CLI") && out.contains("Setup complete"),
+        "{out}"
+    );
+
+    let server = Server::start(&data, Some(&config));
+    let mut c = server.console();
+    assert_eq!(
+        c.sign_in("admin", "leo").await.status,
+        401,
+        "the factory password is gone"
+    );
+    let a = c.sign_in("admin", PASSWORD).await;
+    assert_eq!(
+        (a.status, a.location.as_str()),
+        (303, "/admin"),
+        "the wizard is done"
+    );
+    assert!(c.get("/admin/system/licence").await.body.contains("S-CLI"));
+
+    let (ok, out, _) = common::run(&["version"]);
+    assert!(ok);
+    assert_eq!(
+        out.trim(),
+        format!("gatehouse {}", env!("CARGO_PKG_VERSION"))
+    );
+}
