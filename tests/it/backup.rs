@@ -81,6 +81,7 @@ fn content(records: &[Record]) -> Vec<&Record> {
 async fn export_change_import_brings_everything_back() {
     let (dir, data) = common::fresh_data();
     prepared(&data).await;
+    let code = common::installation_code(&data);
     let snapshot = dir.path().join("before.ghbak");
     let (ok, out, err) = export(&data, &snapshot, None);
     assert!(ok, "{err}");
@@ -119,6 +120,11 @@ async fn export_change_import_brings_everything_back() {
     }
     assert!(after.iter().any(|r| r.tree == "audit_by_time"
         && String::from_utf8_lossy(&r.value).contains("backup.imported")));
+    assert_eq!(
+        common::installation_code(&data),
+        code,
+        "a restore keeps the installation code"
+    );
     let server = Server::start(&data, None);
     assert_eq!(
         server.console().sign_in("admin", PASSWORD).await.status,
@@ -131,6 +137,21 @@ async fn export_change_import_brings_everything_back() {
             .await
             .status,
         401
+    );
+    drop(server);
+
+    // Restored onto another installation, the data moves but that installation keeps its code.
+    let (_other_dir, other) = common::fresh_data();
+    drop(Server::start(&other, None));
+    let other_code = common::installation_code(&other);
+    assert_ne!(other_code, code);
+    let (ok, _, err) = import(&other, &snapshot, None);
+    assert!(ok, "{err}");
+    assert_eq!(common::installation_code(&other), other_code);
+    let server = Server::start(&other, None);
+    assert_eq!(
+        server.console().sign_in("admin", PASSWORD).await.status,
+        303
     );
 }
 
