@@ -15,6 +15,7 @@
 //! | `admin`     | administration rules: wizard steps, admin password, licence activation, certificate, backups, audit | HTTP types |
 //! | `auth`      | admin accounts, argon2id hashes, console sessions, CSRF, sign-in throttling | HTTP types           |
 //! | `licence`   | signed licence keys, installation codes, evaluation, "is this allowed" | the store                |
+//! | `broker`    | the rules: sign-in → location → assignment → role and policy → offer; atomic assign, release; connection files and gateway tickets | HTTP types, sled, ldap3 |
 //! | `backup`    | the snapshot file format: header, checksum, encryption, rotation       | sled                     |
 //! | `tls`       | certificates: generation, PEM validation, a resolver that reloads live | the store                |
 //! | `scheduler` | cron expressions and the job loop                                      | what the jobs do         |
@@ -25,6 +26,7 @@ pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod backup;
+pub mod broker;
 pub mod cli;
 pub mod config;
 pub mod http;

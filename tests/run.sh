@@ -7,11 +7,11 @@
 set -euo pipefail
 
 # Debian packages the tests need. Add to this list (slapd, xrdp, …) when a test needs a server.
-TEST_PACKAGES="chromium chromium-driver fonts-liberation curl ca-certificates"
+TEST_PACKAGES="chromium chromium-driver fonts-liberation curl ca-certificates slapd ldap-utils"
 
 # Answers for packages that would otherwise prompt ("package question value" lines for
 # debconf-set-selections), e.g. "slapd slapd/no_configuration boolean true".
-DEBCONF_SELECTIONS=""
+DEBCONF_SELECTIONS="slapd slapd/no_configuration boolean true"
 
 cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.."
 

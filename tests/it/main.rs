@@ -4,6 +4,9 @@
 mod common;
 
 mod backup;
+mod broker;
 mod browser;
 mod console;
 mod install;
+mod ldap;
+mod slapd;

@@ -1,4 +1,5 @@
-//! Plain domain types of the appliance and the store collections they live in.
+//! The appliance's own records: the console admin account, the audit trail, the wizard state,
+//! the licence key and the console certificate.
 //!
 //! Each type says which tree holds it (`store::Record`); the store decides how it is encoded.
 //! Nothing here does I/O.

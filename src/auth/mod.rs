@@ -5,6 +5,12 @@
 //! Sessions and throttle counters live in memory: a restart signs everyone out and forgets
 //! failures, which is the safe direction. Tokens are compared in constant time and only their
 //! SHA-256 is kept as a map key. This module decides who someone is, never what they may do.
+//!
+//! `ldap` signs directory users in against Active Directory and OpenLDAP.
+
+pub mod ldap;
+
+pub use ldap::{DirectoryError, DirectoryUser, LdapDirectory};
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -123,7 +129,8 @@ pub fn random_token() -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
-fn token_key(token: &str) -> [u8; 32] {
+/// The map key of a token: its SHA-256, so a memory dump holds no usable token.
+pub fn token_key(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
@@ -391,6 +398,40 @@ impl Throttle {
     pub fn success(&self, account: &str) {
         self.lock()
             .remove(&ThrottleKey::Account(account.to_lowercase()));
+    }
+}
+
+/// A future that may be kept in a trait object.
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// A directory that signs users in: what the broker needs of an authentication server.
+pub trait Directory: Send + Sync {
+    /// Checks the password and returns the user with their groups.
+    fn authenticate<'a>(
+        &'a self,
+        user: &'a str,
+        password: &'a str,
+    ) -> BoxFuture<'a, Result<DirectoryUser, DirectoryError>>;
+    /// Finds a user without a password (test login, and the per-request "still enabled?").
+    fn lookup<'a>(
+        &'a self,
+        user: &'a str,
+    ) -> BoxFuture<'a, Result<Option<DirectoryUser>, DirectoryError>>;
+}
+
+impl Directory for LdapDirectory {
+    fn authenticate<'a>(
+        &'a self,
+        user: &'a str,
+        password: &'a str,
+    ) -> BoxFuture<'a, Result<DirectoryUser, DirectoryError>> {
+        Box::pin(LdapDirectory::authenticate(self, user, password))
+    }
+    fn lookup<'a>(
+        &'a self,
+        user: &'a str,
+    ) -> BoxFuture<'a, Result<Option<DirectoryUser>, DirectoryError>> {
+        Box::pin(LdapDirectory::lookup(self, user))
     }
 }
 

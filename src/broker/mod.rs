@@ -1,0 +1,766 @@
+//! The broker: the rules that turn a sign-in into desktops.
+//!
+//! credentials + client facts → authentication server → groups → location → assignment row →
+//! role and policy → offer; then connect (assign atomically, record a session, build the
+//! connection parameters) and release. Usable without HTTP: the console, the portal and the
+//! client API all call these functions.
+//!
+//! What it guarantees:
+//! - a desktop assigned to a user is offered to them first, from any device, and never to
+//!   anyone else;
+//! - assigning is one store transaction over the desktop and the user's index, so two users
+//!   racing for the last desktop cannot both get it;
+//! - connecting again to a desktop one already holds (e.g. while the previous session is still
+//!   closing) resolves to the same desktop, not an error;
+//! - a client may only connect to a desktop its policy offers (or one it already holds).
+//!
+//! It never touches HTTP types, sled or ldap3 directly.
+
+pub mod connect;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, RwLock};
+
+use chrono::{DateTime, Utc};
+use ed25519_dalek::SigningKey;
+use rand::seq::SliceRandom;
+use serde::{Deserialize, Serialize};
+
+use crate::auth::{Directory, DirectoryError, DirectoryUser};
+use crate::model::desktop::{Desktop, PowerState};
+use crate::model::directory::{AuthServer, choose, split_login};
+use crate::model::location::{ClientFacts, Location};
+use crate::model::plan::{DEFAULT_PLAN_ID, ProtocolPlan};
+use crate::model::policy::{AssignmentTable, MatchedRow, PickOrder, Policy, PolicyEntry};
+use crate::model::pool::{Membership, Pool};
+use crate::model::role::Role;
+use crate::store::{Record, Store, StoreError, TxError};
+
+pub use connect::{ConnectionParams, GatewayDetails, Ticket};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("Wrong user name or password.")]
+    WrongPassword,
+    #[error("Type your password: an empty password is not accepted.")]
+    EmptyPassword,
+    #[error("Your account is disabled in the directory. Ask your administrator.")]
+    Disabled,
+    #[error("No authentication server knows the user `{0}`.")]
+    UnknownUser(String),
+    #[error(
+        "The directory cannot be reached right now ({0}). Try again in a moment or tell your administrator."
+    )]
+    DirectoryUnreachable(String),
+    #[error("No authentication server is set up yet. Ask your administrator.")]
+    NoServers,
+    #[error(
+        "Your account is not given access here: no assignment row matches your groups and location."
+    )]
+    NoAccess,
+    #[error(
+        "No desktop is available in pool {pool} right now. Try again later or tell your administrator."
+    )]
+    NoDesktopAvailable { pool: String },
+    #[error("That desktop is not offered to you.")]
+    NotOffered,
+    #[error("That desktop is not yours to release.")]
+    NotYours,
+    #[error("The desktop's protocol ({0}) is not allowed by your protocol plan.")]
+    ProtocolNotAllowed(String),
+    #[error("Your role does not allow this.")]
+    Forbidden,
+    #[error("The {kind} `{id}` is missing from the configuration.")]
+    Missing { kind: &'static str, id: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+pub type Result<T, E = BrokerError> = std::result::Result<T, E>;
+
+impl From<TxError<BrokerError>> for BrokerError {
+    fn from(e: TxError<BrokerError>) -> Self {
+        match e {
+            TxError::Abort(e) => e,
+            TxError::Store(e) => BrokerError::Store(e),
+            TxError::Conflict(_) => {
+                BrokerError::Store(StoreError::Engine("transaction conflict".into()))
+            }
+        }
+    }
+}
+
+/// A directory user as the broker keys them: server and login name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct UserKey {
+    pub server_id: String,
+    pub username: String,
+}
+
+impl UserKey {
+    /// The store key: `server/username` with the name lower-cased (directories compare names
+    /// case-insensitively).
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.server_id, self.username.to_lowercase())
+    }
+}
+
+/// The desktops a user holds, kept beside the desktops in the same transactions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct HeldDesktops {
+    pub desktops: Vec<String>,
+}
+
+impl Record for HeldDesktops {
+    const TREE: &'static str = "desktops_by_user";
+}
+
+/// A user who signed in at least once (for the console's user list).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KnownUser {
+    pub user: UserKey,
+    pub display_name: String,
+    pub groups: Vec<String>,
+    pub last_sign_in: DateTime<Utc>,
+    pub last_address: String,
+}
+
+impl Record for KnownUser {
+    const TREE: &'static str = "user_by_key";
+}
+
+/// One connection of a user to a desktop.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DesktopSession {
+    pub id: String,
+    pub user: UserKey,
+    pub desktop_id: String,
+    pub client_address: String,
+    pub started: DateTime<Utc>,
+    pub ended: Option<DateTime<Utc>>,
+}
+
+impl Record for DesktopSession {
+    const TREE: &'static str = "session_by_id";
+}
+
+/// Who signed in, where from, and what applies to them: the result of the decision chain.
+#[derive(Debug, Clone, Serialize)]
+pub struct Decision {
+    pub user: UserKey,
+    pub display_name: String,
+    pub groups: Vec<String>,
+    pub location_id: String,
+    pub location_name: String,
+    pub matched_row: MatchedRow,
+    pub role: Role,
+    pub policy: Policy,
+}
+
+/// A desktop on offer.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OfferedDesktop {
+    pub id: String,
+    pub name: String,
+    pub display_name: String,
+    pub protocol: crate::model::Protocol,
+    pub power_state: PowerState,
+    pub pool_id: String,
+    pub pool_name: String,
+    /// Already assigned to this user.
+    pub yours: bool,
+}
+
+/// What a user is offered, with a sentence for each pool that had nothing free.
+#[derive(Debug, Clone, Serialize)]
+pub struct Offer {
+    pub desktops: Vec<OfferedDesktop>,
+    pub notices: Vec<String>,
+}
+
+/// A signed-in client: what was decided at sign-in, kept for its later requests.
+#[derive(Debug, Clone)]
+pub struct ClientSession {
+    pub decision: Decision,
+    pub address: IpAddr,
+    pub created: DateTime<Utc>,
+}
+
+/// The broker's settings from configuration.
+#[derive(Debug, Clone)]
+pub struct BrokerSettings {
+    /// The gateway tunnel URL handed to clients whose plan goes through the gateway.
+    pub gateway_url: String,
+    /// How long a gateway ticket may be used to open tunnels.
+    pub ticket_seconds: i64,
+}
+
+/// The broker: cheap to share (`Arc`), safe to call from many requests at once.
+pub struct Broker {
+    store: Store,
+    settings: BrokerSettings,
+    signing_key: SigningKey,
+    directories: RwLock<Vec<(AuthServer, Arc<dyn Directory>)>>,
+    membership: RwLock<Option<Arc<Membership>>>,
+}
+
+impl Broker {
+    pub fn new(store: Store, settings: BrokerSettings, signing_key: SigningKey) -> Self {
+        Self {
+            store,
+            settings,
+            signing_key,
+            directories: RwLock::new(Vec::new()),
+            membership: RwLock::new(None),
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn verifying_key(&self) -> ed25519_dalek::VerifyingKey {
+        self.signing_key.verifying_key()
+    }
+
+    /// Replaces the authentication servers (after the configuration changed).
+    pub fn set_directories(&self, mut dirs: Vec<(AuthServer, Arc<dyn Directory>)>) {
+        dirs.sort_by_key(|(s, _)| s.order);
+        *self.directories.write().unwrap_or_else(|p| p.into_inner()) = dirs;
+    }
+
+    fn directories_for(&self, domain: Option<&str>) -> Vec<(AuthServer, Arc<dyn Directory>)> {
+        let dirs = self.directories.read().unwrap_or_else(|p| p.into_inner());
+        let servers: Vec<AuthServer> = dirs.iter().map(|(s, _)| s.clone()).collect();
+        let chosen: Vec<String> = choose(&servers, domain)
+            .into_iter()
+            .map(|s| s.id.clone())
+            .collect();
+        chosen
+            .iter()
+            .filter_map(|id| dirs.iter().find(|(s, _)| &s.id == id).cloned())
+            .collect()
+    }
+
+    fn directory(&self, server_id: &str) -> Option<Arc<dyn Directory>> {
+        self.directories
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .find(|(s, _)| s.id == server_id)
+            .map(|(_, d)| d.clone())
+    }
+
+    /// Forgets the pool membership cache: call after desktops or pools change.
+    pub fn invalidate_membership(&self) {
+        *self.membership.write().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    // ---- sign-in -----------------------------------------------------------------------------
+
+    /// Checks the password with the directory and decides what applies to the user.
+    pub async fn sign_in(
+        &self,
+        typed_user: &str,
+        password: &str,
+        domain: Option<&str>,
+        facts: &ClientFacts,
+    ) -> Result<Decision> {
+        if password.is_empty() {
+            return Err(BrokerError::EmptyPassword);
+        }
+        let (typed_domain, user) = split_login(typed_user);
+        let domain = domain
+            .filter(|d| !d.is_empty())
+            .map(str::to_string)
+            .or(typed_domain);
+        let candidates = self.directories_for(domain.as_deref());
+        if candidates.is_empty() {
+            return Err(BrokerError::NoServers);
+        }
+        let mut unreachable = None;
+        for (server, directory) in candidates {
+            match directory.authenticate(&user, password).await {
+                Ok(found) => return self.decide(&server, found, facts).await,
+                Err(DirectoryError::UnknownUser) => continue,
+                Err(DirectoryError::WrongPassword) => return Err(BrokerError::WrongPassword),
+                Err(DirectoryError::EmptyPassword) => return Err(BrokerError::EmptyPassword),
+                Err(DirectoryError::Disabled) => return Err(BrokerError::Disabled),
+                Err(other) => {
+                    tracing::warn!(server = %server.name, "directory failed during sign-in: {other}");
+                    unreachable = Some(other.to_string());
+                }
+            }
+        }
+        Err(match unreachable {
+            Some(reason) => BrokerError::DirectoryUnreachable(reason),
+            None => BrokerError::UnknownUser(user),
+        })
+    }
+
+    /// The same decision without a password (test login), from a directory lookup.
+    pub async fn look_up(
+        &self,
+        typed_user: &str,
+        domain: Option<&str>,
+        facts: &ClientFacts,
+    ) -> Result<Decision> {
+        let (typed_domain, user) = split_login(typed_user);
+        let domain = domain
+            .filter(|d| !d.is_empty())
+            .map(str::to_string)
+            .or(typed_domain);
+        let candidates = self.directories_for(domain.as_deref());
+        if candidates.is_empty() {
+            return Err(BrokerError::NoServers);
+        }
+        let mut unreachable = None;
+        for (server, directory) in candidates {
+            match directory.lookup(&user).await {
+                Ok(Some(found)) => return self.decide(&server, found, facts).await,
+                Ok(None) => continue,
+                Err(e) => unreachable = Some(e.to_string()),
+            }
+        }
+        Err(match unreachable {
+            Some(reason) => BrokerError::DirectoryUnreachable(reason),
+            None => BrokerError::UnknownUser(user),
+        })
+    }
+
+    /// Still allowed? A user disabled or removed in the directory loses access at once.
+    pub async fn still_valid(&self, user: &UserKey) -> Result<()> {
+        let Some(directory) = self.directory(&user.server_id) else {
+            return Err(BrokerError::NoAccess);
+        };
+        match directory.lookup(&user.username).await {
+            Ok(Some(u)) if !u.disabled => Ok(()),
+            Ok(Some(_)) => Err(BrokerError::Disabled),
+            Ok(None) => Err(BrokerError::UnknownUser(user.username.clone())),
+            Err(e) => Err(BrokerError::DirectoryUnreachable(e.to_string())),
+        }
+    }
+
+    async fn decide(
+        &self,
+        server: &AuthServer,
+        found: DirectoryUser,
+        facts: &ClientFacts,
+    ) -> Result<Decision> {
+        if found.disabled {
+            return Err(BrokerError::Disabled);
+        }
+        let server_id = server.id.clone();
+        let facts = facts.clone();
+        self.store
+            .call(move |s| {
+                let locations: Vec<Location> =
+                    s.list::<Location>()?.into_iter().map(|(_, l)| l).collect();
+                let location = crate::model::location::locate(&locations, &facts);
+                let table = s.get::<AssignmentTable>(&server_id)?.unwrap_or_default();
+                let (matched_row, role_id, policy_id) = table
+                    .decide(&found.groups, &location.id)
+                    .ok_or(BrokerError::NoAccess)?;
+                let role = find_role(s, role_id)?;
+                let policy = s
+                    .get::<Policy>(policy_id)?
+                    .ok_or_else(|| BrokerError::Missing {
+                        kind: "policy",
+                        id: policy_id.to_string(),
+                    })?;
+                Ok(Decision {
+                    user: UserKey {
+                        server_id: server_id.clone(),
+                        username: found.username.clone(),
+                    },
+                    display_name: found.display_name.clone(),
+                    groups: found.groups.clone(),
+                    location_id: location.id.clone(),
+                    location_name: location.name.clone(),
+                    matched_row,
+                    role,
+                    policy,
+                })
+            })
+            .await
+    }
+
+    /// Records that a user signed in (for the console's user list); not flushed at once.
+    pub async fn remember(&self, decision: &Decision, address: IpAddr) -> Result<()> {
+        let known = KnownUser {
+            user: decision.user.clone(),
+            display_name: decision.display_name.clone(),
+            groups: decision.groups.clone(),
+            last_sign_in: Utc::now(),
+            last_address: address.to_string(),
+        };
+        let key = decision.user.key();
+        self.store.call(move |s| Ok(s.put(&key, &known)?)).await
+    }
+
+    // ---- offer -------------------------------------------------------------------------------
+
+    /// The desktops offered under a decision: the user's own first, then each policy entry's.
+    pub async fn offer(&self, decision: &Decision) -> Result<Offer> {
+        let membership = self.membership().await?;
+        let decision = decision.clone();
+        self.store
+            .call(move |s| offer_from(s, &membership, &decision))
+            .await
+    }
+
+    /// The pool membership, computed once until desktops or pools change.
+    async fn membership(&self) -> Result<Arc<Membership>> {
+        if let Some(m) = self
+            .membership
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        {
+            return Ok(m);
+        }
+        // Computing it reads the store: do it on a blocking thread.
+        let store = self.store.clone();
+        let computed = store
+            .call(|s| {
+                let pools: Vec<Pool> = s.list::<Pool>()?.into_iter().map(|(_, p)| p).collect();
+                let desktops: Vec<Desktop> =
+                    s.list::<Desktop>()?.into_iter().map(|(_, d)| d).collect();
+                Ok::<_, BrokerError>(Arc::new(Membership::evaluate(&pools, &desktops)))
+            })
+            .await?;
+        let mut slot = self.membership.write().unwrap_or_else(|p| p.into_inner());
+        Ok(slot.get_or_insert(computed).clone())
+    }
+
+    // ---- connect and release -----------------------------------------------------------------
+
+    /// Assigns the desktop to the user (unless it already is theirs) and returns how to reach
+    /// it. When someone else took it first, another free desktop of the same pool is taken.
+    pub async fn connect(
+        &self,
+        decision: &Decision,
+        desktop_id: &str,
+        address: IpAddr,
+    ) -> Result<(Desktop, ConnectionParams)> {
+        if !decision.role.may_connect {
+            return Err(BrokerError::Forbidden);
+        }
+        let membership = self.membership().await?;
+        let decision = decision.clone();
+        let wanted = desktop_id.to_string();
+        let (desktop, entry, session_id) = self
+            .store
+            .call(move |s| assign(s, &membership, &decision, &wanted, address))
+            .await?;
+        let params = self
+            .params_for(&desktop, &entry, &session_id, address)
+            .await?;
+        Ok((desktop, params))
+    }
+
+    async fn params_for(
+        &self,
+        desktop: &Desktop,
+        entry: &PolicyEntry,
+        session_id: &str,
+        address: IpAddr,
+    ) -> Result<ConnectionParams> {
+        let plan_id = entry.protocol_plan.clone();
+        let plan = self
+            .store
+            .call(move |s| {
+                Ok::<_, BrokerError>(match s.get::<ProtocolPlan>(&plan_id)? {
+                    Some(p) => p,
+                    None if plan_id == DEFAULT_PLAN_ID => ProtocolPlan::default_plan(),
+                    None => {
+                        return Err(BrokerError::Missing {
+                            kind: "protocol plan",
+                            id: plan_id,
+                        });
+                    }
+                })
+            })
+            .await?;
+        let setting = plan.setting(desktop.protocol).ok_or_else(|| {
+            BrokerError::ProtocolNotAllowed(desktop.protocol.as_str().to_uppercase())
+        })?;
+        let port = desktop.port_or_default();
+        let user = desktop.assigned_user.clone().unwrap_or_default();
+        let gateway = setting.via_gateway.then(|| {
+            let ticket = Ticket {
+                session: session_id.to_string(),
+                user: user.clone(),
+                host: desktop.address.clone(),
+                port,
+                client: Some(address),
+                expires: Utc::now().timestamp() + self.settings.ticket_seconds,
+            };
+            GatewayDetails {
+                url: self.settings.gateway_url.clone(),
+                ticket: ticket.sign(&self.signing_key),
+            }
+        });
+        Ok(connect::params(
+            setting,
+            &desktop.address,
+            port,
+            &user,
+            desktop.shown_name(),
+            gateway,
+        ))
+    }
+
+    /// Gives a desktop back to its pool; only its holder (or an administrator) may.
+    pub async fn release(&self, user: &UserKey, desktop_id: &str) -> Result<Desktop> {
+        let user = user.clone();
+        let id = desktop_id.to_string();
+        let released = self.store.call(move |s| release(s, &user, &id)).await?;
+        Ok(released)
+    }
+}
+
+fn find_role(s: &Store, role_id: &str) -> Result<Role> {
+    if let Some(role) = s.get::<Role>(role_id)? {
+        return Ok(role);
+    }
+    crate::model::role::built_in()
+        .into_iter()
+        .find(|r| r.id == role_id)
+        .ok_or_else(|| BrokerError::Missing {
+            kind: "role",
+            id: role_id.to_string(),
+        })
+}
+
+fn pool_name(s: &Store, pool_id: &str) -> Result<String> {
+    Ok(s.get::<Pool>(pool_id)?
+        .map_or_else(|| pool_id.to_string(), |p| p.name))
+}
+
+/// Free desktops of one policy entry's pool, in the entry's order.
+fn free_in_entry(
+    s: &Store,
+    membership: &Membership,
+    entry: &PolicyEntry,
+    skip: &[String],
+) -> Result<Vec<Desktop>> {
+    let mut free = Vec::new();
+    for id in membership.members(&entry.pool_id) {
+        let id: &str = id;
+        if skip.iter().any(|s| s == id) {
+            continue;
+        }
+        if let Some(d) = s.get::<Desktop>(id)?
+            && d.assigned_user.is_none()
+            && (!entry.running_only || d.power_state == PowerState::Running)
+        {
+            free.push(d);
+        }
+    }
+    match entry.order {
+        PickOrder::Random => free.shuffle(&mut rand::rng()),
+        PickOrder::LeastRecentlyUsed => free.sort_by_key(|d| d.last_released),
+        PickOrder::ByName => free.sort_by_key(|d| d.name.to_lowercase()),
+    }
+    Ok(free)
+}
+
+fn offered(d: &Desktop, pool_id: &str, pool_name: &str, yours: bool) -> OfferedDesktop {
+    OfferedDesktop {
+        id: d.id.clone(),
+        name: d.name.clone(),
+        display_name: d.shown_name().to_string(),
+        protocol: d.protocol,
+        power_state: d.power_state,
+        pool_id: pool_id.to_string(),
+        pool_name: pool_name.to_string(),
+        yours,
+    }
+}
+
+fn offer_from(s: &Store, membership: &Membership, decision: &Decision) -> Result<Offer> {
+    let held = s
+        .get::<HeldDesktops>(&decision.user.key())?
+        .unwrap_or_default();
+    let mut desktops = Vec::new();
+    for id in &held.desktops {
+        if let Some(d) = s.get::<Desktop>(id)? {
+            let pool_id = membership
+                .pools_of(id)
+                .first()
+                .map(|p| p.to_string())
+                .unwrap_or_default();
+            let name = pool_name(s, &pool_id)?;
+            desktops.push(offered(&d, &pool_id, &name, true));
+        }
+    }
+    let mut notices = Vec::new();
+    for entry in &decision.policy.entries {
+        let already = desktops
+            .iter()
+            .filter(|o| o.pool_id == entry.pool_id)
+            .count();
+        let wanted = (entry.offer as usize).saturating_sub(already);
+        if wanted == 0 {
+            continue;
+        }
+        let name = pool_name(s, &entry.pool_id)?;
+        let free = free_in_entry(s, membership, entry, &held.desktops)?;
+        if free.is_empty() && already == 0 {
+            notices.push(BrokerError::NoDesktopAvailable { pool: name.clone() }.to_string());
+        }
+        desktops.extend(
+            free.iter()
+                .take(wanted)
+                .map(|d| offered(d, &entry.pool_id, &name, false)),
+        );
+    }
+    Ok(Offer { desktops, notices })
+}
+
+/// The transaction at the heart of the broker.
+fn assign(
+    s: &Store,
+    membership: &Membership,
+    decision: &Decision,
+    wanted: &str,
+    address: IpAddr,
+) -> Result<(Desktop, PolicyEntry, String)> {
+    let user_key = decision.user.key();
+    let held = s.get::<HeldDesktops>(&user_key)?.unwrap_or_default();
+    let pools_of_wanted = membership.pools_of(wanted);
+    let entry = decision
+        .policy
+        .entries
+        .iter()
+        .find(|e| pools_of_wanted.contains(&e.pool_id.as_str()))
+        .cloned();
+    let already_mine = held.desktops.iter().any(|d| d == wanted);
+    let entry = match (entry, already_mine) {
+        (Some(e), _) => e,
+        // Held from an earlier policy: reconnect with the first entry's plans.
+        (None, true) => decision
+            .policy
+            .entries
+            .first()
+            .cloned()
+            .unwrap_or_else(|| PolicyEntry {
+                pool_id: String::new(),
+                offer: 1,
+                running_only: false,
+                order: PickOrder::Random,
+                protocol_plan: DEFAULT_PLAN_ID.into(),
+                power_plan: DEFAULT_PLAN_ID.into(),
+                release_plan: DEFAULT_PLAN_ID.into(),
+            }),
+        (None, false) => return Err(BrokerError::NotOffered),
+    };
+    // The wanted desktop first, then, if someone else got it, the others of its pool.
+    let mut candidates = vec![wanted.to_string()];
+    let mut tried: Vec<String> = Vec::new();
+    loop {
+        let Some(id) = candidates.pop() else {
+            let more = free_in_entry(s, membership, &entry, &tried)?;
+            if more.is_empty() {
+                return Err(BrokerError::NoDesktopAvailable {
+                    pool: pool_name(s, &entry.pool_id)?,
+                });
+            }
+            candidates = more.into_iter().rev().map(|d| d.id).collect();
+            continue;
+        };
+        tried.push(id.clone());
+        let session_id = crate::model::new_id();
+        let session = DesktopSession {
+            id: session_id.clone(),
+            user: decision.user.clone(),
+            desktop_id: id.clone(),
+            client_address: address.to_string(),
+            started: Utc::now(),
+            ended: None,
+        };
+        let outcome = s.transact(
+            &[Desktop::TREE, HeldDesktops::TREE, DesktopSession::TREE],
+            |tx| {
+                let Some(mut desktop) = tx.get::<Desktop, Taken>(&id)? else {
+                    return Err(TxError::Abort(Taken));
+                };
+                match desktop.assigned_user.as_deref() {
+                    Some(holder) if holder.eq_ignore_ascii_case(&user_key) => {}
+                    Some(_) => return Err(TxError::Abort(Taken)),
+                    None => {
+                        desktop.assigned_user = Some(user_key.clone());
+                        desktop.assigned_at = Some(Utc::now());
+                        tx.put(&id, &desktop)?;
+                        let mut mine: HeldDesktops = tx.get(&user_key)?.unwrap_or_default();
+                        if !mine.desktops.contains(&id) {
+                            mine.desktops.push(id.clone());
+                        }
+                        tx.put(&user_key, &mine)?;
+                    }
+                }
+                tx.put(&session_id, &session)?;
+                Ok(desktop)
+            },
+        );
+        match outcome {
+            Ok(desktop) => return Ok((desktop, entry, session_id)),
+            Err(TxError::Abort(Taken)) => continue,
+            Err(TxError::Store(e)) => return Err(e.into()),
+            Err(TxError::Conflict(_)) => continue,
+        }
+    }
+}
+
+/// Why one assignment attempt did not commit: someone else holds the desktop (or it vanished).
+#[derive(Debug)]
+struct Taken;
+
+fn release(s: &Store, user: &UserKey, id: &str) -> Result<Desktop> {
+    let user_key = user.key();
+    let desktop = s.transact(&[Desktop::TREE, HeldDesktops::TREE], |tx| {
+        let Some(mut desktop) = tx.get::<Desktop, BrokerError>(id)? else {
+            return Err(TxError::Abort(BrokerError::NotYours));
+        };
+        if desktop.assigned_user.as_deref() != Some(user_key.as_str()) {
+            return Err(TxError::Abort(BrokerError::NotYours));
+        }
+        desktop.assigned_user = None;
+        desktop.assigned_at = None;
+        desktop.last_released = Some(Utc::now());
+        tx.put(id, &desktop)?;
+        let mut mine: HeldDesktops = tx.get(&user_key)?.unwrap_or_default();
+        mine.desktops.retain(|d| d != id);
+        tx.put(&user_key, &mine)?;
+        Ok(desktop)
+    })?;
+    Ok(desktop)
+}
+
+/// Client sessions by token (the portal and the client API), in memory.
+#[derive(Default)]
+pub struct ClientSessions {
+    map: Mutex<HashMap<[u8; 32], ClientSession>>,
+}
+
+impl ClientSessions {
+    pub fn insert(&self, session: ClientSession) -> String {
+        let token = crate::auth::random_token();
+        self.lock().insert(crate::auth::token_key(&token), session);
+        token
+    }
+
+    pub fn get(&self, token: &str) -> Option<ClientSession> {
+        self.lock().get(&crate::auth::token_key(token)).cloned()
+    }
+
+    pub fn remove(&self, token: &str) {
+        self.lock().remove(&crate::auth::token_key(token));
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], ClientSession>> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}

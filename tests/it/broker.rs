@@ -1,0 +1,279 @@
+//! The broker against a real directory (slapd): sign-in, offer, connect, release, and the race
+//! for the last desktops.
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use gatehouse::auth::{Directory, LdapDirectory};
+use gatehouse::broker::{Broker, BrokerError, BrokerSettings, HeldDesktops};
+use gatehouse::model::Protocol;
+use gatehouse::model::desktop::{Desktop, DesktopInput};
+use gatehouse::model::directory::Security;
+use gatehouse::model::location::ClientFacts;
+use gatehouse::model::policy::{AssignmentRow, AssignmentTable, PickOrder, Policy, PolicyEntry};
+use gatehouse::model::pool::Pool;
+use gatehouse::store::Store;
+
+use crate::slapd::{GENERATED_PASSWORD, Slapd, SlapdOptions};
+
+const CLIENT: &str = "192.0.2.10";
+
+fn facts() -> ClientFacts {
+    ClientFacts::from_address(CLIENT.parse().expect("ip"))
+}
+
+/// A store with `n` RDP desktops in one pool, a policy offering one desktop from it, and an
+/// assignment table giving the `generated` group that policy.
+fn seed(store: &Store, server_id: &str, n: usize) -> Pool {
+    let pool = Pool::new("Lab");
+    store.put(&pool.id, &pool).expect("pool");
+    for i in 0..n {
+        let d = Desktop::from_input(
+            DesktopInput {
+                name: format!("lab-{i:03}"),
+                display_name: String::new(),
+                address: format!("10.0.{}.{}", i / 200, i % 200 + 10),
+                port: None,
+                protocol: Protocol::Rdp,
+                os: "Windows 11".into(),
+            },
+            chrono::Utc::now(),
+        );
+        store.put(&d.id, &d).expect("desktop");
+    }
+    let policy = Policy {
+        id: "lab".into(),
+        name: "Lab".into(),
+        entries: vec![PolicyEntry {
+            pool_id: pool.id.clone(),
+            offer: 1,
+            running_only: false,
+            order: PickOrder::ByName,
+            protocol_plan: "default".into(),
+            power_plan: "default".into(),
+            release_plan: "default".into(),
+        }],
+    };
+    store.put(&policy.id, &policy).expect("policy");
+    let table = AssignmentTable {
+        rows: vec![AssignmentRow {
+            group: Some("generated".into()),
+            location_id: None,
+            role_id: "user".into(),
+            policy_id: "lab".into(),
+        }],
+        otherwise: None,
+    };
+    store.put(server_id, &table).expect("assignments");
+    pool
+}
+
+fn broker(store: &Store, slapd: &Slapd) -> Arc<Broker> {
+    let broker = Broker::new(
+        store.clone(),
+        BrokerSettings {
+            gateway_url: "wss://gateway.example/tunnel".into(),
+            ticket_seconds: 60,
+        },
+        gatehouse::broker::connect::signing_key(&[9u8; 32]),
+    );
+    let server = slapd.auth_server(Security::Ldaps);
+    let directory: Arc<dyn Directory> = Arc::new(LdapDirectory::new(server.clone()));
+    broker.set_directories(vec![(server, directory)]);
+    Arc::new(broker)
+}
+
+#[tokio::test]
+async fn sign_in_offer_connect_and_the_same_desktop_from_another_device() {
+    let slapd = Slapd::start_with(&SlapdOptions {
+        generated_users: 3,
+        ..SlapdOptions::default()
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path()).expect("store");
+    seed(&store, "slapd", 3);
+    let broker = broker(&store, &slapd);
+    let address: IpAddr = CLIENT.parse().expect("ip");
+
+    let alice = broker
+        .sign_in("EXAMPLE\\user00001", GENERATED_PASSWORD, None, &facts())
+        .await
+        .expect("signed in");
+    assert_eq!(alice.user.username, "user00001");
+    assert_eq!(alice.policy.id, "lab");
+    let offer = broker.offer(&alice).await.expect("offer");
+    assert_eq!(offer.desktops.len(), 1);
+    assert!(!offer.desktops[0].yours);
+    let (desk, params) = broker
+        .connect(&alice, &offer.desktops[0].id, address)
+        .await
+        .expect("connected");
+    assert_eq!(desk.name, "lab-000", "by-name order picks the first");
+    let file = params.file.expect("an .rdp file");
+    assert!(
+        file.contains(&format!("full address:s:{}:3389", desk.address)),
+        "{file}"
+    );
+
+    // From another device, signing in again: the same desktop, offered first and marked yours.
+    let again = broker
+        .sign_in("user00001@example.com", GENERATED_PASSWORD, None, &facts())
+        .await
+        .expect("signed in again");
+    let offer = broker.offer(&again).await.expect("offer");
+    assert!(
+        offer.desktops[0].yours && offer.desktops[0].id == desk.id,
+        "{offer:?}"
+    );
+    let (same, _) = broker
+        .connect(&again, &desk.id, address)
+        .await
+        .expect("reconnect");
+    assert_eq!(same.id, desk.id);
+
+    // Someone else asking for that very desktop gets another one of the pool.
+    let bob = broker
+        .sign_in("user00002", GENERATED_PASSWORD, None, &facts())
+        .await
+        .expect("bob");
+    let (bobs, _) = broker
+        .connect(&bob, &desk.id, address)
+        .await
+        .expect("bob connects");
+    assert_ne!(bobs.id, desk.id);
+    // Bob cannot release Alice's desktop; Alice can, and then it is free again.
+    assert!(matches!(
+        broker.release(&bob.user, &desk.id).await,
+        Err(BrokerError::NotYours)
+    ));
+    broker
+        .release(&alice.user, &desk.id)
+        .await
+        .expect("released");
+    let offer = broker.offer(&alice).await.expect("offer");
+    assert!(offer.desktops.iter().all(|d| !d.yours));
+
+    // Wrong and empty passwords.
+    assert!(matches!(
+        broker.sign_in("user00003", "wrong", None, &facts()).await,
+        Err(BrokerError::WrongPassword)
+    ));
+    assert!(matches!(
+        broker.sign_in("user00003", "", None, &facts()).await,
+        Err(BrokerError::EmptyPassword)
+    ));
+    // A desktop outside the user's policy cannot be asked for by id.
+    let stray = Desktop::from_input(
+        DesktopInput {
+            name: "elsewhere".into(),
+            display_name: String::new(),
+            address: "10.9.9.9".into(),
+            port: None,
+            protocol: Protocol::Rdp,
+            os: String::new(),
+        },
+        chrono::Utc::now(),
+    );
+    let other_pool = Pool {
+        rules: vec![gatehouse::model::pool::Rule::new(
+            gatehouse::model::pool::Attribute::Name,
+            gatehouse::model::pool::Condition::Equals,
+            "elsewhere",
+        )],
+        ..Pool::new("Elsewhere")
+    };
+    store.put(&stray.id, &stray).expect("put");
+    store.put(&other_pool.id, &other_pool).expect("put");
+    broker.invalidate_membership();
+    // The Lab pool has no rules, so it holds every desktop; a policy without that pool is needed.
+    let mut narrow = alice.clone();
+    narrow.policy.entries[0].pool_id = other_pool.id.clone();
+    let desk_id = offer.desktops[0].id.clone();
+    assert!(matches!(
+        broker.connect(&narrow, &desk_id, address).await,
+        Err(BrokerError::NotOffered)
+    ));
+}
+
+#[tokio::test]
+async fn two_hundred_users_race_for_fifty_desktops() {
+    const USERS: usize = 200;
+    const DESKTOPS: usize = 50;
+    let slapd = Slapd::start_with(&SlapdOptions {
+        generated_users: USERS,
+        ..SlapdOptions::default()
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path()).expect("store");
+    seed(&store, "slapd", DESKTOPS);
+    let broker = broker(&store, &slapd);
+    let address: IpAddr = CLIENT.parse().expect("ip");
+
+    let tasks: Vec<_> = (1..=USERS)
+        .map(|n| {
+            let broker = broker.clone();
+            tokio::spawn(async move {
+                let user = format!("user{n:05}");
+                let decision = broker
+                    .sign_in(&user, GENERATED_PASSWORD, None, &facts())
+                    .await
+                    .expect("sign-in");
+                let offer = broker.offer(&decision).await.expect("offer");
+                let Some(first) = offer.desktops.first() else {
+                    return (user, Err(offer.notices.join(" ")));
+                };
+                match broker.connect(&decision, &first.id, address).await {
+                    Ok((desktop, _)) => (user, Ok(desktop.id)),
+                    Err(e @ BrokerError::NoDesktopAvailable { .. }) => (user, Err(e.to_string())),
+                    Err(e) => panic!("unexpected: {e}"),
+                }
+            })
+        })
+        .collect();
+    let mut got = Vec::new();
+    let mut refused = Vec::new();
+    for t in tasks {
+        match t.await.expect("task") {
+            (user, Ok(desktop)) => got.push((user, desktop)),
+            (_, Err(message)) => refused.push(message),
+        }
+    }
+    assert_eq!(
+        got.len(),
+        DESKTOPS,
+        "exactly as many users as desktops got one"
+    );
+    let distinct: HashSet<&String> = got.iter().map(|(_, d)| d).collect();
+    assert_eq!(distinct.len(), DESKTOPS, "no desktop given twice");
+    assert_eq!(refused.len(), USERS - DESKTOPS);
+    assert!(
+        refused
+            .iter()
+            .all(|m| m.contains("No desktop is available in pool Lab")),
+        "{refused:?}"
+    );
+
+    // After a restart the assignments are all still there, and agree with the user index.
+    drop(broker);
+    drop(store);
+    let store = Store::open(dir.path()).expect("reopen");
+    let desktops: Vec<Desktop> = store
+        .list::<Desktop>()
+        .expect("list")
+        .into_iter()
+        .map(|(_, d)| d)
+        .collect();
+    let assigned: Vec<&Desktop> = desktops
+        .iter()
+        .filter(|d| d.assigned_user.is_some())
+        .collect();
+    assert_eq!(assigned.len(), DESKTOPS);
+    for (user, desktop_id) in &got {
+        let held = store
+            .get::<HeldDesktops>(&format!("slapd/{user}"))
+            .expect("get")
+            .expect("the user holds a desktop");
+        assert_eq!(&held.desktops, &vec![desktop_id.clone()]);
+    }
+}

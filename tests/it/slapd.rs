@@ -1,0 +1,545 @@
+//! A throwaway OpenLDAP server for the tests: Debian's `slapd` on free loopback ports
+//! (`ldap://` with StartTLS, `ldaps://` with a certificate from a generated CA, and an `ldapi://`
+//! socket the fixture itself uses), the memberOf overlay, the ppolicy schema, users loaded with
+//! `slapadd` before start and groups added over LDAP after start (the memberOf overlay does not
+//! fire for `slapadd`). Killed on `Drop`.
+//!
+//! The directory (base `dc=example,dc=com`):
+//! - `ou=people`: alice (groups staff, admins; staff is inside all-staff), bob (staff), carol
+//!   (no group), dave (`shadowExpire: 1`, expired), erin (`pwdAccountLockedTime`, locked),
+//!   `o*brien` (a login with a filter metacharacter); password of each: `<uid>-pw`.
+//! - `ou=services`: `cn=search` ([`SEARCH_DN`] / [`SEARCH_PASSWORD`]).
+//! - `ou=branch`: bea, and `ou=remote`, a referral to `ou=hidden` on the same server, where zed
+//!   lives; a subtree search from the root therefore returns a continuation reference, as
+//!   Active Directory's do.
+//! - `SlapdOptions::generated_users`: `user00001` … with password [`GENERATED_PASSWORD`], all in
+//!   group `cn=generated`.
+
+#![allow(dead_code)]
+
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader, Write as _};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
+
+use gatehouse::model::directory::{AuthServer, DirectoryKind, HostPort, Security};
+
+pub const BASE: &str = "dc=example,dc=com";
+pub const ROOT_DN: &str = "cn=admin,dc=example,dc=com";
+pub const ROOT_PASSWORD: &str = "root-secret";
+pub const SEARCH_DN: &str = "cn=search,ou=services,dc=example,dc=com";
+pub const SEARCH_PASSWORD: &str = "search-secret";
+pub const GENERATED_PASSWORD: &str = "generated-pw";
+
+/// The password of a fixture user.
+pub fn password_of(uid: &str) -> String {
+    format!("{uid}-pw")
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct SlapdOptions {
+    /// Extra users `user00001` …, loaded with slapadd (fast: thousands per second).
+    pub generated_users: usize,
+    /// Refuse simple binds without TLS, as Active Directory does on port 389.
+    pub require_tls_for_binds: bool,
+}
+
+pub struct Slapd {
+    dir: tempfile::TempDir,
+    child: Child,
+    pub ldap_port: u16,
+    pub ldaps_port: u16,
+    ca_pem: String,
+    log: Arc<Mutex<String>>,
+}
+
+impl Slapd {
+    /// The standard directory.
+    pub fn start() -> Slapd {
+        Slapd::start_with(&SlapdOptions::default())
+    }
+
+    pub fn start_with(options: &SlapdOptions) -> Slapd {
+        let slapd = slapd_binary();
+        let mut last_error = String::new();
+        // A free port can be taken between choosing it and slapd binding it: try again.
+        for _ in 0..3 {
+            match Slapd::try_start(&slapd, options) {
+                Ok(s) => return s,
+                Err(e) => last_error = e,
+            }
+        }
+        panic!("slapd did not start: {last_error}");
+    }
+
+    fn try_start(slapd: &Path, options: &SlapdOptions) -> Result<Slapd, String> {
+        let dir = tempfile::Builder::new()
+            .prefix("slapd")
+            .tempdir()
+            .map_err(|e| e.to_string())?;
+        let ldap_port = free_port();
+        let ldaps_port = free_port();
+        let ca_pem = write_certificates(dir.path());
+        std::fs::create_dir(dir.path().join("data")).map_err(|e| e.to_string())?;
+        let conf = dir.path().join("slapd.conf");
+        std::fs::write(&conf, slapd_conf(dir.path(), options)).map_err(|e| e.to_string())?;
+
+        let ldif = dir.path().join("users.ldif");
+        std::fs::write(&ldif, users_ldif(ldap_port, options.generated_users))
+            .map_err(|e| e.to_string())?;
+        let out = Command::new(slapd.with_file_name("slapadd"))
+            .arg("-q")
+            .arg("-f")
+            .arg(&conf)
+            .arg("-l")
+            .arg(&ldif)
+            .output()
+            .map_err(|e| format!("slapadd: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "slapadd failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+
+        let urls = format!(
+            "ldap://127.0.0.1:{ldap_port}/ ldaps://127.0.0.1:{ldaps_port}/ {}",
+            ldapi_url(dir.path())
+        );
+        let mut child = Command::new(slapd)
+            .arg("-f")
+            .arg(&conf)
+            .arg("-h")
+            .arg(&urls)
+            // Foreground, logging only what is always logged (start, stop, fatal errors).
+            .arg("-d")
+            .arg("none")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot run {}: {e}", slapd.display()))?;
+
+        // slapd says "slapd starting" once its listeners are bound; it exits on failure.
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = mpsc::channel();
+        let stderr = child.stderr.take().ok_or("no stderr")?;
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let started = line.contains("slapd starting");
+                if let Ok(mut log) = sink.lock() {
+                    log.push_str(&line);
+                    log.push('\n');
+                }
+                if started {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(()) => {}
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                let log = log.lock().map(|l| l.clone()).unwrap_or_default();
+                return Err(format!("slapd did not start:\n{log}"));
+            }
+        }
+        let slapd = Slapd {
+            dir,
+            child,
+            ldap_port,
+            ldaps_port,
+            ca_pem,
+            log,
+        };
+        // The sockets are bound before "slapd starting" but listen a moment later, in the
+        // daemon thread: try connecting until both accept (a refused connect returns at once,
+        // so this is bounded by a deadline rather than a count).
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        let mut ready = false;
+        while std::time::Instant::now() < deadline {
+            if std::net::TcpStream::connect(("127.0.0.1", ldap_port)).is_ok()
+                && std::net::TcpStream::connect(("127.0.0.1", ldaps_port)).is_ok()
+            {
+                ready = true;
+                break;
+            }
+            std::thread::yield_now();
+        }
+        if !ready {
+            return Err(format!("slapd's ports do not answer:\n{}", slapd.log()));
+        }
+        slapd.add_ldif(&groups_ldif(options.generated_users));
+        Ok(slapd)
+    }
+
+    /// The CA certificate (PEM) that signed the server's certificate.
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// Adds entries as the root DN (over the ldapi socket, so it works whatever the bind
+    /// rules).
+    pub fn add_ldif(&self, ldif: &str) {
+        self.ldap_tool("ldapadd", ldif);
+    }
+
+    /// Applies an LDIF of changes (`changetype: modify` …) as the root DN.
+    pub fn modify_ldif(&self, ldif: &str) {
+        self.ldap_tool("ldapmodify", ldif);
+    }
+
+    fn ldap_tool(&self, tool: &str, ldif: &str) {
+        if ldif.trim().is_empty() {
+            return;
+        }
+        let mut child = Command::new(tool)
+            .args(["-x", "-H", &ldapi_url(self.dir.path()), "-D", ROOT_DN, "-w"])
+            .arg(ROOT_PASSWORD)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{tool} (from ldap-utils) runs: {e}"));
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(ldif.as_bytes())
+            .expect("ldif written");
+        let out = child.wait_with_output().expect("tool finishes");
+        assert!(
+            out.status.success(),
+            "{tool} failed: {}\n{ldif}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Freezes slapd (SIGSTOP): connections stay open but nothing answers.
+    pub fn pause(&self) {
+        signal(self.pid(), "-STOP");
+    }
+
+    pub fn resume(&self) {
+        signal(self.pid(), "-CONT");
+    }
+
+    /// An authentication server pointing at this directory with `security`, verifying TLS
+    /// against the fixture's CA.
+    pub fn auth_server(&self, security: Security) -> AuthServer {
+        let port = match security {
+            Security::Ldaps => self.ldaps_port,
+            Security::StartTls | Security::Plain => self.ldap_port,
+        };
+        AuthServer {
+            id: "slapd".into(),
+            name: "Test OpenLDAP".into(),
+            domain: "EXAMPLE".into(),
+            aliases: vec!["example.com".into()],
+            hosts: vec![HostPort::new("127.0.0.1", port)],
+            security,
+            verify_tls: true,
+            ca_cert_pem: Some(self.ca_pem.clone()),
+            bind_dn: SEARCH_DN.into(),
+            bind_password: SEARCH_PASSWORD.into(),
+            base_dn: BASE.into(),
+            connect_timeout_secs: 2,
+            search_timeout_secs: 5,
+            ..AuthServer::defaults_for(DirectoryKind::OpenLdap)
+        }
+    }
+}
+
+impl Drop for Slapd {
+    fn drop(&mut self) {
+        signal(self.pid(), "-CONT");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn signal(pid: u32, sig: &str) {
+    let _ = Command::new("kill").arg(sig).arg(pid.to_string()).status();
+}
+
+/// Debian installs slapd in /usr/sbin, which is not on every PATH.
+fn slapd_binary() -> PathBuf {
+    for candidate in [
+        "/usr/sbin/slapd",
+        "/usr/local/sbin/slapd",
+        "/usr/local/libexec/slapd",
+    ] {
+        if Path::new(candidate).exists() {
+            return PathBuf::from(candidate);
+        }
+    }
+    panic!("slapd is not installed: run tests/run.sh (it installs slapd and ldap-utils)");
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn ldapi_url(dir: &Path) -> String {
+    let path = dir.join("ldapi").display().to_string();
+    format!("ldapi://{}", path.replace('%', "%25").replace('/', "%2F"))
+}
+
+/// A CA that signed nothing this fixture serves: "the wrong CA".
+pub fn other_ca_pem() -> String {
+    let key = rcgen::KeyPair::generate().expect("key");
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "Some Other CA");
+    params.self_signed(&key).expect("cert").pem()
+}
+
+/// Makes a CA and a server certificate for localhost / 127.0.0.1 signed by it (rustls refuses
+/// a CA certificate used as a server's own); returns the CA's PEM.
+fn write_certificates(dir: &Path) -> String {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
+        IsCa, KeyPair, KeyUsagePurpose,
+    };
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "Gatehouse Test LDAP CA");
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("ca key"))
+        .expect("ca certificate");
+
+    let mut params = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+        .expect("server params");
+    params.is_ca = IsCa::ExplicitNoCa;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "localhost");
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let key = KeyPair::generate().expect("server key");
+    let cert = params.signed_by(&key, &ca).expect("server certificate");
+
+    std::fs::write(dir.join("server.pem"), cert.pem()).expect("cert written");
+    std::fs::write(dir.join("server.key"), key.serialize_pem()).expect("key written");
+    std::fs::write(dir.join("ca.pem"), ca.pem()).expect("ca written");
+    ca.pem()
+}
+
+fn slapd_conf(dir: &Path, options: &SlapdOptions) -> String {
+    let d = dir.display();
+    let security = if options.require_tls_for_binds {
+        // TLS gives a strength factor of 128 or more; ldapi counts as 71.
+        "security simple_bind=71\n"
+    } else {
+        ""
+    };
+    format!(
+        "include /etc/ldap/schema/core.schema
+include /etc/ldap/schema/cosine.schema
+include /etc/ldap/schema/inetorgperson.schema
+include /etc/ldap/schema/nis.schema
+modulepath /usr/lib/ldap
+moduleload back_mdb
+moduleload memberof
+moduleload refint
+moduleload ppolicy
+pidfile {d}/slapd.pid
+argsfile {d}/slapd.args
+TLSCACertificateFile {d}/ca.pem
+TLSCertificateFile {d}/server.pem
+TLSCertificateKeyFile {d}/server.key
+{security}
+database mdb
+maxsize 268435456
+suffix \"{BASE}\"
+rootdn \"{ROOT_DN}\"
+rootpw {ROOT_PASSWORD}
+directory {d}/data
+access to attrs=userPassword
+    by self write
+    by anonymous auth
+    by * none
+access to *
+    by * read
+overlay memberof
+memberof-group-oc groupOfNames
+memberof-member-ad member
+memberof-memberof-ad memberOf
+memberof-refint TRUE
+overlay ppolicy
+"
+    )
+}
+
+fn person(out: &mut String, uid: &str, ou_dn: &str, name: &str, extra: &str) {
+    let _ = write!(
+        out,
+        "dn: uid={uid},{ou_dn}
+objectClass: inetOrgPerson
+objectClass: posixAccount
+objectClass: shadowAccount
+uid: {uid}
+cn: {name}
+sn: {name}
+displayName: {name}
+mail: {uid}@example.com
+uidNumber: 1000
+gidNumber: 1000
+homeDirectory: /home/user
+userPassword: {pw}
+{extra}
+",
+        pw = password_of(uid)
+    );
+}
+
+fn users_ldif(ldap_port: u16, generated: usize) -> String {
+    let mut out = format!(
+        "dn: {BASE}
+objectClass: dcObject
+objectClass: organization
+dc: example
+o: Example
+
+dn: ou=people,{BASE}
+objectClass: organizationalUnit
+ou: people
+
+dn: ou=groups,{BASE}
+objectClass: organizationalUnit
+ou: groups
+
+dn: ou=services,{BASE}
+objectClass: organizationalUnit
+ou: services
+
+dn: {SEARCH_DN}
+objectClass: organizationalRole
+objectClass: simpleSecurityObject
+cn: search
+userPassword: {SEARCH_PASSWORD}
+
+dn: ou=branch,{BASE}
+objectClass: organizationalUnit
+ou: branch
+
+dn: ou=remote,ou=branch,{BASE}
+objectClass: referral
+objectClass: extensibleObject
+ou: remote
+ref: ldap://127.0.0.1:{ldap_port}/ou=hidden,{BASE}
+
+dn: ou=hidden,{BASE}
+objectClass: organizationalUnit
+ou: hidden
+
+"
+    );
+    let people = format!("ou=people,{BASE}");
+    person(&mut out, "alice", &people, "Alice Liddell", "");
+    person(&mut out, "bob", &people, "Bob Builder", "");
+    person(&mut out, "carol", &people, "Carol Noguest", "");
+    person(
+        &mut out,
+        "dave",
+        &people,
+        "Dave Expired",
+        "shadowExpire: 1\n",
+    );
+    person(
+        &mut out,
+        "erin",
+        &people,
+        "Erin Locked",
+        "pwdAccountLockedTime: 000001010000Z\n",
+    );
+    person(&mut out, "o*brien", &people, "Pat O Brien", "");
+    person(
+        &mut out,
+        "bea",
+        &format!("ou=branch,{BASE}"),
+        "Bea Branch",
+        "",
+    );
+    person(
+        &mut out,
+        "zed",
+        &format!("ou=hidden,{BASE}"),
+        "Zed Remote",
+        "",
+    );
+    for i in 1..=generated {
+        let _ = write!(
+            out,
+            "dn: uid=user{i:05},{people}
+objectClass: inetOrgPerson
+uid: user{i:05}
+cn: User {i}
+sn: {i}
+userPassword: {GENERATED_PASSWORD}
+
+"
+        );
+    }
+    out
+}
+
+fn groups_ldif(generated: usize) -> String {
+    let people = format!("ou=people,{BASE}");
+    let mut out = format!(
+        "dn: cn=staff,ou=groups,{BASE}
+objectClass: groupOfNames
+cn: staff
+member: uid=alice,{people}
+member: uid=bob,{people}
+
+dn: cn=admins,ou=groups,{BASE}
+objectClass: groupOfNames
+cn: admins
+member: uid=alice,{people}
+
+dn: cn=all-staff,ou=groups,{BASE}
+objectClass: groupOfNames
+cn: all-staff
+member: cn=staff,ou=groups,{BASE}
+
+dn: cn=former,ou=groups,{BASE}
+objectClass: groupOfNames
+cn: former
+member: uid=dave,{people}
+member: uid=erin,{people}
+
+"
+    );
+    if generated > 0 {
+        let _ = writeln!(
+            out,
+            "dn: cn=generated,ou=groups,{BASE}\nobjectClass: groupOfNames\ncn: generated"
+        );
+        for i in 1..=generated {
+            let _ = writeln!(out, "member: uid=user{i:05},{people}");
+        }
+        out.push('\n');
+    }
+    out
+}
