@@ -9,6 +9,7 @@ use std::sync::Arc;
 use actix_web::{HttpServer, web};
 
 use crate::admin::{self, AdminError};
+use crate::broker::{Broker, BrokerError, BrokerSettings};
 use crate::config::Config;
 use crate::http::{self, AppState, Pages};
 use crate::model::SetupState;
@@ -25,6 +26,8 @@ pub enum AppError {
     Admin(#[from] AdminError),
     #[error(transparent)]
     Tls(#[from] TlsError),
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
     #[error(transparent)]
     Schedule(#[from] ScheduleError),
     #[error("page templates: {0}")]
@@ -44,6 +47,16 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
     let store = Store::open(&config.server.data_dir)?;
     let cert = admin::initialise(&store, &config)?;
     let verifier = admin::verifier(&config)?;
+    let signing_key = crate::broker::seed(&store)?;
+    let broker = Arc::new(Broker::new(
+        store.clone(),
+        BrokerSettings {
+            gateway_url: config.broker.gateway_url.clone(),
+            ticket_seconds: i64::from(config.broker.ticket_seconds),
+        },
+        signing_key,
+    ));
+    broker.reload_directories().await?;
     let resolver = Arc::new(ReloadingResolver::from_pem(&CertPem::new(
         cert.cert_chain_pem.clone(),
         cert.key_pem.clone(),
@@ -86,6 +99,7 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
         scheduler.clone(),
         wizard_done,
         local.port(),
+        broker,
     ));
 
     let factory_state = state.clone();

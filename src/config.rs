@@ -45,6 +45,7 @@ pub struct Config {
     pub security: SecurityConfig,
     pub licence: LicenceConfig,
     pub backup: BackupConfig,
+    pub broker: BrokerConfig,
     pub log: LogConfig,
 }
 
@@ -64,6 +65,8 @@ pub struct ServerConfig {
     /// Development switch: read templates from this folder on every render instead of the
     /// copies embedded in the binary.
     pub templates_dir: Option<PathBuf>,
+    /// Reverse proxies and load balancers whose `X-Forwarded-For` is believed (CIDR ranges).
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -75,6 +78,7 @@ impl Default for ServerConfig {
             hostnames: Vec::new(),
             workers: 0,
             templates_dir: None,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -133,6 +137,25 @@ impl Default for BackupConfig {
             dir: PathBuf::from("backups"),
             keep: 14,
             passphrase_file: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerConfig {
+    /// The WebSocket tunnel URL clients get when their protocol plan goes through the
+    /// gateway; empty: this server's own address.
+    pub gateway_url: String,
+    /// Seconds a gateway ticket may be used to open tunnels.
+    pub ticket_seconds: u32,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            gateway_url: String::new(),
+            ticket_seconds: 60,
         }
     }
 }
@@ -257,6 +280,17 @@ impl Config {
                 ));
             }
         }
+        for range in &self.server.trusted_proxies {
+            if let Err(e) = range.parse::<crate::model::location::Cidr>() {
+                return Err(invalid("server.trusted_proxies", e.to_string()));
+            }
+        }
+        if self.broker.ticket_seconds == 0 {
+            return Err(invalid(
+                "broker.ticket_seconds",
+                "must be at least 1".into(),
+            ));
+        }
         let s = &self.security;
         if s.session_idle_minutes == 0 {
             return Err(invalid(
@@ -298,6 +332,15 @@ impl Config {
             return Err(invalid("log.level", e.to_string()));
         }
         Ok(())
+    }
+
+    /// The trusted proxy ranges, parsed (validated at load).
+    pub fn trusted_proxies(&self) -> Vec<crate::model::location::Cidr> {
+        self.server
+            .trusted_proxies
+            .iter()
+            .filter_map(|r| r.parse().ok())
+            .collect()
     }
 
     /// The folder for scheduled backups (relative to the data folder unless absolute).

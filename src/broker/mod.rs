@@ -230,6 +230,31 @@ impl Broker {
         *self.directories.write().unwrap_or_else(|p| p.into_inner()) = dirs;
     }
 
+    /// Builds a directory for every stored authentication server.
+    pub async fn reload_directories(&self) -> Result<()> {
+        let servers: Vec<AuthServer> = self
+            .store
+            .call(|s| {
+                Ok::<_, BrokerError>(
+                    s.list::<AuthServer>()?
+                        .into_iter()
+                        .map(|(_, a)| a)
+                        .collect(),
+                )
+            })
+            .await?;
+        let dirs = servers
+            .into_iter()
+            .map(|server| {
+                let directory: Arc<dyn Directory> =
+                    Arc::new(crate::auth::LdapDirectory::new(server.clone()));
+                (server, directory)
+            })
+            .collect();
+        self.set_directories(dirs);
+        Ok(())
+    }
+
     fn directories_for(&self, domain: Option<&str>) -> Vec<(AuthServer, Arc<dyn Directory>)> {
         let dirs = self.directories.read().unwrap_or_else(|p| p.into_inner());
         let servers: Vec<AuthServer> = dirs.iter().map(|(s, _)| s.clone()).collect();
@@ -737,6 +762,73 @@ fn release(s: &Store, user: &UserKey, id: &str) -> Result<Desktop> {
         Ok(desktop)
     })?;
     Ok(desktop)
+}
+
+/// The broker's ticket-signing key, made once per installation (restored with backups, so a
+/// restored broker keeps signing for the same gateways).
+#[derive(Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct BrokerKey {
+    pub secret_hex: String,
+}
+
+impl std::fmt::Debug for BrokerKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BrokerKey(<secret>)")
+    }
+}
+
+impl Record for BrokerKey {
+    const TREE: &'static str = "settings";
+}
+
+impl crate::store::Singleton for BrokerKey {
+    const KEY: &'static str = "broker_key";
+}
+
+/// Puts what must exist from the start into the store, each only if missing: the built-in
+/// roles, the "All" location, the default plans and policy, and the ticket-signing key.
+pub fn seed(store: &Store) -> Result<SigningKey> {
+    use crate::model::location::ALL_LOCATION_ID;
+    use crate::model::plan::{PowerPlan, ReleasePlan};
+    for role in crate::model::role::built_in() {
+        if store.get::<Role>(&role.id)?.is_none() {
+            store.put(&role.id.clone(), &role)?;
+        }
+    }
+    if store.get::<Location>(ALL_LOCATION_ID)?.is_none() {
+        store.put(ALL_LOCATION_ID, &Location::all())?;
+    }
+    if store.get::<ProtocolPlan>(DEFAULT_PLAN_ID)?.is_none() {
+        store.put(DEFAULT_PLAN_ID, &ProtocolPlan::default_plan())?;
+    }
+    if store.get::<PowerPlan>(DEFAULT_PLAN_ID)?.is_none() {
+        store.put(DEFAULT_PLAN_ID, &PowerPlan::default_plan())?;
+    }
+    if store.get::<ReleasePlan>(DEFAULT_PLAN_ID)?.is_none() {
+        store.put(DEFAULT_PLAN_ID, &ReleasePlan::default_plan())?;
+    }
+    if store
+        .get::<Policy>(crate::model::policy::DEFAULT_POLICY_ID)?
+        .is_none()
+    {
+        let policy = Policy::default_policy();
+        store.put(&policy.id.clone(), &policy)?;
+    }
+    let mut key = store.get_one::<BrokerKey>()?;
+    let secret = match hex::decode(&key.secret_hex)
+        .ok()
+        .and_then(|b| <[u8; 32]>::try_from(b).ok())
+    {
+        Some(secret) => secret,
+        None => {
+            let mut secret = [0u8; 32];
+            rand::RngCore::fill_bytes(&mut rand::rng(), &mut secret);
+            key.secret_hex = hex::encode(secret);
+            store.put_one(&key)?;
+            secret
+        }
+    };
+    Ok(connect::signing_key(&secret))
 }
 
 /// Client sessions by token (the portal and the client API), in memory.

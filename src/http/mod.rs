@@ -58,6 +58,11 @@ pub struct AppState {
     pub started: Instant,
     /// The port HTTPS really listens on (the plain port redirects there).
     pub https_port: u16,
+    pub broker: Arc<crate::broker::Broker>,
+    /// Portal and client-API sessions.
+    pub clients: crate::broker::ClientSessions,
+    /// Proxies whose `X-Forwarded-For` names the client (from `server.trusted_proxies`).
+    pub trusted_proxies: Vec<crate::model::location::Cidr>,
 }
 
 impl AppState {
@@ -72,8 +77,10 @@ impl AppState {
         scheduler: Scheduler,
         wizard_done: bool,
         https_port: u16,
+        broker: Arc<crate::broker::Broker>,
     ) -> Self {
         let sec = &config.security;
+        let trusted_proxies = config.trusted_proxies();
         Self {
             sessions: Sessions::new(std::time::Duration::from_secs(
                 u64::from(sec.session_idle_minutes) * 60,
@@ -95,6 +102,9 @@ impl AppState {
             pending_imports: Mutex::new(HashMap::new()),
             started: Instant::now(),
             https_port,
+            broker,
+            clients: crate::broker::ClientSessions::default(),
+            trusted_proxies,
         }
     }
 

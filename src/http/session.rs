@@ -29,11 +29,30 @@ pub fn removal_cookie() -> Cookie<'static> {
     c
 }
 
-/// The client's address as this server sees it (trusted proxies arrive with the broker).
+/// The client's address: the peer, or what `X-Forwarded-For` says when the peer is a
+/// trusted proxy (`server.trusted_proxies`); the header is ignored from anyone else.
 pub fn client_ip(req: &HttpRequest) -> IpAddr {
-    req.peer_addr()
+    let peer = req
+        .peer_addr()
         .map(|a| a.ip())
-        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    let Some(state) = req.app_data::<web::Data<AppState>>() else {
+        return peer;
+    };
+    if state.trusted_proxies.is_empty() {
+        return peer;
+    }
+    let forwarded: Vec<&str> = req
+        .headers()
+        .get_all("x-forwarded-for")
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let joined = forwarded.join(",");
+    crate::model::location::client_address(
+        peer,
+        (!joined.is_empty()).then_some(joined.as_str()),
+        &state.trusted_proxies,
+    )
 }
 
 fn state(req: &HttpRequest) -> Result<&web::Data<AppState>, HttpError> {
