@@ -1,6 +1,6 @@
 //! The one mapping from errors to HTTP responses: each variant has a status and a stable,
 //! lowercase error code, shown on the error page and in the JSON body of API answers
-//! (`{"error": {"code": "…", "message": "…"}}`).
+//! (`{"error": "code", "message": "…"}`).
 
 use actix_web::http::{StatusCode, header};
 use actix_web::{HttpResponse, ResponseError};
@@ -84,9 +84,7 @@ impl HttpError {
         if let Some(to) = self.redirect_to() {
             builder.insert_header((header::LOCATION, to));
         }
-        builder.json(serde_json::json!({
-            "error": { "code": self.code(), "message": self.to_string() }
-        }))
+        builder.json(serde_json::json!({ "error": self.code(), "message": self.to_string() }))
     }
 }
 

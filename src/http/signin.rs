@@ -13,8 +13,7 @@ use crate::admin::{self, Actor, AdminError};
 use crate::auth::Verdict;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/", web::get().to(|| async { see_other("/admin") }))
-        .route("/admin/login", web::get().to(login_page))
+    cfg.route("/admin/login", web::get().to(login_page))
         .route("/admin/login", web::post().to(login))
         .route("/admin/logout", web::post().to(logout))
         .route("/admin/me", web::get().to(me_page))
