@@ -331,6 +331,14 @@ impl Store {
         engine.flush()
     }
 
+    /// Saves `value` without waiting for the disk: for bookkeeping that may be lost in a crash
+    /// (a last-seen time). The engine writes it out within half a second.
+    pub fn put_lazy<T: Record>(&self, key: &str, value: &T) -> Result<()> {
+        let bytes = encode(value)?;
+        self.read().tree(T::TREE)?.insert(key.as_bytes(), bytes)?;
+        Ok(())
+    }
+
     /// Removes `key`; says whether it was there.
     pub fn delete<T: Record>(&self, key: &str) -> Result<bool> {
         let engine = self.read();
@@ -903,6 +911,18 @@ mod tests {
             .filter(|e| e.file_name().to_string_lossy().starts_with(STORE_PREFIX))
             .collect();
         assert_eq!(dirs.len(), 1, "the old store folder is gone");
+    }
+
+    #[test]
+    fn lazy_puts_are_readable_at_once_and_kept_on_a_clean_close() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let s = Store::open(dir.path()).expect("open");
+            s.put_lazy("seen", &note("later")).expect("put");
+            assert_eq!(s.get::<Note>("seen").expect("get"), Some(note("later")));
+        }
+        let s = Store::open(dir.path()).expect("reopen");
+        assert_eq!(s.get::<Note>("seen").expect("get"), Some(note("later")));
     }
 
     #[test]

@@ -411,7 +411,7 @@ impl Broker {
             .await
     }
 
-    /// Records that a user signed in (for the console's user list); not flushed at once.
+    /// Records that a user signed in (for the console's user list); not waited for on disk.
     pub async fn remember(&self, decision: &Decision, address: IpAddr) -> Result<()> {
         let known = KnownUser {
             user: decision.user.clone(),
@@ -421,7 +421,9 @@ impl Broker {
             last_address: address.to_string(),
         };
         let key = decision.user.key();
-        self.store.call(move |s| Ok(s.put(&key, &known)?)).await
+        self.store
+            .call(move |s| Ok(s.put_lazy(&key, &known)?))
+            .await
     }
 
     // ---- offer -------------------------------------------------------------------------------
