@@ -295,15 +295,7 @@ impl Broker {
         if password.is_empty() {
             return Err(BrokerError::EmptyPassword);
         }
-        let (typed_domain, user) = split_login(typed_user);
-        let domain = domain
-            .filter(|d| !d.is_empty())
-            .map(str::to_string)
-            .or(typed_domain);
-        let candidates = self.directories_for(domain.as_deref());
-        if candidates.is_empty() {
-            return Err(BrokerError::NoServers);
-        }
+        let (user, candidates) = self.candidates(typed_user, domain)?;
         let mut unreachable = None;
         for (server, directory) in candidates {
             match directory.authenticate(&user, password).await {
@@ -331,15 +323,7 @@ impl Broker {
         domain: Option<&str>,
         facts: &ClientFacts,
     ) -> Result<Decision> {
-        let (typed_domain, user) = split_login(typed_user);
-        let domain = domain
-            .filter(|d| !d.is_empty())
-            .map(str::to_string)
-            .or(typed_domain);
-        let candidates = self.directories_for(domain.as_deref());
-        if candidates.is_empty() {
-            return Err(BrokerError::NoServers);
-        }
+        let (user, candidates) = self.candidates(typed_user, domain)?;
         let mut unreachable = None;
         for (server, directory) in candidates {
             match directory.lookup(&user).await {
@@ -352,6 +336,26 @@ impl Broker {
             Some(reason) => BrokerError::DirectoryUnreachable(reason),
             None => BrokerError::UnknownUser(user),
         })
+    }
+
+    /// The bare user name and the servers to ask, from `DOMAIN\user`, `user@domain` or a
+    /// separately given domain (all servers in order when there is none).
+    #[allow(clippy::type_complexity)]
+    fn candidates(
+        &self,
+        typed_user: &str,
+        domain: Option<&str>,
+    ) -> Result<(String, Vec<(AuthServer, Arc<dyn Directory>)>)> {
+        let (typed_domain, user) = split_login(typed_user);
+        let domain = domain
+            .filter(|d| !d.is_empty())
+            .map(str::to_string)
+            .or(typed_domain);
+        let candidates = self.directories_for(domain.as_deref());
+        if candidates.is_empty() {
+            return Err(BrokerError::NoServers);
+        }
+        Ok((user, candidates))
     }
 
     /// Still allowed? A user disabled or removed in the directory loses access at once.
