@@ -435,7 +435,10 @@ impl Store {
     pub fn export_records(&self) -> Result<Vec<backup::Record>> {
         let engine = self.write_lock();
         let mut out = Vec::new();
-        for name in engine.db.tree_names() {
+        // Trees in name order, so two exports of the same content are the same file content.
+        let mut names = engine.db.tree_names();
+        names.sort();
+        for name in names {
             if name.as_ref() == SLED_DEFAULT_TREE {
                 continue;
             }

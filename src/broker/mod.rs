@@ -479,6 +479,7 @@ impl Broker {
             return Err(BrokerError::Forbidden);
         }
         let membership = self.membership().await?;
+        let username = decision.user.username.clone();
         let decision = decision.clone();
         let wanted = desktop_id.to_string();
         let (desktop, entry, session_id) = self
@@ -486,7 +487,7 @@ impl Broker {
             .call(move |s| assign(s, &membership, &decision, &wanted, address))
             .await?;
         let params = self
-            .params_for(&desktop, &entry, &session_id, address)
+            .params_for(&desktop, &entry, &session_id, &username, address)
             .await?;
         Ok((desktop, params))
     }
@@ -496,6 +497,7 @@ impl Broker {
         desktop: &Desktop,
         entry: &PolicyEntry,
         session_id: &str,
+        username: &str,
         address: IpAddr,
     ) -> Result<ConnectionParams> {
         let plan_id = entry.protocol_plan.clone();
@@ -518,7 +520,7 @@ impl Broker {
             BrokerError::ProtocolNotAllowed(desktop.protocol.as_str().to_uppercase())
         })?;
         let port = desktop.port_or_default();
-        let user = desktop.assigned_user.clone().unwrap_or_default();
+        let user = username.to_string();
         let gateway = setting.via_gateway.then(|| {
             let ticket = Ticket {
                 session: session_id.to_string(),
@@ -844,9 +846,18 @@ pub struct ClientSessions {
 }
 
 impl ClientSessions {
+    /// Sessions older than this are dropped when new ones arrive.
+    pub const MAX_AGE_HOURS: i64 = 12;
+
     pub fn insert(&self, session: ClientSession) -> String {
         let token = crate::auth::random_token();
-        self.lock().insert(crate::auth::token_key(&token), session);
+        let mut map = self.lock();
+        // Sweep at each doubling, so abandoned sessions do not pile up.
+        if map.len() >= 1024 && map.len().is_power_of_two() {
+            let oldest = Utc::now() - chrono::Duration::hours(Self::MAX_AGE_HOURS);
+            map.retain(|_, s| s.created > oldest);
+        }
+        map.insert(crate::auth::token_key(&token), session);
         token
     }
 

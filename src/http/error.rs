@@ -7,6 +7,7 @@ use actix_web::{HttpResponse, ResponseError};
 
 use crate::admin::AdminError;
 use crate::backup::BackupError;
+use crate::broker::BrokerError;
 use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +32,44 @@ pub enum HttpError {
     Admin(#[from] AdminError),
     #[error("The page could not be drawn: {0}")]
     Render(String),
+    /// A refusal from the broker (client sign-in, offer, connect, release).
+    #[error("{}", broker_message(.0))]
+    Broker(#[from] BrokerError),
+    /// A form or API body with fields that cannot be saved; nothing was saved.
+    #[error("{summary}")]
+    Invalid {
+        summary: String,
+        fields: Vec<crate::model::FieldError>,
+    },
+    /// The body is not JSON (or not the JSON shape expected).
+    #[error("The body is not valid JSON: {0}")]
+    MalformedJson(String),
+    /// The change cannot be made as things stand (in use, built in, taken).
+    #[error("{0}")]
+    Conflict(String),
+    /// An API object that does not exist.
+    #[error("There is no {kind} `{id}`.")]
+    NoSuch { kind: &'static str, id: String },
+    /// An API call without a live administrator's token.
+    #[error(
+        "Send an administrator's token: `Authorization: Bearer <token>`, from POST /api/v1/tokens."
+    )]
+    TokenRequired,
+    /// `POST /api/v1/tokens` with a wrong user name or password.
+    #[error("Wrong user name or password.")]
+    SignInFailed,
+    /// An authentication server did not answer as asked.
+    #[error("{0}")]
+    Directory(#[from] crate::auth::DirectoryError),
+}
+
+/// What a user reads for a broker refusal. An unknown user reads exactly what a wrong password
+/// reads, so that user names cannot be probed.
+fn broker_message(e: &BrokerError) -> String {
+    match e {
+        BrokerError::UnknownUser(_) => BrokerError::WrongPassword.to_string(),
+        e => e.to_string(),
+    }
 }
 
 impl From<StoreError> for HttpError {
@@ -51,6 +90,13 @@ impl HttpError {
             HttpError::Locked { .. } => "locked_out",
             HttpError::NotFound => "not_found",
             HttpError::Render(_) => "render_failed",
+            HttpError::Invalid { .. } => "invalid",
+            HttpError::MalformedJson(_) => "malformed_json",
+            HttpError::Conflict(_) => "conflict",
+            HttpError::NoSuch { .. } => "not_found",
+            HttpError::TokenRequired => "token_required",
+            HttpError::SignInFailed => "sign_in_failed",
+            HttpError::Directory(e) => e.code(),
             HttpError::Admin(e) => match e {
                 AdminError::Store(_) => "store_error",
                 AdminError::Licence(_) => "licence_refused",
@@ -65,6 +111,22 @@ impl HttpError {
                 AdminError::NoLicenceKey => "licence_key_missing",
                 AdminError::WizardOrder(_) => "wizard_order",
                 AdminError::NoSuchAccount(_) => "no_such_account",
+            },
+            HttpError::Broker(e) => match e {
+                // The same code as a wrong password: names cannot be probed.
+                BrokerError::WrongPassword | BrokerError::UnknownUser(_) => "wrong_password",
+                BrokerError::EmptyPassword => "empty_password",
+                BrokerError::Disabled => "account_disabled",
+                BrokerError::DirectoryUnreachable(_) => "directory_unreachable",
+                BrokerError::NoServers => "no_directory",
+                BrokerError::NoAccess => "no_access",
+                BrokerError::NoDesktopAvailable { .. } => "no_desktop_available",
+                BrokerError::NotOffered => "not_offered",
+                BrokerError::NotYours => "not_yours",
+                BrokerError::ProtocolNotAllowed(_) => "protocol_not_allowed",
+                BrokerError::Forbidden => "forbidden",
+                BrokerError::Missing { .. } => "configuration_missing",
+                BrokerError::Store(_) => "store_error",
             },
         }
     }
@@ -84,7 +146,11 @@ impl HttpError {
         if let Some(to) = self.redirect_to() {
             builder.insert_header((header::LOCATION, to));
         }
-        builder.json(serde_json::json!({ "error": self.code(), "message": self.to_string() }))
+        let mut body = serde_json::json!({ "error": self.code(), "message": self.to_string() });
+        if let HttpError::Invalid { fields, .. } = self {
+            body["fields"] = serde_json::json!(fields);
+        }
+        builder.json(body)
     }
 }
 
@@ -99,6 +165,11 @@ impl ResponseError for HttpError {
             HttpError::Locked { .. } => StatusCode::TOO_MANY_REQUESTS,
             HttpError::NotFound => StatusCode::NOT_FOUND,
             HttpError::Render(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            HttpError::Invalid { .. } | HttpError::MalformedJson(_) => StatusCode::BAD_REQUEST,
+            HttpError::Conflict(_) => StatusCode::CONFLICT,
+            HttpError::NoSuch { .. } => StatusCode::NOT_FOUND,
+            HttpError::TokenRequired | HttpError::SignInFailed => StatusCode::UNAUTHORIZED,
+            HttpError::Directory(_) => StatusCode::BAD_GATEWAY,
             HttpError::Admin(e) => match e {
                 AdminError::Store(StoreError::InUse { .. }) => StatusCode::SERVICE_UNAVAILABLE,
                 AdminError::Store(_) | AdminError::Auth(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -106,6 +177,25 @@ impl ResponseError for HttpError {
                 AdminError::WizardOrder(_) => StatusCode::CONFLICT,
                 AdminError::NoSuchAccount(_) => StatusCode::NOT_FOUND,
                 _ => StatusCode::BAD_REQUEST,
+            },
+            HttpError::Broker(e) => match e {
+                BrokerError::WrongPassword
+                | BrokerError::EmptyPassword
+                | BrokerError::UnknownUser(_) => StatusCode::UNAUTHORIZED,
+                BrokerError::Disabled
+                | BrokerError::NoServers
+                | BrokerError::NoAccess
+                | BrokerError::NotOffered
+                | BrokerError::Forbidden => StatusCode::FORBIDDEN,
+                BrokerError::NotYours => StatusCode::NOT_FOUND,
+                BrokerError::DirectoryUnreachable(_)
+                | BrokerError::Store(StoreError::InUse { .. }) => StatusCode::SERVICE_UNAVAILABLE,
+                BrokerError::NoDesktopAvailable { .. } | BrokerError::ProtocolNotAllowed(_) => {
+                    StatusCode::CONFLICT
+                }
+                BrokerError::Missing { .. } | BrokerError::Store(_) => {
+                    StatusCode::INTERNAL_SERVER_ERROR
+                }
             },
         }
     }

@@ -5,10 +5,15 @@
 //! CSRF extractors, the setup-wizard gate, security headers and request metrics. It never
 //! names sled, and it holds no business rules.
 
+mod api;
+mod client;
+mod console_resources;
 mod error;
 mod forms;
 mod ops;
 mod pages;
+mod portal;
+mod resource;
 mod session;
 mod setup;
 mod signin;
@@ -137,11 +142,15 @@ impl AppState {
 /// The routes of the console, APIs and operations endpoints.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     ops::configure(cfg);
+    client::configure(cfg);
+    portal::configure(cfg);
     signin::configure(cfg);
     wizard::configure(cfg);
     pages::configure(cfg);
     setup::configure(cfg);
     system::configure(cfg);
+    api::configure(cfg);
+    console_resources::configure(cfg);
 }
 
 /// Paths open before the wizard is finished.

@@ -36,15 +36,30 @@ pub const MENU: &[Area] = &[
     },
     Area {
         name: "Setup",
-        pages: &[("Certificate", "/admin/setup/certificate")],
+        pages: &[
+            ("Certificate", "/admin/setup/certificate"),
+            ("Authentication Servers", "/admin/setup/auth-servers"),
+        ],
     },
     Area {
         name: "Configuration",
-        pages: &[],
+        pages: &[
+            ("Locations", "/admin/configuration/locations"),
+            ("Roles", "/admin/configuration/roles"),
+            ("Protocol Plans", "/admin/configuration/protocol-plans"),
+            ("Power Plans", "/admin/configuration/power-plans"),
+            ("Release Plans", "/admin/configuration/release-plans"),
+            ("Policies", "/admin/configuration/policies"),
+            ("Assignments", "/admin/configuration/assignments"),
+            ("Pools", "/admin/configuration/pools"),
+        ],
     },
     Area {
         name: "Resources",
-        pages: &[],
+        pages: &[
+            ("Desktops", "/admin/resources/desktops"),
+            ("Users", "/admin/resources/users"),
+        ],
     },
     Area {
         name: "System",
@@ -72,7 +87,12 @@ struct MenuPage {
 }
 
 fn menu(active_path: &str) -> Vec<MenuArea> {
-    MENU.iter()
+    menu_from(MENU, active_path)
+}
+
+fn menu_from(areas: &'static [Area], active_path: &str) -> Vec<MenuArea> {
+    areas
+        .iter()
         .filter(|a| !a.pages.is_empty())
         .map(|a| MenuArea {
             name: a.name,
@@ -253,7 +273,25 @@ mod tests {
     fn menu_hides_areas_without_pages_and_marks_the_active_page() {
         let m = menu("/admin/system/licence");
         let names: Vec<&str> = m.iter().map(|a| a.name).collect();
-        assert_eq!(names, ["Dashboard", "Setup", "System"]);
+        assert_eq!(
+            names,
+            ["Dashboard", "Setup", "Configuration", "Resources", "System"]
+        );
+        const WITH_EMPTY: &[Area] = &[
+            Area {
+                name: "Built",
+                pages: &[("Page", "/built")],
+            },
+            Area {
+                name: "Not yet",
+                pages: &[],
+            },
+        ];
+        let names: Vec<&str> = menu_from(WITH_EMPTY, "/built")
+            .iter()
+            .map(|a| a.name)
+            .collect();
+        assert_eq!(names, ["Built"], "an area without pages is not shown");
         let system = m.iter().find(|a| a.name == "System").expect("system");
         assert!(system.active);
         assert!(

@@ -3,10 +3,13 @@
 
 mod common;
 
+mod api;
 mod backup;
 mod broker;
 mod browser;
 mod console;
 mod install;
 mod ldap;
+mod portal;
+mod portal_browser;
 mod slapd;
