@@ -7,11 +7,13 @@
 //! still enabled in the directory). Every rule is the broker's; this module only parses, checks
 //! the token and shapes the answers. It never names sled or ldap3.
 
+use actix_web::http::Method;
 use actix_web::http::{StatusCode, header};
 use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
 
+use super::resource::Endpoint;
 use super::session::client_ip;
 use super::{AppState, HttpError};
 use crate::auth::Verdict;
@@ -43,6 +45,204 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route("/desktops/{id}/connect", web::post().to(connect))
             .route("/desktops/{id}/release", web::post().to(release)),
     );
+}
+
+/// The client API as the OpenAPI document lists it (served by [`configure`], inside its scope
+/// with its own JSON limits). The client token is the `token` of the login answer, sent as
+/// `Authorization: Bearer`.
+pub fn documented() -> Vec<Endpoint> {
+    use super::resource::schema::{array, object, reference, string};
+    let json = "application/json";
+    let client = |method: Method,
+                  path: &str,
+                  summary: &str,
+                  request: Vec<(&'static str, serde_json::Value)>,
+                  response: (u16, Option<serde_json::Value>),
+                  route: fn() -> actix_web::Route| Endpoint {
+        method,
+        path: format!("/api/v1/client{path}"),
+        summary: summary.to_string(),
+        tag: "client".to_string(),
+        request,
+        response,
+        secured: false,
+        route,
+    };
+    let offer = object(
+        &["desktops", "notices"],
+        vec![
+            ("desktops", array(reference("OfferedDesktop"))),
+            ("notices", array(string())),
+        ],
+    );
+    vec![
+        client(
+            Method::POST,
+            "/login",
+            "Sign a user in: a client token and the desktops offered",
+            vec![(json, reference("ClientLoginRequest"))],
+            (200, Some(reference("ClientLogin"))),
+            || web::post().to(login),
+        ),
+        client(
+            Method::GET,
+            "/desktops",
+            "The desktops offered now (client token)",
+            vec![],
+            (200, Some(offer)),
+            || web::get().to(desktops),
+        ),
+        client(
+            Method::POST,
+            "/desktops/{id}/connect",
+            "Assign the desktop and return how to reach it (client token)",
+            vec![],
+            (200, Some(reference("ClientConnect"))),
+            || web::post().to(connect),
+        ),
+        client(
+            Method::POST,
+            "/desktops/{id}/release",
+            "Give the desktop back to its pool (client token)",
+            vec![],
+            (
+                200,
+                Some(object(&["released"], vec![("released", string())])),
+            ),
+            || web::post().to(release),
+        ),
+        client(
+            Method::POST,
+            "/logout",
+            "End the client session (client token)",
+            vec![],
+            (204, None),
+            || web::post().to(logout),
+        ),
+    ]
+}
+
+/// The schemas the client endpoints name.
+pub fn schemas() -> Vec<(&'static str, serde_json::Value)> {
+    use super::resource::schema::{
+        array, boolean, integer, nullable, object, one_of, reference, string,
+    };
+    let protocol = one_of(&["rdp", "vnc", "spice", "ssh"]);
+    vec![
+        (
+            "ClientLoginRequest",
+            object(
+                &["username", "password"],
+                vec![
+                    ("username", string()),
+                    ("password", string()),
+                    ("domain", nullable(string())),
+                    (
+                        "client",
+                        object(
+                            &[],
+                            vec![
+                                ("name", nullable(string())),
+                                ("device_type", nullable(string())),
+                                ("os", nullable(string())),
+                            ],
+                        ),
+                    ),
+                ],
+            ),
+        ),
+        (
+            "OfferedDesktop",
+            object(
+                &[
+                    "id",
+                    "name",
+                    "display_name",
+                    "protocol",
+                    "power_state",
+                    "pool_id",
+                    "pool_name",
+                    "yours",
+                ],
+                vec![
+                    ("id", string()),
+                    ("name", string()),
+                    ("display_name", string()),
+                    ("protocol", protocol.clone()),
+                    ("power_state", string()),
+                    ("pool_id", string()),
+                    ("pool_name", string()),
+                    ("yours", boolean()),
+                ],
+            ),
+        ),
+        (
+            "ClientLogin",
+            object(
+                &["token", "user", "location", "role", "desktops", "notices"],
+                vec![
+                    ("token", string()),
+                    (
+                        "user",
+                        object(
+                            &["username", "display_name", "server_id"],
+                            vec![
+                                ("username", string()),
+                                ("display_name", string()),
+                                ("server_id", string()),
+                            ],
+                        ),
+                    ),
+                    ("location", string()),
+                    ("role", string()),
+                    ("desktops", array(reference("OfferedDesktop"))),
+                    ("notices", array(string())),
+                ],
+            ),
+        ),
+        (
+            "ConnectionParams",
+            object(
+                &["protocol", "host", "port", "uri", "command_line"],
+                vec![
+                    ("protocol", protocol),
+                    ("host", string()),
+                    ("port", integer()),
+                    ("uri", string()),
+                    ("file_name", nullable(string())),
+                    ("file", nullable(string())),
+                    ("command_line", string()),
+                    (
+                        "gateway",
+                        nullable(object(
+                            &["url", "ticket"],
+                            vec![("url", string()), ("ticket", string())],
+                        )),
+                    ),
+                ],
+            ),
+        ),
+        (
+            "ClientConnect",
+            object(
+                &["desktop", "connection"],
+                vec![
+                    (
+                        "desktop",
+                        object(
+                            &["id", "name", "display_name"],
+                            vec![
+                                ("id", string()),
+                                ("name", string()),
+                                ("display_name", string()),
+                            ],
+                        ),
+                    ),
+                    ("connection", reference("ConnectionParams")),
+                ],
+            ),
+        ),
+    ]
 }
 
 // ---- shared with the portal ------------------------------------------------------------------

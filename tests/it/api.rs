@@ -813,6 +813,11 @@ async fn the_openapi_document_matches_the_routes_served() {
         ("post", "/api/v1/desktops/import"),
         ("get", "/api/v1/assignments/{server_id}"),
         ("put", "/api/v1/assignments/{server_id}"),
+        ("post", "/api/v1/client/login"),
+        ("get", "/api/v1/client/desktops"),
+        ("post", "/api/v1/client/desktops/{id}/connect"),
+        ("post", "/api/v1/client/desktops/{id}/release"),
+        ("post", "/api/v1/client/logout"),
     ] {
         assert!(paths[p][m].is_object(), "{m} {p}");
     }
