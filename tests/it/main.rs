@@ -7,6 +7,7 @@ mod api;
 mod backup;
 mod broker;
 mod browser;
+mod chrome;
 mod console;
 mod install;
 mod ldap;

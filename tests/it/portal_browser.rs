@@ -1,190 +1,36 @@
 //! A real browser on the user portal: Debian's chromium, driven by chromedriver through
-//! fantoccini, signs in as a directory user (slapd), sees the offered desktop, clicks Connect
-//! and gets the `.rdp` file downloaded into a folder of the test's, whose content is checked;
-//! then releases the desktop and signs out. This module owns its chromedriver process group,
-//! the browser session and the download folder.
+//! fantoccini (the `chrome` fixture).
+//!
+//! The first test starts from a library-seeded appliance (slapd, a pool, a policy, an
+//! assignment): a directory user signs in, sees the offered desktop, clicks Connect and gets
+//! the `.rdp` file downloaded into a folder of the test's, whose content is checked; then
+//! releases the desktop and signs out.
+//!
+//! The second is the issue's whole path through the browser: on an appliance that only went
+//! through `gatehouse setup`, the administrator imports desktops from CSV, creates the
+//! authentication server (and sees its connection test pass), a pool, a policy and the
+//! server's assignment in the console; then a directory user signs in on the portal, sees the
+//! desktop (a screenshot is kept as `tests/artifacts/portal.png`) and downloads its `.rdp`
+//! file.
+//!
+//! This module owns the download folders; it changes the appliance only through the console
+//! and the portal (and `gatehouse setup` before the start).
 
-use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
-use std::os::unix::process::CommandExt;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::path::{Path, PathBuf};
 
-use fantoccini::elements::Element;
-use fantoccini::wd::{Capabilities, TimeoutConfiguration};
-use fantoccini::{Client, ClientBuilder, Locator};
-use serde_json::json;
+use fantoccini::{Client, Locator};
+use gatehouse::model::directory::Security;
 
-use crate::common;
+use crate::browser::{sign_in, sign_out};
+use crate::chrome::{
+    Chrome, choose, click, downloaded, find, full_page_screenshot, link, path, text_of, type_into,
+    where_am_i,
+};
+use crate::common::{self, Server};
 use crate::slapd::{GENERATED_PASSWORD, Slapd, SlapdOptions};
 
-const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
-const CHROMIUM: &str = "/usr/bin/chromium";
-
-/// A running chromedriver in its own process group, killed with every chromium it started.
-struct Chromedriver {
-    child: Child,
-    url: String,
-}
-
-impl Chromedriver {
-    async fn start() -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("a free port");
-        let mut child = Command::new(CHROMEDRIVER)
-            .arg(format!("--port={port}"))
-            .process_group(0)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("chromedriver starts (is chromium-driver installed? tests/run.sh installs it)");
-        let stdout = child.stdout.take().expect("chromedriver stdout");
-        let driver = Self {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-        };
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if line.contains("started successfully") {
-                    let _ = tx.send(());
-                }
-            }
-        });
-        rx.recv_timeout(Duration::from_secs(60))
-            .expect("chromedriver did not report that it started");
-        common::install_crypto();
-        let http = reqwest::Client::new();
-        for _ in 0..500 {
-            if let Ok(resp) = http.get(format!("{}/status", driver.url)).send().await {
-                let body: serde_json::Value = resp.json().await.unwrap_or_default();
-                if body["value"]["ready"] == json!(true) {
-                    return driver;
-                }
-            }
-            tokio::task::yield_now().await;
-        }
-        panic!("chromedriver never became ready");
-    }
-}
-
-impl Drop for Chromedriver {
-    fn drop(&mut self) {
-        let pgid = self.child.id();
-        let _ = Command::new("kill")
-            .args(["-KILL", "--", &format!("-{pgid}")])
-            .status();
-        let _ = self.child.wait();
-    }
-}
-
-/// Headless chromium trusting the appliance's certificate, saving downloads to `downloads`
-/// without asking.
-fn capabilities(profile: &Path, downloads: &Path) -> Capabilities {
-    let caps = json!({
-        "browserName": "chrome",
-        "acceptInsecureCerts": true,
-        "goog:chromeOptions": {
-            "binary": CHROMIUM,
-            "args": [
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--ignore-certificate-errors",
-                format!("--user-data-dir={}", profile.display()),
-            ],
-            "prefs": {
-                "download.default_directory": downloads.display().to_string(),
-                "download.prompt_for_download": false,
-                "download.directory_upgrade": true,
-                "safebrowsing.enabled": false,
-            },
-        },
-    });
-    match caps {
-        serde_json::Value::Object(map) => map,
-        _ => unreachable!("a JSON object literal"),
-    }
-}
-
-async fn where_am_i(c: &Client) -> String {
-    let url = c
-        .current_url()
-        .await
-        .map(|u| u.to_string())
-        .unwrap_or_default();
-    let source: String = c
-        .source()
-        .await
-        .unwrap_or_default()
-        .chars()
-        .take(4000)
-        .collect();
-    format!("at {url}:\n{source}")
-}
-
-async fn find(c: &Client, css: &str) -> Element {
-    match c.find(Locator::Css(css)).await {
-        Ok(e) => e,
-        Err(e) => panic!("no `{css}` ({e}) {}", where_am_i(c).await),
-    }
-}
-
-async fn text_of(c: &Client, css: &str) -> String {
-    find(c, css).await.text().await.expect("element text")
-}
-
-async fn type_into(c: &Client, css: &str, text: &str) {
-    let field = find(c, css).await;
-    field.clear().await.expect("clear field");
-    field.send_keys(text).await.expect("type");
-}
-
-async fn click(c: &Client, css: &str) {
-    find(c, css).await.click().await.expect("click");
-}
-
-/// Waits (up to a deadline) until chromium has finished writing `name` into `dir`: it writes
-/// `<name>.crdownload` and renames it when done.
-async fn downloaded(dir: &Path, name: &str) -> String {
-    let path = dir.join(name);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if let Ok(text) = std::fs::read_to_string(&path) {
-            return text;
-        }
-        tokio::task::yield_now().await;
-    }
-    let present: Vec<String> = std::fs::read_dir(dir)
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    panic!("{name} was not downloaded; the folder holds {present:?}");
-}
-
-async fn walk(c: Client, base: String, downloads: std::path::PathBuf) {
-    c.set_window_size(1280, 900).await.expect("window size");
-    c.update_timeouts(TimeoutConfiguration::new(
-        Some(Duration::from_secs(30)),
-        Some(Duration::from_secs(60)),
-        Some(Duration::from_secs(15)),
-    ))
-    .await
-    .expect("timeouts");
-
+/// The portal walk on the library-seeded appliance.
+async fn walk(c: Client, base: String, downloads: PathBuf) {
     c.goto(&format!("{base}/")).await.expect("open the portal");
     find(&c, "#portal-login-form").await;
 
@@ -235,24 +81,251 @@ async fn portal_in_a_real_browser_downloads_the_rdp_file() {
     let downloads = dir.path().join("downloads");
     std::fs::create_dir(&downloads).expect("downloads folder");
 
-    let driver = Chromedriver::start().await;
-    let profile = tempfile::tempdir().expect("profile dir");
-    let client = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
-        .capabilities(capabilities(profile.path(), &downloads))
-        .connect(&driver.url)
-        .await
-        .expect("a chromium session");
+    let chrome = Chrome::start(Some(&downloads)).await;
+    let base = server.base.clone();
+    chrome
+        .with_session(
+            || format!("server log:\n{}", server.logs()),
+            |c| walk(c, base, downloads),
+        )
+        .await;
+}
 
-    // The walk runs as its own task so that a failed assertion still lets the session close.
-    let outcome = tokio::spawn(walk(client.clone(), server.base.clone(), downloads)).await;
-    let closed = client.close().await;
-    if let Err(e) = outcome {
-        eprintln!("server log:\n{}", server.logs());
-        match e.try_into_panic() {
-            Ok(panic) => std::panic::resume_unwind(panic),
-            Err(e) => panic!("the browser walk did not finish: {e}"),
-        }
+const ADMIN_PASSWORD: &str = "Portal-Browser-Pass-42";
+/// The desktops imported through the console, as CSV.
+const DESKTOPS_CSV: &str =
+    "name,address,os\nlab-a,10.0.0.21,Windows 11\nlab-b,10.0.0.22,Windows 11\n";
+const POOL: &str = "Lab";
+const POLICY: &str = "Lab desktops";
+
+/// An appliance that went only through `gatehouse setup` (admin password, evaluation,
+/// self-signed certificate), started: nothing is configured yet.
+fn set_up_appliance(dir: &Path) -> Server {
+    let data = dir.join("data");
+    let password_file = dir.join("admin-password");
+    std::fs::write(&password_file, format!("{ADMIN_PASSWORD}\n")).expect("write");
+    let (ok, out, err) = common::run(&[
+        "setup",
+        "--data",
+        data.to_str().expect("utf8"),
+        "--admin-password-file",
+        password_file.to_str().expect("utf8"),
+    ]);
+    assert!(ok, "setup: {err}");
+    assert!(out.contains("Setup complete"), "{out}");
+    Server::start(&data, None)
+}
+
+/// The notice of the page a form post landed on ("Created.", "Saved.", …).
+async fn notice(c: &Client) -> String {
+    text_of(c, "main p.notice").await
+}
+
+/// Presses the submit button of the page's resource form.
+async fn submit(c: &Client) {
+    click(c, "form.resource button[type=submit]").await;
+}
+
+/// What the directory fixture says about itself, as typed into the console.
+struct Directory {
+    name: String,
+    domain: String,
+    hosts: String,
+    ca_pem: String,
+    bind_dn: String,
+    bind_password: String,
+    base_dn: String,
+}
+
+/// The administrator's part: desktops, authentication server, pool, policy, assignment.
+async fn configure(c: &Client, base: &str, directory: &Directory) {
+    c.goto(&format!("{base}/admin"))
+        .await
+        .expect("open the console");
+    sign_in(c, "admin", ADMIN_PASSWORD).await;
+    find(c, "#dashboard-facts").await;
+
+    // Resources > Desktops: import two desktops from CSV text.
+    c.goto(&format!("{base}/admin/resources/desktops"))
+        .await
+        .expect("desktops");
+    type_into(c, "form.resource textarea[name=csv]", DESKTOPS_CSV).await;
+    submit(c).await;
+    assert_eq!(notice(c).await, "Imported.", "{}", where_am_i(c).await);
+    let list = text_of(c, "table.list").await;
+    assert!(
+        list.contains("lab-a") && list.contains("10.0.0.21") && list.contains("lab-b"),
+        "{list}"
+    );
+
+    // Setup > Authentication Servers: a new server for the directory.
+    c.goto(&format!("{base}/admin/setup/auth-servers"))
+        .await
+        .expect("auth servers");
+    click(c, "#new").await;
+    type_into(c, "input[name=name]", &directory.name).await;
+    choose(c, "select[name=kind]", "OpenLDAP").await;
+    type_into(c, "input[name=domain]", &directory.domain).await;
+    type_into(c, "textarea[name=hosts]", &directory.hosts).await;
+    choose(c, "select[name=security]", "LDAPS").await;
+    let verify = find(c, "input[name=verify_tls]").await;
+    if !verify.is_selected().await.expect("checkbox state") {
+        verify.click().await.expect("tick verify");
     }
-    closed.expect("close the browser session");
-    drop(driver);
+    type_into(c, "textarea[name=ca_cert_pem]", &directory.ca_pem).await;
+    type_into(c, "input[name=bind_dn]", &directory.bind_dn).await;
+    type_into(c, "input[name=bind_password]", &directory.bind_password).await;
+    type_into(c, "input[name=base_dn]", &directory.base_dn).await;
+    submit(c).await;
+    assert_eq!(notice(c).await, "Created.", "{}", where_am_i(c).await);
+
+    // Its Test connection button: every step passes.
+    link(c, &directory.name).await.click().await.expect("open");
+    click(c, "form[action$='/test'] button").await;
+    assert_eq!(
+        notice(c).await,
+        "Every step passed.",
+        "{}",
+        where_am_i(c).await
+    );
+    let steps = text_of(c, "table.list").await;
+    assert!(
+        steps.contains("passed") && !steps.contains("FAILED"),
+        "{steps}"
+    );
+
+    // Configuration > Pools: a pool without rules holds every desktop.
+    c.goto(&format!("{base}/admin/configuration/pools"))
+        .await
+        .expect("pools");
+    click(c, "#new").await;
+    type_into(c, "input[name=name]", POOL).await;
+    submit(c).await;
+    assert_eq!(notice(c).await, "Created.", "{}", where_am_i(c).await);
+    let total = c
+        .find(Locator::XPath(&format!(
+            "//table[contains(@class,'list')]//tr[td/a[text()='{POOL}']]/td[3]"
+        )))
+        .await
+        .expect("the pool's Total cell")
+        .text()
+        .await
+        .expect("text");
+    assert_eq!(total, "2", "both imported desktops are in the pool");
+    let href = link(c, POOL)
+        .await
+        .attr("href")
+        .await
+        .expect("href")
+        .expect("the pool's link");
+    let pool_id = href
+        .rsplit('/')
+        .next()
+        .expect("an id at the end")
+        .to_string();
+    assert!(!pool_id.is_empty(), "{href}");
+
+    // Configuration > Policies: offer one desktop of that pool, by name.
+    c.goto(&format!("{base}/admin/configuration/policies"))
+        .await
+        .expect("policies");
+    click(c, "#new").await;
+    type_into(c, "input[name=name]", POLICY).await;
+    let entries = format!(
+        "[{{\"pool_id\": \"{pool_id}\", \"offer\": 1, \"running_only\": false, \
+         \"order\": \"by_name\", \"protocol_plan\": \"default\", \"power_plan\": \"default\", \
+         \"release_plan\": \"default\"}}]"
+    );
+    type_into(c, "textarea[name=entries]", &entries).await;
+    submit(c).await;
+    assert_eq!(notice(c).await, "Created.", "{}", where_am_i(c).await);
+    let list = text_of(c, "table.list").await;
+    assert!(list.contains(POLICY) && list.contains(&pool_id), "{list}");
+
+    // Configuration > Assignments: the directory's group `generated` gets role User and the
+    // policy. The form offers the directory's groups to pick from.
+    c.goto(&format!("{base}/admin/configuration/assignments"))
+        .await
+        .expect("assignments");
+    link(c, &directory.name).await.click().await.expect("open");
+    let help = text_of(c, "form.resource p.help").await;
+    assert!(help.contains("group(s) found"), "{help}");
+    find(c, "datalist#group_0-list option[value='generated']").await;
+    type_into(c, "input[name=group_0]", "generated").await;
+    choose(c, "select[name=role_0]", "User").await;
+    choose(c, "select[name=policy_0]", POLICY).await;
+    submit(c).await;
+    assert_eq!(notice(c).await, "Saved.", "{}", where_am_i(c).await);
+    assert_eq!(path(c).await, "/admin/configuration/assignments");
+    let list = text_of(c, "table.list").await;
+    assert!(list.contains(&directory.name), "{list}");
+
+    sign_out(c).await;
+}
+
+/// The user's part on the portal: sign in, see the desktop, download its `.rdp` file.
+async fn use_the_portal(c: &Client, base: &str, downloads: &Path) {
+    c.goto(&format!("{base}/")).await.expect("open the portal");
+    find(c, "#portal-login-form").await;
+    sign_in(c, "user00001", GENERATED_PASSWORD).await;
+    let table = text_of(c, "#desktops").await;
+    assert!(
+        table.contains("lab-a") && table.contains(POOL),
+        "{}",
+        where_am_i(c).await
+    );
+    assert!(
+        !table.contains("lab-b"),
+        "the policy offers one desktop: {table}"
+    );
+    let who = text_of(c, "#signed-in-as").await;
+    // The directory's display name (cn) of user00001.
+    assert_eq!(who, "Signed in as User 1");
+
+    let shot = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/artifacts/portal.png");
+    full_page_screenshot(c, &shot).await;
+
+    click(c, "#desktops button.connect").await;
+    let file = downloaded(downloads, "lab-a.rdp").await;
+    assert!(file.contains("full address:s:10.0.0.21:3389\r\n"), "{file}");
+    assert!(file.contains("username:s:user00001\r\n"), "{file}");
+}
+
+#[tokio::test]
+async fn console_configures_and_portal_user_downloads_the_rdp_file() {
+    let slapd = Slapd::start_with(&SlapdOptions {
+        generated_users: 3,
+        ..SlapdOptions::default()
+    });
+    let auth = slapd.auth_server(Security::Ldaps);
+    let directory = Directory {
+        name: auth.name.clone(),
+        domain: auth.domain.clone(),
+        hosts: auth
+            .hosts
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n"),
+        ca_pem: auth.ca_cert_pem.clone().expect("the fixture's CA"),
+        bind_dn: auth.bind_dn.clone(),
+        bind_password: auth.bind_password.clone(),
+        base_dn: auth.base_dn.clone(),
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = set_up_appliance(dir.path());
+    let downloads = dir.path().join("downloads");
+    std::fs::create_dir(&downloads).expect("downloads folder");
+
+    let chrome = Chrome::start(Some(&downloads)).await;
+    let base = server.base.clone();
+    chrome
+        .with_session(
+            || format!("server log:\n{}", server.logs()),
+            |c| async move {
+                configure(&c, &base, &directory).await;
+                use_the_portal(&c, &base, &downloads).await;
+            },
+        )
+        .await;
 }
