@@ -356,6 +356,19 @@ impl LdapDirectory {
     /// connection: cheap enough for the broker to call on every request and end the session
     /// of a user who is gone or `disabled`.
     #[tracing::instrument(skip(self), fields(server = %self.server.id))]
+    /// Whether the user still exists and is enabled: one search, no group lookups (the check
+    /// the broker makes on every request of a signed-in user).
+    pub async fn is_enabled(&self, user: &str) -> Result<bool> {
+        let name = self.login_name(user);
+        if name.is_empty() {
+            return Ok(false);
+        }
+        Ok(match self.find_user(&name).await? {
+            Some(found) => !is_disabled(self.server.kind, &found.entry, chrono::Utc::now()),
+            None => false,
+        })
+    }
+
     pub async fn lookup(&self, user: &str) -> Result<Option<DirectoryUser>> {
         let name = self.login_name(user);
         if name.is_empty() {

@@ -412,11 +412,13 @@ pub trait Directory: Send + Sync {
         user: &'a str,
         password: &'a str,
     ) -> BoxFuture<'a, Result<DirectoryUser, DirectoryError>>;
-    /// Finds a user without a password (test login, and the per-request "still enabled?").
+    /// Finds a user without a password (test login).
     fn lookup<'a>(
         &'a self,
         user: &'a str,
     ) -> BoxFuture<'a, Result<Option<DirectoryUser>, DirectoryError>>;
+    /// Whether the user still exists and is enabled (checked on every request).
+    fn is_enabled<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<bool, DirectoryError>>;
 }
 
 impl Directory for LdapDirectory {
@@ -432,6 +434,9 @@ impl Directory for LdapDirectory {
         user: &'a str,
     ) -> BoxFuture<'a, Result<Option<DirectoryUser>, DirectoryError>> {
         Box::pin(LdapDirectory::lookup(self, user))
+    }
+    fn is_enabled<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<bool, DirectoryError>> {
+        Box::pin(LdapDirectory::is_enabled(self, user))
     }
 }
 

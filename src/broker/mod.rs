@@ -203,6 +203,7 @@ pub struct Broker {
     signing_key: SigningKey,
     directories: RwLock<Vec<(AuthServer, Arc<dyn Directory>)>>,
     membership: RwLock<Option<Arc<Membership>>>,
+    taken: Arc<TakenHint>,
 }
 
 impl Broker {
@@ -213,6 +214,7 @@ impl Broker {
             signing_key,
             directories: RwLock::new(Vec::new()),
             membership: RwLock::new(None),
+            taken: Arc::new(TakenHint::default()),
         }
     }
 
@@ -280,6 +282,7 @@ impl Broker {
     /// Forgets the pool membership cache: call after desktops or pools change.
     pub fn invalidate_membership(&self) {
         *self.membership.write().unwrap_or_else(|p| p.into_inner()) = None;
+        self.taken.clear();
     }
 
     // ---- sign-in -----------------------------------------------------------------------------
@@ -363,10 +366,9 @@ impl Broker {
         let Some(directory) = self.directory(&user.server_id) else {
             return Err(BrokerError::NoAccess);
         };
-        match directory.lookup(&user.username).await {
-            Ok(Some(u)) if !u.disabled => Ok(()),
-            Ok(Some(_)) => Err(BrokerError::Disabled),
-            Ok(None) => Err(BrokerError::UnknownUser(user.username.clone())),
+        match directory.is_enabled(&user.username).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(BrokerError::Disabled),
             Err(e) => Err(BrokerError::DirectoryUnreachable(e.to_string())),
         }
     }
@@ -435,9 +437,10 @@ impl Broker {
     /// The desktops offered under a decision: the user's own first, then each policy entry's.
     pub async fn offer(&self, decision: &Decision) -> Result<Offer> {
         let membership = self.membership().await?;
+        let taken = self.taken.clone();
         let decision = decision.clone();
         self.store
-            .call(move |s| offer_from(s, &membership, &decision))
+            .call(move |s| offer_from(s, &membership, &taken, &decision))
             .await
     }
 
@@ -479,12 +482,13 @@ impl Broker {
             return Err(BrokerError::Forbidden);
         }
         let membership = self.membership().await?;
+        let taken = self.taken.clone();
         let username = decision.user.username.clone();
         let decision = decision.clone();
         let wanted = desktop_id.to_string();
         let (desktop, entry, session_id) = self
             .store
-            .call(move |s| assign(s, &membership, &decision, &wanted, address))
+            .call(move |s| assign(s, &membership, &taken, &decision, &wanted, address))
             .await?;
         let params = self
             .params_for(&desktop, &entry, &session_id, &username, address)
@@ -550,6 +554,7 @@ impl Broker {
         let user = user.clone();
         let id = desktop_id.to_string();
         let released = self.store.call(move |s| release(s, &user, &id)).await?;
+        self.taken.remove(&released.id);
         Ok(released)
     }
 }
@@ -572,31 +577,75 @@ fn pool_name(s: &Store, pool_id: &str) -> Result<String> {
         .map_or_else(|| pool_id.to_string(), |p| p.name))
 }
 
-/// Free desktops of one policy entry's pool, in the entry's order.
+/// Desktops the broker has seen assigned: a hint that saves reading them again while it looks
+/// for free ones. The store transaction stays the judge; the hint is forgotten whenever desktops
+/// change outside the broker (`invalidate_membership`).
+#[derive(Default)]
+pub struct TakenHint(RwLock<std::collections::HashSet<String>>);
+
+impl TakenHint {
+    fn contains(&self, id: &str) -> bool {
+        self.0
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(id)
+    }
+    fn insert(&self, id: &str) {
+        self.0
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_string());
+    }
+    fn remove(&self, id: &str) {
+        self.0.write().unwrap_or_else(|p| p.into_inner()).remove(id);
+    }
+    fn clear(&self) {
+        self.0.write().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+}
+
+/// Up to `limit` free desktops of one policy entry's pool, in the entry's order. In random
+/// order it stops reading as soon as it has enough, so the cost does not grow with the pool.
 fn free_in_entry(
     s: &Store,
     membership: &Membership,
+    taken: &TakenHint,
     entry: &PolicyEntry,
     skip: &[String],
+    limit: usize,
 ) -> Result<Vec<Desktop>> {
+    let mut ids: Vec<&str> = membership
+        .members(&entry.pool_id)
+        .iter()
+        .map(|id| &**id)
+        .filter(|id| !skip.iter().any(|s| s == id) && !taken.contains(id))
+        .collect();
+    let early_stop = entry.order == PickOrder::Random;
+    if early_stop {
+        ids.shuffle(&mut rand::rng());
+    }
     let mut free = Vec::new();
-    for id in membership.members(&entry.pool_id) {
-        let id: &str = id;
-        if skip.iter().any(|s| s == id) {
+    for id in ids {
+        let Some(d) = s.get::<Desktop>(id)? else {
+            continue;
+        };
+        if d.assigned_user.is_some() {
+            taken.insert(id);
             continue;
         }
-        if let Some(d) = s.get::<Desktop>(id)?
-            && d.assigned_user.is_none()
-            && (!entry.running_only || d.power_state == PowerState::Running)
-        {
+        if !entry.running_only || d.power_state == PowerState::Running {
             free.push(d);
+            if early_stop && free.len() >= limit {
+                break;
+            }
         }
     }
     match entry.order {
-        PickOrder::Random => free.shuffle(&mut rand::rng()),
+        PickOrder::Random => {}
         PickOrder::LeastRecentlyUsed => free.sort_by_key(|d| d.last_released),
         PickOrder::ByName => free.sort_by_key(|d| d.name.to_lowercase()),
     }
+    free.truncate(limit);
     Ok(free)
 }
 
@@ -613,7 +662,12 @@ fn offered(d: &Desktop, pool_id: &str, pool_name: &str, yours: bool) -> OfferedD
     }
 }
 
-fn offer_from(s: &Store, membership: &Membership, decision: &Decision) -> Result<Offer> {
+fn offer_from(
+    s: &Store,
+    membership: &Membership,
+    taken: &TakenHint,
+    decision: &Decision,
+) -> Result<Offer> {
     let held = s
         .get::<HeldDesktops>(&decision.user.key())?
         .unwrap_or_default();
@@ -640,7 +694,7 @@ fn offer_from(s: &Store, membership: &Membership, decision: &Decision) -> Result
             continue;
         }
         let name = pool_name(s, &entry.pool_id)?;
-        let free = free_in_entry(s, membership, entry, &held.desktops)?;
+        let free = free_in_entry(s, membership, taken, entry, &held.desktops, wanted)?;
         if free.is_empty() && already == 0 {
             notices.push(BrokerError::NoDesktopAvailable { pool: name.clone() }.to_string());
         }
@@ -657,6 +711,7 @@ fn offer_from(s: &Store, membership: &Membership, decision: &Decision) -> Result
 fn assign(
     s: &Store,
     membership: &Membership,
+    taken: &TakenHint,
     decision: &Decision,
     wanted: &str,
     address: IpAddr,
@@ -695,7 +750,7 @@ fn assign(
     let mut tried: Vec<String> = Vec::new();
     loop {
         let Some(id) = candidates.pop() else {
-            let more = free_in_entry(s, membership, &entry, &tried)?;
+            let more = free_in_entry(s, membership, taken, &entry, &tried, 4)?;
             if more.is_empty() {
                 return Err(BrokerError::NoDesktopAvailable {
                     pool: pool_name(s, &entry.pool_id)?,
@@ -739,8 +794,14 @@ fn assign(
             },
         );
         match outcome {
-            Ok(desktop) => return Ok((desktop, entry, session_id)),
-            Err(TxError::Abort(Taken)) => continue,
+            Ok(desktop) => {
+                taken.insert(&id);
+                return Ok((desktop, entry, session_id));
+            }
+            Err(TxError::Abort(Taken)) => {
+                taken.insert(&id);
+                continue;
+            }
             Err(TxError::Store(e)) => return Err(e.into()),
             Err(TxError::Conflict(_)) => continue,
         }

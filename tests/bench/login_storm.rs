@@ -279,6 +279,10 @@ fn run() -> Result<(Vec<Figure>, Vec<String>)> {
     }
     println!();
 
+    println!("# 4. The directory alone (diagnostic)");
+    let directory = directory_alone(&rt, &server_record, &settings, slapd.pid())?;
+    println!();
+
     let mut failures = check.failures.clone();
     if storm.errors > 0 {
         failures.push(format!(
@@ -286,10 +290,11 @@ fn run() -> Result<(Vec<Figure>, Vec<String>)> {
             storm.errors
         ));
     }
-    let figures = figures(&settings, &storm, &before, &after, &check);
+    let mut figures = figures(&settings, &storm, &before, &after, &check);
     for f in &figures {
         f.print();
     }
+    figures.extend(directory);
     drop(slapd);
     Ok((figures, failures))
 }
@@ -632,6 +637,106 @@ async fn one_user(client: &reqwest::Client, base: &str, i: usize) -> UserResult 
         Err(e) => r.error = Some(format!("{e:#}")),
     }
     r
+}
+
+// ---------------------------------------------------------------- the directory alone
+
+/// The same users, the same concurrency, straight to slapd through the library's
+/// `LdapDirectory` (the server's code, its default pool of connections), with no HTTP and no
+/// store: first every password check as a sign-in does it (`authenticate`: find the user,
+/// bind as them, expand nested groups), then every lookup as each connect does it
+/// (`lookup`, the broker's `still_valid`). This is the directory's share of a sign-in and the
+/// ceiling the appliance cannot pass on this machine.
+fn directory_alone(
+    rt: &tokio::runtime::Runtime,
+    server: &AuthServer,
+    settings: &Settings,
+    slapd_pid: u32,
+) -> Result<Vec<Figure>> {
+    use gatehouse::auth::LdapDirectory;
+    let n = settings.users;
+    let directory = Arc::new(LdapDirectory::new(server.clone()));
+    let tick = clock_ticks();
+    let slapd_cpu = || cpu_seconds(&slapd_pid.to_string(), tick);
+    let mut figures = Vec::new();
+    for step in ["authenticate", "lookup"] {
+        let cpu0 = (slapd_cpu(), cpu_seconds("self", tick));
+        let next = Arc::new(AtomicUsize::new(1));
+        let started = Instant::now();
+        let outcome: Result<Vec<Duration>> = rt.block_on(async {
+            let workers: Vec<_> = (0..settings.concurrency.min(n))
+                .map(|_| {
+                    let directory = directory.clone();
+                    let next = next.clone();
+                    tokio::spawn(async move {
+                        let mut mine = Vec::new();
+                        loop {
+                            let i = next.fetch_add(1, Ordering::Relaxed);
+                            if i > n {
+                                break;
+                            }
+                            let user = user_name(i);
+                            let t = Instant::now();
+                            let ok = if step == "authenticate" {
+                                directory
+                                    .authenticate(&user, GENERATED_PASSWORD)
+                                    .await
+                                    .map(|u| u.groups)
+                            } else {
+                                directory
+                                    .lookup(&user)
+                                    .await
+                                    .map(|u| u.map(|u| u.groups).unwrap_or_default())
+                            };
+                            match ok {
+                                Ok(groups) if groups.iter().any(|g| g == "generated") => {
+                                    mine.push(t.elapsed());
+                                }
+                                Ok(groups) => {
+                                    return Err(anyhow::anyhow!(
+                                        "{step} {user}: groups {groups:?} lack `generated`"
+                                    ));
+                                }
+                                Err(e) => return Err(anyhow::anyhow!("{step} {user}: {e}")),
+                            }
+                        }
+                        Ok(mine)
+                    })
+                })
+                .collect();
+            let mut all = Vec::with_capacity(n);
+            for w in workers {
+                all.extend(w.await.context("directory task")??);
+            }
+            Ok(all)
+        });
+        let wall = started.elapsed().as_secs_f64();
+        let mut times = outcome?;
+        let cpu1 = (slapd_cpu(), cpu_seconds("self", tick));
+        let (p50, p99, _) = percentiles(&mut times);
+        let per_op = |cpu: f64| 1000.0 * cpu / times.len().max(1) as f64;
+        let f = Figure::new(
+            format!(
+                "directory alone: `{step}`, {} in flight",
+                settings.concurrency.min(n)
+            ),
+            format!(
+                "{:.0}/s, p50 {:.1} ms, p99 {:.1} ms; CPU per call: slapd {:.2} ms, LDAP client {:.2} ms",
+                times.len() as f64 / wall,
+                ms(p50),
+                ms(p99),
+                per_op(cpu1.0 - cpu0.0),
+                per_op(cpu1.1 - cpu0.1)
+            ),
+        );
+        f.print();
+        figures.push(f);
+    }
+    println!(
+        "  (connections opened by this LdapDirectory: {})",
+        directory.connections_opened()
+    );
+    Ok(figures)
 }
 
 // ---------------------------------------------------------------- verification

@@ -375,6 +375,13 @@ suffix \"{BASE}\"
 rootdn \"{ROOT_DN}\"
 rootpw {ROOT_PASSWORD}
 directory {d}/data
+index objectClass eq
+index uid eq
+index cn eq
+index member eq
+index uniqueMember eq
+index memberUid eq
+index memberOf eq
 access to attrs=userPassword
     by self write
     by anonymous auth
