@@ -981,30 +981,44 @@ fn plan_refusal(s: &Store, id: &str, kind: &str) -> Result<Option<String>, Store
     })
 }
 
-impl Resource for ProtocolPlan {
-    type Input = ProtocolPlan;
-    const PATH: &'static str = "protocol-plans";
-    const KIND: &'static str = "protocol plan";
-    const AUDIT: &'static str = "protocol_plan";
-    const SCHEMA: &'static str = "ProtocolPlan";
+/// The three plan kinds are declared alike: only their paths, names and schemas differ.
+macro_rules! plan_resource {
+    ($ty:ty, $path:literal, $kind:literal, $audit:literal, $schema_name:literal, $schema:block) => {
+        impl Resource for $ty {
+            type Input = $ty;
+            const PATH: &'static str = $path;
+            const KIND: &'static str = $kind;
+            const AUDIT: &'static str = $audit;
+            const SCHEMA: &'static str = $schema_name;
 
-    fn id(&self) -> &str {
-        &self.id
-    }
-    fn label(&self) -> &str {
-        &self.name
-    }
-    fn build(mut input: Self, id: &str, _old: Option<&Self>) -> Self {
-        input.id = id.to_string();
-        input
-    }
-    fn check(&self, _s: &Store, _old: Option<&Self>) -> Result<Vec<FieldError>, StoreError> {
-        Ok(self.validate())
-    }
-    fn refuse_delete(&self, s: &Store) -> Result<Option<String>, StoreError> {
-        plan_refusal(s, &self.id, Self::KIND)
-    }
-    fn schema() -> Value {
+            fn id(&self) -> &str {
+                &self.id
+            }
+            fn label(&self) -> &str {
+                &self.name
+            }
+            fn build(mut input: Self, id: &str, _old: Option<&Self>) -> Self {
+                input.id = id.to_string();
+                input
+            }
+            fn check(&self, _s: &Store, _old: Option<&Self>) -> Result<Vec<FieldError>, StoreError> {
+                Ok(self.validate())
+            }
+            fn refuse_delete(&self, s: &Store) -> Result<Option<String>, StoreError> {
+                plan_refusal(s, &self.id, Self::KIND)
+            }
+            fn schema() -> Value $schema
+        }
+    };
+}
+
+plan_resource!(
+    ProtocolPlan,
+    "protocol-plans",
+    "protocol plan",
+    "protocol_plan",
+    "ProtocolPlan",
+    {
         object(
             &["name", "protocols"],
             vec![
@@ -1029,7 +1043,7 @@ impl Resource for ProtocolPlan {
             ],
         )
     }
-}
+);
 
 fn power_rule() -> Value {
     object(
@@ -1051,30 +1065,13 @@ fn power_rule() -> Value {
     )
 }
 
-impl Resource for PowerPlan {
-    type Input = PowerPlan;
-    const PATH: &'static str = "power-plans";
-    const KIND: &'static str = "power plan";
-    const AUDIT: &'static str = "power_plan";
-    const SCHEMA: &'static str = "PowerPlan";
-
-    fn id(&self) -> &str {
-        &self.id
-    }
-    fn label(&self) -> &str {
-        &self.name
-    }
-    fn build(mut input: Self, id: &str, _old: Option<&Self>) -> Self {
-        input.id = id.to_string();
-        input
-    }
-    fn check(&self, _s: &Store, _old: Option<&Self>) -> Result<Vec<FieldError>, StoreError> {
-        Ok(self.validate())
-    }
-    fn refuse_delete(&self, s: &Store) -> Result<Option<String>, StoreError> {
-        plan_refusal(s, &self.id, Self::KIND)
-    }
-    fn schema() -> Value {
+plan_resource!(
+    PowerPlan,
+    "power-plans",
+    "power plan",
+    "power_plan",
+    "PowerPlan",
+    {
         object(
             &["name"],
             vec![
@@ -1087,32 +1084,15 @@ impl Resource for PowerPlan {
             ],
         )
     }
-}
+);
 
-impl Resource for ReleasePlan {
-    type Input = ReleasePlan;
-    const PATH: &'static str = "release-plans";
-    const KIND: &'static str = "release plan";
-    const AUDIT: &'static str = "release_plan";
-    const SCHEMA: &'static str = "ReleasePlan";
-
-    fn id(&self) -> &str {
-        &self.id
-    }
-    fn label(&self) -> &str {
-        &self.name
-    }
-    fn build(mut input: Self, id: &str, _old: Option<&Self>) -> Self {
-        input.id = id.to_string();
-        input
-    }
-    fn check(&self, _s: &Store, _old: Option<&Self>) -> Result<Vec<FieldError>, StoreError> {
-        Ok(self.validate())
-    }
-    fn refuse_delete(&self, s: &Store) -> Result<Option<String>, StoreError> {
-        plan_refusal(s, &self.id, Self::KIND)
-    }
-    fn schema() -> Value {
+plan_resource!(
+    ReleasePlan,
+    "release-plans",
+    "release plan",
+    "release_plan",
+    "ReleasePlan",
+    {
         let minutes = nullable(integer());
         object(
             &["name"],
@@ -1126,7 +1106,7 @@ impl Resource for ReleasePlan {
             ],
         )
     }
-}
+);
 
 impl Resource for Policy {
     type Input = Policy;
