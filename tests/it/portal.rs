@@ -22,13 +22,18 @@ const ADMIN_PASSWORD: &str = "Portal-Test-Password-1";
 /// table giving the `generated` group that policy with the built-in `user` role, and a finished
 /// setup wizard. Then the server, started on it.
 pub fn appliance(slapd: &Slapd, dir: &Path, desktops: usize) -> Server {
+    appliance_with(slapd, dir, desktops, 1)
+}
+
+/// As [`appliance`], with the directory's connect and search timeouts in seconds.
+pub fn appliance_with(slapd: &Slapd, dir: &Path, desktops: usize, timeout_secs: u32) -> Server {
     let data = dir.join("data");
     {
         let store = Store::open(&data).expect("store");
         let mut server = slapd.auth_server(Security::Ldaps);
         // A paused directory answers nothing: give up on it quickly.
-        server.connect_timeout_secs = 1;
-        server.search_timeout_secs = 1;
+        server.connect_timeout_secs = timeout_secs;
+        server.search_timeout_secs = timeout_secs;
         store.put(&server.id.clone(), &server).expect("auth server");
         let pool = Pool::new("Lab");
         store.put(&pool.id, &pool).expect("pool");
@@ -620,4 +625,85 @@ async fn the_portal_signs_in_lists_connects_releases_and_signs_out() {
         page.body
     );
     assert!(desktop_ids(&page.body).is_empty());
+}
+
+#[tokio::test]
+async fn two_hundred_simultaneous_client_sign_ins_race_for_fifty_desktops_over_https() {
+    const USERS: usize = 200;
+    const DESKTOPS: usize = 50;
+    let slapd = Slapd::start_with(&SlapdOptions {
+        generated_users: USERS,
+        ..SlapdOptions::default()
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = appliance_with(&slapd, dir.path(), DESKTOPS, 30);
+    let api = std::sync::Arc::new(Api::new(&server));
+    let tasks: Vec<_> = (1..=USERS)
+        .map(|n| {
+            let api = api.clone();
+            tokio::spawn(async move {
+                let user = format!("user{n:05}");
+                let login = api.login(&user, GENERATED_PASSWORD, "storm").await;
+                let token = token_of(&login);
+                let Some(first) = login.body["desktops"][0]["id"].as_str() else {
+                    return (user, None, login.body["notices"].to_string());
+                };
+                let path = format!("/api/v1/client/desktops/{first}/connect");
+                let r = api.call(&token, &path, false).await;
+                match r.status {
+                    200 => {
+                        let id = r.body["desktop"]["id"].as_str().expect("id").to_string();
+                        (user, Some(id), String::new())
+                    }
+                    409 => (user, None, r.body["message"].to_string()),
+                    other => panic!("connect answered {other}: {}", r.body),
+                }
+            })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    let mut refusals = Vec::new();
+    for t in tasks {
+        match t.await.expect("task") {
+            (user, Some(desktop), _) => winners.push((user, desktop)),
+            (_, None, message) => refusals.push(message),
+        }
+    }
+    assert_eq!(winners.len(), DESKTOPS, "exactly one user per desktop");
+    let distinct: std::collections::HashSet<&String> = winners.iter().map(|(_, d)| d).collect();
+    assert_eq!(distinct.len(), DESKTOPS, "no desktop given twice");
+    assert_eq!(refusals.len(), USERS - DESKTOPS);
+    assert!(
+        refusals
+            .iter()
+            .all(|m| m.contains("No desktop is available in pool Lab")),
+        "{refusals:?}"
+    );
+
+    // Restart the server (SIGKILL): every winner signs in again and is offered the same desktop.
+    let data = server.data.clone();
+    server.kill();
+    let server = Server::start(&data, None);
+    let api = Api::new(&server);
+    for (user, desktop) in &winners {
+        let login = api.login(user, GENERATED_PASSWORD, "after-restart").await;
+        assert_eq!(login.status, 200, "{}", login.body);
+        assert_eq!(
+            login.body["desktops"][0]["id"].as_str(),
+            Some(desktop.as_str()),
+            "{user}"
+        );
+        assert_eq!(login.body["desktops"][0]["yours"], true);
+    }
+    let loser = (1..=USERS)
+        .map(|n| format!("user{n:05}"))
+        .find(|u| !winners.iter().any(|(w, _)| w == u))
+        .expect("a user without a desktop");
+    let login = api.login(&loser, GENERATED_PASSWORD, "after-restart").await;
+    assert_eq!(
+        login.body["desktops"].as_array().map(Vec::len),
+        Some(0),
+        "{}",
+        login.body
+    );
 }
