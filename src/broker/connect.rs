@@ -16,7 +16,7 @@ use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
 use crate::model::Protocol;
-use crate::model::plan::ProtocolSetting;
+use crate::model::plan::{PowerPlan, ProtocolSetting, ReleasePlan};
 
 const TICKET_PREFIX: &str = "GT1.";
 const TICKET_CONTEXT: &[u8] = b"gatehouse ticket v1\0";
@@ -100,7 +100,7 @@ pub struct GatewayDetails {
 }
 
 /// Everything a client needs for one desktop.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ConnectionParams {
     pub protocol: Protocol,
     pub host: String,
@@ -112,6 +112,16 @@ pub struct ConnectionParams {
     pub file: Option<String>,
     pub command_line: String,
     pub gateway: Option<GatewayDetails>,
+    /// The power and release plans that apply to this session (their timers run on the
+    /// broker's side; clients show them, e.g. "released 30 minutes after you log out").
+    pub plans: Option<SessionPlans>,
+}
+
+/// The plans of the policy entry a desktop was handed out under.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SessionPlans {
+    pub power: PowerPlan,
+    pub release: ReleasePlan,
 }
 
 /// Builds the parameters for a desktop at `host:port` from its protocol setting.
@@ -161,6 +171,7 @@ pub fn params(
         file,
         command_line: setting.command_line.clone(),
         gateway,
+        plans: None,
     }
 }
 

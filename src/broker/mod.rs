@@ -505,6 +505,34 @@ impl Broker {
         address: IpAddr,
     ) -> Result<ConnectionParams> {
         let plan_id = entry.protocol_plan.clone();
+        let (power_id, release_id) = (entry.power_plan.clone(), entry.release_plan.clone());
+        let plans = self
+            .store
+            .call(move |s| {
+                use crate::model::plan::{PowerPlan, ReleasePlan};
+                let power = match s.get::<PowerPlan>(&power_id)? {
+                    Some(p) => p,
+                    None if power_id == DEFAULT_PLAN_ID => PowerPlan::default_plan(),
+                    None => {
+                        return Err(BrokerError::Missing {
+                            kind: "power plan",
+                            id: power_id,
+                        });
+                    }
+                };
+                let release = match s.get::<ReleasePlan>(&release_id)? {
+                    Some(p) => p,
+                    None if release_id == DEFAULT_PLAN_ID => ReleasePlan::default_plan(),
+                    None => {
+                        return Err(BrokerError::Missing {
+                            kind: "release plan",
+                            id: release_id,
+                        });
+                    }
+                };
+                Ok(connect::SessionPlans { power, release })
+            })
+            .await?;
         let plan = self
             .store
             .call(move |s| {
@@ -539,14 +567,16 @@ impl Broker {
                 ticket: ticket.sign(&self.signing_key),
             }
         });
-        Ok(connect::params(
+        let mut params = connect::params(
             setting,
             &desktop.address,
             port,
             &user,
             desktop.shown_name(),
             gateway,
-        ))
+        );
+        params.plans = Some(plans);
+        Ok(params)
     }
 
     /// Gives a desktop back to its pool; only its holder (or an administrator) may.

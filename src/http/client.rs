@@ -219,6 +219,16 @@ pub fn schemas() -> Vec<(&'static str, serde_json::Value)> {
                             vec![("url", string()), ("ticket", string())],
                         )),
                     ),
+                    (
+                        "plans",
+                        nullable(object(
+                            &["power", "release"],
+                            vec![
+                                ("power", reference("PowerPlan")),
+                                ("release", reference("ReleasePlan")),
+                            ],
+                        )),
+                    ),
                 ],
             ),
         ),

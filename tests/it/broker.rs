@@ -115,6 +115,19 @@ async fn sign_in_offer_connect_and_the_same_desktop_from_another_device() {
         file.contains(&format!("full address:s:{}:3389", desk.address)),
         "{file}"
     );
+    assert!(
+        file.contains("username:s:user00001\r\n"),
+        "the login name, not the store key: {file}"
+    );
+    let plans = params
+        .plans
+        .as_ref()
+        .expect("the plans come with the desktop");
+    assert_eq!(
+        (plans.power.id.as_str(), plans.release.id.as_str()),
+        ("default", "default")
+    );
+    assert_eq!(plans.release.release_after_logout_minutes, Some(0));
 
     // From another device, signing in again: the same desktop, offered first and marked yours.
     let again = broker
