@@ -385,36 +385,33 @@ impl Broker {
         let server_id = server.id.clone();
         let facts = facts.clone();
         self.store
-            .call(move |s| {
-                let locations: Vec<Location> =
-                    s.list::<Location>()?.into_iter().map(|(_, l)| l).collect();
-                let location = crate::model::location::locate(&locations, &facts);
-                let table = s.get::<AssignmentTable>(&server_id)?.unwrap_or_default();
-                let (matched_row, role_id, policy_id) = table
-                    .decide(&found.groups, &location.id)
-                    .ok_or(BrokerError::NoAccess)?;
-                let role = find_role(s, role_id)?;
-                let policy = s
-                    .get::<Policy>(policy_id)?
-                    .ok_or_else(|| BrokerError::Missing {
-                        kind: "policy",
-                        id: policy_id.to_string(),
-                    })?;
-                Ok(Decision {
-                    user: UserKey {
-                        server_id: server_id.clone(),
-                        username: found.username.clone(),
-                    },
-                    display_name: found.display_name.clone(),
-                    groups: found.groups.clone(),
-                    location_id: location.id.clone(),
-                    location_name: location.name.clone(),
-                    matched_row,
-                    role,
-                    policy,
-                })
-            })
+            .call(move |s| decision_for(s, identity_of(s, &server_id, &found, &facts)?))
             .await
+    }
+
+    /// Who a user is and where they are, without consulting the assignment table: what the
+    /// test-login report shows when no row gives the user access.
+    pub async fn identify(
+        &self,
+        typed_user: &str,
+        domain: Option<&str>,
+        facts: &ClientFacts,
+    ) -> Result<Identity> {
+        let (user, candidates) = self.candidates(typed_user, domain)?;
+        for (server, directory) in candidates {
+            match directory.lookup(&user).await {
+                Ok(Some(found)) => {
+                    let facts = facts.clone();
+                    return self
+                        .store
+                        .call(move |s| identity_of(s, &server.id, &found, &facts))
+                        .await;
+                }
+                Ok(None) => continue,
+                Err(e) => return Err(BrokerError::DirectoryUnreachable(e.to_string())),
+            }
+        }
+        Err(BrokerError::UnknownUser(user))
     }
 
     /// Records that a user signed in (for the console's user list); not waited for on disk.
@@ -587,6 +584,63 @@ impl Broker {
         self.taken.remove(&released.id);
         Ok(released)
     }
+}
+
+/// Who a user is and where they are: the decision up to the assignment table.
+#[derive(Debug, Clone, Serialize)]
+pub struct Identity {
+    pub user: UserKey,
+    pub display_name: String,
+    pub groups: Vec<String>,
+    pub location_id: String,
+    pub location_name: String,
+}
+
+fn identity_of(
+    s: &Store,
+    server_id: &str,
+    found: &DirectoryUser,
+    facts: &ClientFacts,
+) -> Result<Identity> {
+    let locations: Vec<Location> = s.list::<Location>()?.into_iter().map(|(_, l)| l).collect();
+    let location = crate::model::location::locate(&locations, facts);
+    Ok(Identity {
+        user: UserKey {
+            server_id: server_id.to_string(),
+            username: found.username.clone(),
+        },
+        display_name: found.display_name.clone(),
+        groups: found.groups.clone(),
+        location_id: location.id.clone(),
+        location_name: location.name.clone(),
+    })
+}
+
+/// The assignment table's answer for an identity: role and policy, or no access.
+fn decision_for(s: &Store, identity: Identity) -> Result<Decision> {
+    let table = s
+        .get::<AssignmentTable>(&identity.user.server_id)?
+        .unwrap_or_default();
+    let (matched_row, role_id, policy_id) = table
+        .decide(&identity.groups, &identity.location_id)
+        .ok_or(BrokerError::NoAccess)?;
+    let role = find_role(s, role_id)?;
+    let policy = s
+        .get::<Policy>(policy_id)?
+        .ok_or_else(|| BrokerError::Missing {
+            kind: "policy",
+            id: policy_id.to_string(),
+        })?;
+    Ok(Decision {
+        user: identity.user,
+        display_name: identity.display_name,
+        groups: identity.groups,
+        location_id: identity.location_id,
+        location_name: identity.location_name,
+        matched_row,
+        role,
+        policy,
+    })
 }
 
 fn find_role(s: &Store, role_id: &str) -> Result<Role> {

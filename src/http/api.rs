@@ -756,6 +756,19 @@ fn problem_of(e: BrokerError) -> Problem {
 
 /// Runs the sign-in decision for a user name without a password and lists the desktops the
 /// user would be offered. Nothing is assigned and nothing is remembered.
+async fn server_name_of(state: &AppState, server_id: &str) -> Result<String, HttpError> {
+    let id = server_id.to_string();
+    state
+        .store
+        .call(move |s| {
+            Ok::<_, HttpError>(
+                s.get::<AuthServer>(&id)?
+                    .map_or_else(|| id.clone(), |a| a.name),
+            )
+        })
+        .await
+}
+
 pub async fn run_test_login(
     state: &AppState,
     request: TestLoginRequest,
@@ -823,6 +836,22 @@ pub async fn run_test_login(
         Err(BrokerError::Store(e)) => return Err(e.into()),
         Err(e) => {
             report.found = matches!(e, BrokerError::NoAccess | BrokerError::Missing { .. });
+            if report.found
+                && let Ok(who) = state.broker.identify(&username, domain, &facts).await
+            {
+                // Found but given nothing: still say who and where, so the table can be fixed.
+                report.username = who.user.username.clone();
+                report.display_name = who.display_name;
+                report.groups = who.groups;
+                report.location = Some(Named {
+                    id: who.location_id,
+                    name: who.location_name,
+                });
+                report.server = Some(Named {
+                    name: server_name_of(state, &who.user.server_id).await?,
+                    id: who.user.server_id,
+                });
+            }
             report.problem = Some(problem_of(e));
             return Ok(report);
         }

@@ -718,6 +718,19 @@ async fn test_login_reports_the_whole_decision_and_assigns_nothing() {
         .await;
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.body["problem"]["code"], "no_access", "{}", r.text);
+    // Found but given nothing: the report still says who, from which server, in which groups
+    // and location, so the administrator can see which row is missing.
+    assert_eq!(r.body["found"], true, "{}", r.text);
+    assert_eq!(r.body["server"]["id"], "slapd", "{}", r.text);
+    assert_eq!(r.body["location"]["id"], "all", "{}", r.text);
+    assert!(
+        r.body["groups"]
+            .as_array()
+            .is_some_and(|g| g.iter().any(|g| g == "generated")),
+        "{}",
+        r.text
+    );
+    assert_eq!(r.body["assignment"], Value::Null, "{}", r.text);
     let r = api
         .post("/api/v1/test-login", json!({"username": "nobody-here"}))
         .await;
