@@ -152,9 +152,16 @@ pub struct Session {
     /// Signed in with the factory password: only the wizard is open.
     pub factory: bool,
     pub must_change: bool,
+    /// A directory user's console access per area (from their role at sign-in); `None` for a
+    /// local account, which has full access. What the access allows is decided in `http`.
+    pub console: Option<ConsoleAccess>,
     created: Instant,
     last_seen: Instant,
 }
+
+/// How much of each console area a directory user sees (their role's map at sign-in).
+pub type ConsoleAccess =
+    std::collections::BTreeMap<crate::model::role::Area, crate::model::role::Access>;
 
 /// The live sessions, keyed by the SHA-256 of their cookie token.
 pub struct Sessions {
@@ -187,6 +194,7 @@ impl Sessions {
             csrf: random_token(),
             factory: false,
             must_change: false,
+            console: None,
             created: now,
             last_seen: now,
         };
@@ -249,6 +257,27 @@ impl Sessions {
         factory: bool,
         must_change: bool,
     ) -> String {
+        self.insert_signed_in(old_token, username, factory, must_change, None)
+    }
+
+    /// Signs a directory user in (`server_id/username`) with their role's console access.
+    pub fn sign_in_directory(
+        &self,
+        old_token: Option<&str>,
+        username: &str,
+        console: ConsoleAccess,
+    ) -> String {
+        self.insert_signed_in(old_token, username, false, false, Some(console))
+    }
+
+    fn insert_signed_in(
+        &self,
+        old_token: Option<&str>,
+        username: &str,
+        factory: bool,
+        must_change: bool,
+        console: Option<ConsoleAccess>,
+    ) -> String {
         let mut map = self.lock();
         if let Some(old) = old_token {
             map.remove(&token_key(old));
@@ -262,6 +291,7 @@ impl Sessions {
                 csrf: random_token(),
                 factory,
                 must_change,
+                console,
                 created: now,
                 last_seen: now,
             },
@@ -469,6 +499,20 @@ mod tests {
             password_problems(&generated, &generated, "admin", 12).is_empty(),
             "{generated}"
         );
+    }
+
+    #[test]
+    fn a_directory_session_keeps_its_console_access_and_a_local_one_has_none_recorded() {
+        let s = Sessions::new(Duration::from_secs(60));
+        let (anon, _) = s.start();
+        let access = crate::model::role::Role::auditor().console;
+        let token = s.sign_in_directory(Some(&anon), "srv/bob", access.clone());
+        assert!(s.get(&anon).is_none(), "old token is gone");
+        let live = s.get(&token).expect("live");
+        assert_eq!(live.username.as_deref(), Some("srv/bob"));
+        assert_eq!(live.console, Some(access));
+        let local = s.sign_in(None, "admin", false, false);
+        assert_eq!(s.get(&local).expect("live").console, None);
     }
 
     #[test]

@@ -18,8 +18,9 @@ use super::resource::{
     self, AdminToken, ApiResult, Endpoint, from_json, invalid, parse_body, schema,
 };
 use super::session::client_ip;
+use super::signin::Credentials;
 use super::{AppState, HttpError};
-use crate::admin::{self, Actor, AdminError};
+use crate::admin::{self, Actor};
 use crate::auth::{LdapDirectory, Verdict};
 use crate::broker::{BrokerError, DesktopSession, KnownUser, OfferedDesktop};
 use crate::model::FieldError;
@@ -579,7 +580,7 @@ async fn issue_token(state: web::Data<AppState>, req: HttpRequest, body: web::By
     let TokenRequest { username, password } = from_json("sign-in", &parse_body(&body)?)?;
     let username = username.trim().to_string();
     let ip = client_ip(&req);
-    let actor = Actor {
+    let mut actor = Actor {
         name: username.clone(),
         source: ip.to_string(),
     };
@@ -604,41 +605,43 @@ async fn issue_token(state: web::Data<AppState>, req: HttpRequest, body: web::By
         }
         Verdict::Allowed { delay } => delay,
     };
-    let user = username.clone();
-    let checked = state
-        .store
-        .call(move |s| match admin::check_password(s, &user, &password) {
-            Ok(ok) => Ok(Some(ok)),
-            Err(AdminError::WrongPassword) => Ok(None),
-            Err(e) => Err(e),
-        })
-        .await?;
-    let Some(signed_in) = checked else {
-        state.metrics.signin_failures.inc();
-        let locked = state.throttle.failure(&username, ip);
-        let a = actor.clone();
-        state
-            .store
-            .call(move |s| {
-                let detail = if locked {
-                    "API sign-in: wrong password; now locked out"
-                } else {
-                    "API sign-in: wrong password"
-                };
-                admin::audit(s, &a, "api.signin.failed", detail, false)
-            })
-            .await?;
-        tokio::time::sleep(delay).await;
-        return Err(HttpError::SignInFailed.into());
+    let token = match super::signin::check_credentials(&state, &username, password, ip).await? {
+        Credentials::Local(signed_in) => {
+            if signed_in.factory {
+                state.throttle.success(&username);
+                return Err(HttpError::SetupRequired.into());
+            }
+            if signed_in.must_change {
+                state.throttle.success(&username);
+                return Err(HttpError::MustChangePassword.into());
+            }
+            state.sessions.sign_in(None, &username, false, false)
+        }
+        Credentials::Directory { name, console } => {
+            let token = state.sessions.sign_in_directory(None, &name, console);
+            actor.name = name;
+            token
+        }
+        Credentials::Refused(detail) => {
+            state.metrics.signin_failures.inc();
+            let locked = state.throttle.failure(&username, ip);
+            let a = actor.clone();
+            state
+                .store
+                .call(move |s| {
+                    let detail = if locked {
+                        format!("API sign-in: {detail}; now locked out")
+                    } else {
+                        format!("API sign-in: {detail}")
+                    };
+                    admin::audit(s, &a, "api.signin.failed", &detail, false)
+                })
+                .await?;
+            tokio::time::sleep(delay).await;
+            return Err(HttpError::SignInFailed.into());
+        }
     };
     state.throttle.success(&username);
-    if signed_in.factory {
-        return Err(HttpError::SetupRequired.into());
-    }
-    if signed_in.must_change {
-        return Err(HttpError::MustChangePassword.into());
-    }
-    let token = state.sessions.sign_in(None, &username, false, false);
     state
         .store
         .call(move |s| admin::audit(s, &actor, "api.token", "API token issued", true))

@@ -2018,6 +2018,7 @@ mod tests {
         c.insert("licence_banner", "");
         c.insert("error", "");
         c.insert("notice", "");
+        c.insert("can_edit", &true);
         c
     }
 
@@ -2047,6 +2048,19 @@ mod tests {
         assert!(html.contains("enctype=\"multipart/form-data\""));
         assert!(html.contains("line 3: bad port"));
         assert!(html.contains("value=\"the-token\""));
+        // A view-only role sees the list without the controls that change it.
+        let mut view_only = c.clone();
+        view_only.insert("can_edit", &false);
+        let html = pages
+            .render("resource_list.html", &view_only)
+            .expect("view-only list renders");
+        assert!(html.contains("Lab &lt;1&gt;"), "{html}");
+        assert!(
+            !html.contains("/admin/configuration/pools/p1/delete"),
+            "{html}"
+        );
+        assert!(!html.contains("id=\"new\""), "{html}");
+        assert!(!html.contains("enctype=\"multipart/form-data\""), "{html}");
         view.rows.clear();
         c.insert("view", &view);
         let html = pages.render("resource_list.html", &c).expect("empty list");

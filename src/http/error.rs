@@ -58,6 +58,9 @@ pub enum HttpError {
     /// `POST /api/v1/tokens` with a wrong user name or password.
     #[error("Wrong user name or password.")]
     SignInFailed,
+    /// The signed-in user's role does not reach this console area at the level needed.
+    #[error("{0}")]
+    Forbidden(String),
     /// An authentication server did not answer as asked.
     #[error("{0}")]
     Directory(#[from] crate::auth::DirectoryError),
@@ -96,6 +99,7 @@ impl HttpError {
             HttpError::NoSuch { .. } => "not_found",
             HttpError::TokenRequired => "token_required",
             HttpError::SignInFailed => "sign_in_failed",
+            HttpError::Forbidden(_) => "forbidden",
             HttpError::Directory(e) => e.code(),
             HttpError::Admin(e) => match e {
                 AdminError::Store(_) => "store_error",
@@ -160,7 +164,7 @@ impl ResponseError for HttpError {
             HttpError::NotSignedIn | HttpError::SetupRequired | HttpError::MustChangePassword => {
                 StatusCode::SEE_OTHER
             }
-            HttpError::Csrf => StatusCode::FORBIDDEN,
+            HttpError::Csrf | HttpError::Forbidden(_) => StatusCode::FORBIDDEN,
             HttpError::BadRequest(_) => StatusCode::BAD_REQUEST,
             HttpError::Locked { .. } => StatusCode::TOO_MANY_REQUESTS,
             HttpError::NotFound => StatusCode::NOT_FOUND,
@@ -222,6 +226,15 @@ impl ResponseError for HttpError {
                 status = self.status_code(),
                 code = self.code(),
             ))
+    }
+}
+
+/// The answer for a refused request: JSON for the API, the error page for the console.
+pub fn refused(path: &str, error: &HttpError) -> HttpResponse {
+    if path.starts_with("/api/") {
+        error.json_response()
+    } else {
+        error.error_response()
     }
 }
 

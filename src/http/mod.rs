@@ -5,6 +5,7 @@
 //! CSRF extractors, the setup-wizard gate, security headers and request metrics. It never
 //! names sled, and it holds no business rules.
 
+mod access;
 mod api;
 mod client;
 mod console_resources;
@@ -183,6 +184,23 @@ pub fn app(
             HttpError::BadRequest(format!("The form could not be read: {err}")).into()
         }))
         .configure(configure)
+        .wrap_fn(|req, srv| {
+            // Console access by role: every page and API path belongs to an area.
+            let refused = access::gate(req.request()).err();
+            let fut = match refused {
+                None => Ok(srv.call(req)),
+                Some(e) => Err((req, e)),
+            };
+            async move {
+                match fut {
+                    Ok(f) => Ok(f.await?.map_into_left_body()),
+                    Err((req, e)) => {
+                        let resp = error::refused(req.path(), &e);
+                        Ok(req.into_response(resp).map_into_right_body())
+                    }
+                }
+            }
+        })
         .wrap_fn(|req, srv| {
             // The wizard gate: until setup is done, every page and API leads to the wizard.
             let gated = req

@@ -10,8 +10,11 @@ use actix_web::{HttpResponse, web};
 use serde::Serialize;
 use tera::{Context, Tera};
 
+use super::access;
 use super::session::SignedIn;
 use super::{AppState, HttpError};
+use crate::auth::ConsoleAccess;
+use actix_web::http::Method;
 
 #[derive(rust_embed::Embed)]
 #[folder = "web/"]
@@ -86,20 +89,27 @@ struct MenuPage {
     active: bool,
 }
 
-fn menu(active_path: &str) -> Vec<MenuArea> {
-    menu_from(MENU, active_path)
+fn menu(active_path: &str, console: Option<&ConsoleAccess>) -> Vec<MenuArea> {
+    menu_from(MENU, active_path, console)
 }
 
-fn menu_from(areas: &'static [Area], active_path: &str) -> Vec<MenuArea> {
+/// The menu a session sees: only the pages its role may view (a local account sees all).
+fn menu_from(
+    areas: &'static [Area],
+    active_path: &str,
+    console: Option<&ConsoleAccess>,
+) -> Vec<MenuArea> {
+    let visible = |path: &str| access::allows(console, access::rule(&Method::GET, path));
     areas
         .iter()
-        .filter(|a| !a.pages.is_empty())
+        .filter(|a| a.pages.iter().any(|(_, p)| visible(p)))
         .map(|a| MenuArea {
             name: a.name,
             active: a.pages.iter().any(|(_, p)| *p == active_path),
             pages: a
                 .pages
                 .iter()
+                .filter(|(_, p)| visible(p))
                 .map(|(title, path)| MenuPage {
                     title,
                     path,
@@ -186,7 +196,24 @@ impl Page {
         c.insert("version", env!("CARGO_PKG_VERSION"));
         let wizard_done = state.wizard_done.load(std::sync::atomic::Ordering::Relaxed);
         let full = who.is_some_and(|w| !w.session.factory && !w.session.must_change) && wizard_done;
-        c.insert("menu", &if full { menu(active_path) } else { Vec::new() });
+        let console = who.and_then(|w| w.session.console.as_ref());
+        c.insert(
+            "menu",
+            &if full {
+                menu(active_path, console)
+            } else {
+                Vec::new()
+            },
+        );
+        // Forms and buttons that change something show only with Edit on the page's area.
+        let can_edit = match access::area_of_page(active_path) {
+            Some(area) => access::allows(
+                console,
+                access::Rule::Area(area, crate::model::role::Access::Edit),
+            ),
+            None => console.is_none(),
+        };
+        c.insert("can_edit", &can_edit);
         c.insert("user", &who.map(|w| w.username.clone()).unwrap_or_default());
         c.insert(
             "csrf",
@@ -271,7 +298,7 @@ mod tests {
 
     #[test]
     fn menu_hides_areas_without_pages_and_marks_the_active_page() {
-        let m = menu("/admin/system/licence");
+        let m = menu("/admin/system/licence", None);
         let names: Vec<&str> = m.iter().map(|a| a.name).collect();
         assert_eq!(
             names,
@@ -287,7 +314,7 @@ mod tests {
                 pages: &[],
             },
         ];
-        let names: Vec<&str> = menu_from(WITH_EMPTY, "/built")
+        let names: Vec<&str> = menu_from(WITH_EMPTY, "/built", None)
             .iter()
             .map(|a| a.name)
             .collect();
@@ -300,6 +327,21 @@ mod tests {
                 .iter()
                 .any(|p| p.active && p.path == "/admin/system/licence")
         );
+    }
+
+    #[test]
+    fn an_auditor_sees_every_area_and_a_setup_only_role_sees_setup() {
+        let auditor = crate::model::role::Role::auditor().console;
+        assert_eq!(menu("/admin", Some(&auditor)).len(), MENU.len());
+        let mut setup = ConsoleAccess::new();
+        setup.insert(
+            crate::model::role::Area::Setup,
+            crate::model::role::Access::View,
+        );
+        let m = menu("/admin", Some(&setup));
+        let names: Vec<&str> = m.iter().map(|a| a.name).collect();
+        assert_eq!(names, ["Setup"]);
+        assert!(menu("/admin", Some(&ConsoleAccess::new())).is_empty());
     }
 
     #[test]
@@ -327,8 +369,10 @@ mod tests {
             ("version", json!("0.0.0")),
             (
                 "menu",
-                serde_json::to_value(menu("/admin")).unwrap_or_default(),
+                serde_json::to_value(menu("/admin", None)).unwrap_or_default(),
             ),
+            ("can_edit", json!(true)),
+            ("directory", json!(false)),
             ("user", json!("admin")),
             ("csrf", json!("token")),
             ("licence_banner", json!("Evaluation: 30 days left")),

@@ -6,11 +6,15 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, web};
 use serde::Deserialize;
 
+use super::access;
 use super::pages::{Page, see_other};
 use super::session::{self, SignedIn, Visitor};
 use super::{AppState, HttpError};
 use crate::admin::{self, Actor, AdminError};
-use crate::auth::Verdict;
+use crate::auth::{ConsoleAccess, Verdict};
+use crate::broker::BrokerError;
+use crate::model::AdminAccount;
+use crate::model::location::ClientFacts;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/admin/login", web::get().to(login_page))
@@ -97,61 +101,144 @@ async fn login(
         }
         Verdict::Allowed { delay } => delay,
     };
-    let (user, password) = (username.clone(), form.password);
-    let checked = state
-        .store
-        .call(move |s| match admin::check_password(s, &user, &password) {
-            Ok(ok) => Ok(Ok(ok)),
-            Err(AdminError::WrongPassword) => Ok(Err(())),
-            Err(e) => Err(e),
-        })
-        .await?;
-    let Ok(signed_in) = checked else {
-        state.metrics.signin_failures.inc();
-        let locked = state.throttle.failure(&username, visitor.ip);
-        let a = actor.clone();
-        state
-            .store
-            .call(move |s| {
-                let detail = if locked {
-                    "wrong password; now locked out"
-                } else {
-                    "wrong password"
-                };
-                admin::audit(s, &a, "signin.failed", detail, false)
-            })
-            .await?;
-        tokio::time::sleep(delay).await;
-        return login_form(
-            &state,
-            visitor,
-            StatusCode::UNAUTHORIZED,
-            "Wrong user name or password.",
-        )
-        .await;
+    let outcome = check_credentials(&state, &username, form.password, visitor.ip).await?;
+    let (token, audit_name, must_change, console) = match outcome {
+        Credentials::Local(signed_in) => {
+            let token = state.sessions.sign_in(
+                visitor.token.as_deref(),
+                &username,
+                signed_in.factory,
+                signed_in.must_change,
+            );
+            (token, username.clone(), signed_in.must_change, None)
+        }
+        Credentials::Directory { name, console } => {
+            let token =
+                state
+                    .sessions
+                    .sign_in_directory(visitor.token.as_deref(), &name, console.clone());
+            (token, name, false, Some(console))
+        }
+        Credentials::Refused(detail) => {
+            state.metrics.signin_failures.inc();
+            let locked = state.throttle.failure(&username, visitor.ip);
+            let a = actor.clone();
+            state
+                .store
+                .call(move |s| {
+                    let detail = if locked {
+                        format!("{detail}; now locked out")
+                    } else {
+                        detail.to_string()
+                    };
+                    admin::audit(s, &a, "signin.failed", &detail, false)
+                })
+                .await?;
+            tokio::time::sleep(delay).await;
+            return login_form(
+                &state,
+                visitor,
+                StatusCode::UNAUTHORIZED,
+                "Wrong user name or password.",
+            )
+            .await;
+        }
     };
     state.throttle.success(&username);
-    let token = state.sessions.sign_in(
-        visitor.token.as_deref(),
-        &username,
-        signed_in.factory,
-        signed_in.must_change,
-    );
+    let actor = Actor {
+        name: audit_name,
+        ..actor
+    };
     state
         .store
         .call(move |s| admin::audit(s, &actor, "signin", "signed in to the console", true))
         .await?;
     let to = if !state.wizard_done.load(Ordering::Relaxed) {
         "/admin/wizard"
-    } else if signed_in.must_change {
+    } else if must_change {
         "/admin/me"
     } else {
-        "/admin"
+        access::landing_page(console.as_ref())
     };
     let mut resp = see_other(to);
     resp.add_cookie(&session::cookie(&token))
         .map_err(|e| HttpError::Render(e.to_string()))?;
     Ok(resp)
+}
+
+/// What a user name and password turned out to be, for the console and for API tokens.
+pub enum Credentials {
+    /// A local account (`admin`): full access.
+    Local(admin::SignedIn),
+    /// A directory user whose role sees part of the console; `name` is `server_id/username`.
+    Directory {
+        name: String,
+        console: ConsoleAccess,
+    },
+    /// Refused: the caller answers "Wrong user name or password." and audits the detail.
+    Refused(&'static str),
+}
+
+/// Checks a sign-in: a local account by its password, any other name through the directory
+/// (once the wizard is done), refused when the user's role has no console access. A directory
+/// that cannot be reached is an error of its own, not a failed sign-in.
+pub async fn check_credentials(
+    state: &AppState,
+    username: &str,
+    password: String,
+    ip: std::net::IpAddr,
+) -> Result<Credentials, HttpError> {
+    let (user, typed) = (username.to_string(), password.clone());
+    let local = state
+        .store
+        .call(move |s| {
+            let known = s.get::<AdminAccount>(&user)?.is_some();
+            match admin::check_password(s, &user, &typed) {
+                Ok(ok) => Ok(Some(ok)),
+                Err(AdminError::WrongPassword) => Ok(None),
+                Err(e) => Err(e),
+            }
+            .map(|checked| (known, checked))
+        })
+        .await?;
+    match local {
+        (true, Some(signed_in)) => return Ok(Credentials::Local(signed_in)),
+        (true, None) => return Ok(Credentials::Refused("wrong password")),
+        // Not a local account (checked against the decoy hash all the same, so the answer
+        // takes as long): the directory decides, once the wizard is done.
+        (false, _) if !state.wizard_done.load(Ordering::Relaxed) => {
+            return Ok(Credentials::Refused("wrong password"));
+        }
+        (false, _) => {}
+    }
+    let decision = match state
+        .broker
+        .sign_in(username, &password, None, &ClientFacts::from_address(ip))
+        .await
+    {
+        Ok(d) => d,
+        Err(e @ (BrokerError::DirectoryUnreachable(_) | BrokerError::Store(_))) => {
+            return Err(e.into());
+        }
+        Err(BrokerError::NoAccess) => return Ok(Credentials::Refused("directory: no access")),
+        Err(BrokerError::Disabled) => {
+            return Ok(Credentials::Refused("directory: account disabled"));
+        }
+        Err(_) => {
+            return Ok(Credentials::Refused(
+                "directory: wrong password or unknown user",
+            ));
+        }
+    };
+    if !decision.role.has_console() {
+        return Ok(Credentials::Refused(
+            "directory: the role has no console access",
+        ));
+    }
+    Ok(Credentials::Directory {
+        name: format!("{}/{}", decision.user.server_id, decision.user.username),
+        console: decision.role.console,
+    })
 }
 
 #[derive(Deserialize)]
@@ -181,6 +268,7 @@ async fn logout(
 async fn me_form(state: &AppState, who: &SignedIn) -> Result<Page, HttpError> {
     let mut page = Page::new(state, Some(who), "me.html", "My options", "/admin/me").await?;
     page.set("username", &who.username)
+        .set("directory", &who.session.console.is_some())
         .set("must_change", &who.session.must_change)
         .set(
             "min_password_length",
@@ -192,6 +280,10 @@ async fn me_form(state: &AppState, who: &SignedIn) -> Result<Page, HttpError> {
 async fn me_page(state: web::Data<AppState>, who: SignedIn) -> Result<HttpResponse, HttpError> {
     me_form(&state, &who).await?.render(&state)
 }
+
+/// What a directory user reads about their password.
+const DIRECTORY_PASSWORD: &str =
+    "Your account is in the directory: change your password there, not in this console.";
 
 #[derive(Deserialize)]
 struct PasswordForm {
@@ -208,6 +300,9 @@ async fn change_password(
     form: web::Form<PasswordForm>,
 ) -> Result<HttpResponse, HttpError> {
     who.check_csrf(&form.csrf)?;
+    if who.session.console.is_some() {
+        return Err(HttpError::Forbidden(DIRECTORY_PASSWORD.into()));
+    }
     let form = form.into_inner();
     let actor = who.actor();
     let min = state.config.security.min_password_length;

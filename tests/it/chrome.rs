@@ -250,8 +250,17 @@ pub async fn link(c: &Client, text: &str) -> Element {
     }
 }
 
+/// The text of the element `css` matches. Right after a click the element found may belong to
+/// the page being left (a stale element): it is looked up again, a bounded number of times.
 pub async fn text_of(c: &Client, css: &str) -> String {
-    find(c, css).await.text().await.expect("element text")
+    let mut last = None;
+    for _ in 0..5 {
+        match find(c, css).await.text().await {
+            Ok(text) => return text,
+            Err(e) => last = Some(e),
+        }
+    }
+    panic!("`{css}` kept going stale: {last:?} {}", where_am_i(c).await)
 }
 
 /// The path of the current URL.

@@ -13,4 +13,5 @@ mod install;
 mod ldap;
 mod portal;
 mod portal_browser;
+mod roles;
 mod slapd;

@@ -1,0 +1,324 @@
+//! Console access by role, against the real server and a real directory (slapd): an auditor
+//! (view only) reads every area and changes nothing, in the console and through the API; a
+//! directory administrator changes things; a user whose role has no console is refused like a
+//! wrong password; the local `admin` keeps full access; audit lines name `server/user`.
+
+use std::path::Path;
+
+use gatehouse::model::directory::Security;
+use gatehouse::model::policy::{AssignmentRow, AssignmentTable, PickOrder, Policy, PolicyEntry};
+use gatehouse::model::pool::Pool;
+use gatehouse::store::Store;
+use serde_json::{Value, json};
+
+use crate::common::{self, Console, Server};
+use crate::slapd::{GENERATED_PASSWORD, Slapd, SlapdOptions, password_of};
+
+const ADMIN_PASSWORD: &str = "Roles-Test-Password-1";
+
+/// The slapd authentication server, one pool and policy, and an assignment table: `admins`
+/// (alice) → Administrator, `staff` (bob) → Auditor, `generated` → User. Returns the server
+/// and the authentication server's id.
+fn appliance(slapd: &Slapd, dir: &Path) -> (Server, String) {
+    let data = dir.join("data");
+    let server_id;
+    {
+        let store = Store::open(&data).expect("store");
+        let server = slapd.auth_server(Security::Ldaps);
+        server_id = server.id.clone();
+        store.put(&server.id.clone(), &server).expect("auth server");
+        let pool = Pool::new("Lab");
+        store.put(&pool.id, &pool).expect("pool");
+        let policy = Policy {
+            id: "lab".into(),
+            name: "Lab".into(),
+            entries: vec![PolicyEntry {
+                pool_id: pool.id.clone(),
+                offer: 1,
+                running_only: false,
+                order: PickOrder::ByName,
+                protocol_plan: "default".into(),
+                power_plan: "default".into(),
+                release_plan: "default".into(),
+            }],
+        };
+        store.put(&policy.id, &policy).expect("policy");
+        let row = |group: &str, role: &str| AssignmentRow {
+            group: Some(group.into()),
+            location_id: None,
+            role_id: role.into(),
+            policy_id: "lab".into(),
+        };
+        let table = AssignmentTable {
+            rows: vec![
+                row("admins", "administrator"),
+                row("staff", "auditor"),
+                row("generated", "user"),
+            ],
+            otherwise: None,
+        };
+        store.put(&server.id, &table).expect("assignments");
+    }
+    let password_file = dir.join("admin-password");
+    std::fs::write(&password_file, format!("{ADMIN_PASSWORD}\n")).expect("write");
+    let (ok, _, err) = common::run(&[
+        "setup",
+        "--data",
+        data.to_str().expect("utf8"),
+        "--admin-password-file",
+        password_file.to_str().expect("utf8"),
+    ]);
+    assert!(ok, "setup: {err}");
+    (Server::start(&data, None), server_id)
+}
+
+/// `POST /api/v1/tokens`: (status, body).
+async fn token(server: &Server, user: &str, password: &str) -> (u16, Value) {
+    let resp = common::client()
+        .post(format!("{}/api/v1/tokens", server.base))
+        .json(&json!({"username": user, "password": password}))
+        .send()
+        .await
+        .expect("POST tokens");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+async fn api(
+    server: &Server,
+    token: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut req = common::client()
+        .request(method, format!("{}{path}", server.base))
+        .bearer_auth(token);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.expect("API call");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+async fn pool_names(server: &Server, admin_token: &str) -> Vec<String> {
+    let (status, body) = api(
+        server,
+        admin_token,
+        reqwest::Method::GET,
+        "/api/v1/pools",
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    body.as_array()
+        .expect("a list")
+        .iter()
+        .map(|p| p["name"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+async fn create_pool(c: &mut Console, name: &str) -> common::Answer {
+    c.get("/admin/configuration/pools").await;
+    c.post(
+        "/admin/configuration/pools/new",
+        &[
+            ("name", name),
+            ("rules", "[]"),
+            ("match_all", "on"),
+            ("description", ""),
+        ],
+    )
+    .await
+}
+
+#[tokio::test]
+async fn roles_decide_what_directory_users_see_and_change() {
+    let slapd = Slapd::start_with(&SlapdOptions {
+        generated_users: 1,
+        ..Default::default()
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (server, server_id) = appliance(&slapd, dir.path());
+    let (status, body) = token(&server, "admin", ADMIN_PASSWORD).await;
+    assert_eq!(status, 200, "{body}");
+    let admin_token = body["token"].as_str().expect("token").to_string();
+    assert_eq!(pool_names(&server, &admin_token).await, ["Lab"]);
+
+    // The auditor (bob, group staff) sees every area and no edit controls.
+    let mut auditor = server.console();
+    let a = auditor.sign_in("bob", &password_of("bob")).await;
+    assert_eq!(
+        (a.status, a.location.as_str()),
+        (303, "/admin"),
+        "{}",
+        a.body
+    );
+    let page = auditor.get("/admin").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    for path in [
+        "/admin/setup/auth-servers",
+        "/admin/configuration/pools",
+        "/admin/resources/desktops",
+        "/admin/system/audit",
+    ] {
+        assert!(page.body.contains(path), "the menu lists {path}");
+    }
+    let pools = auditor.get("/admin/configuration/pools").await;
+    assert_eq!(pools.status, 200, "{}", pools.body);
+    assert!(pools.body.contains("Lab"), "{}", pools.body);
+    assert!(
+        !pools.body.contains("id=\"new\""),
+        "no New button: {}",
+        pools.body
+    );
+    let backups = auditor.get("/admin/system/backups").await;
+    assert_eq!(backups.status, 200, "{}", backups.body);
+    assert!(!backups.body.contains("export-form"), "{}", backups.body);
+    let licence = auditor.get("/admin/system/licence").await;
+    assert_eq!(licence.status, 200, "{}", licence.body);
+    assert!(!licence.body.contains("Enter a new licence key"));
+
+    // The server refuses the change all the same, with the CSRF token right.
+    let r = create_pool(&mut auditor, "Auditor pool").await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(r.body.contains("data-code=\"forbidden\""), "{}", r.body);
+    let r = auditor
+        .post("/admin/system/jobs/run", &[("name", "backup")])
+        .await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    let r = auditor.get("/admin/wizard").await;
+    assert_eq!(
+        r.status, 403,
+        "the wizard's steps are for the local account"
+    );
+    assert_eq!(
+        pool_names(&server, &admin_token).await,
+        ["Lab"],
+        "nothing saved"
+    );
+
+    // My options: a directory user changes their password in the directory.
+    let me = auditor.get("/admin/me").await;
+    assert_eq!(me.status, 200, "{}", me.body);
+    assert!(
+        me.body.contains("change your password there"),
+        "{}",
+        me.body
+    );
+    assert!(!me.body.contains("id=\"change-password\""));
+    let r = auditor
+        .post(
+            "/admin/me/password",
+            &[("current", "x"), ("password", "y"), ("confirm", "y")],
+        )
+        .await;
+    assert_eq!(r.status, 403, "{}", r.body);
+
+    // The same through an API token.
+    let (status, body) = token(&server, "bob", &password_of("bob")).await;
+    assert_eq!(status, 200, "{body}");
+    let bob = body["token"].as_str().expect("token").to_string();
+    let (status, body) = api(&server, &bob, reqwest::Method::GET, "/api/v1/pools", None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body.as_array().map(Vec::len), Some(1));
+    let (status, body) = api(
+        &server,
+        &bob,
+        reqwest::Method::POST,
+        "/api/v1/pools",
+        Some(json!({"name": "API auditor pool"})),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["error"], "forbidden", "{body}");
+    let (status, body) = api(
+        &server,
+        &bob,
+        reqwest::Method::GET,
+        &format!("/api/v1/auth-servers/{server_id}/test"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        status, 403,
+        "testing a connection is a change-level action: {body}"
+    );
+    assert_eq!(
+        pool_names(&server, &admin_token).await,
+        ["Lab"],
+        "nothing saved"
+    );
+
+    // A directory administrator (alice, group admins) changes things; CSRF still holds.
+    let mut alice = server.console();
+    let a = alice.sign_in("alice", &password_of("alice")).await;
+    assert_eq!(
+        (a.status, a.location.as_str()),
+        (303, "/admin"),
+        "{}",
+        a.body
+    );
+    let pools = alice.get("/admin/configuration/pools").await;
+    assert!(pools.body.contains("id=\"new\""), "{}", pools.body);
+    let r = alice
+        .post_raw(
+            "/admin/configuration/pools/new",
+            &[("name", "No CSRF"), ("rules", "[]"), ("match_all", "on")],
+        )
+        .await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(r.body.contains("data-code=\"csrf_failed\""), "{}", r.body);
+    let r = create_pool(&mut alice, "Alice pool").await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    let (status, body) = token(&server, "alice", &password_of("alice")).await;
+    assert_eq!(status, 200, "{body}");
+    let alice_token = body["token"].as_str().expect("token").to_string();
+    let (status, body) = api(
+        &server,
+        &alice_token,
+        reqwest::Method::POST,
+        "/api/v1/pools",
+        Some(json!({"name": "Alice API pool"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+
+    // A user whose role has no console reads what a wrong password reads.
+    let mut user = server.console();
+    let no_console = user.sign_in("user00001", GENERATED_PASSWORD).await;
+    assert_eq!(no_console.status, 401, "{}", no_console.body);
+    assert!(no_console.body.contains("Wrong user name or password."));
+    let wrong = user.sign_in("bob", "not-bobs-password").await;
+    assert_eq!(wrong.status, 401, "{}", wrong.body);
+    assert!(wrong.body.contains("Wrong user name or password."));
+    let (status, body) = token(&server, "user00001", GENERATED_PASSWORD).await;
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(user.get("/admin").await.status, 303, "not signed in");
+
+    // The local admin keeps full access.
+    let mut admin = server.console();
+    let a = admin.sign_in("admin", ADMIN_PASSWORD).await;
+    assert_eq!(
+        (a.status, a.location.as_str()),
+        (303, "/admin"),
+        "{}",
+        a.body
+    );
+    let r = create_pool(&mut admin, "Admin pool").await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    let mut names = pool_names(&server, &admin_token).await;
+    names.sort();
+    assert_eq!(names, ["Admin pool", "Alice API pool", "Alice pool", "Lab"]);
+
+    // Audit lines name the directory user as `server/user`.
+    let audit = admin.get("/admin/system/audit").await;
+    assert_eq!(audit.status, 200, "{}", audit.body);
+    assert!(
+        audit.body.contains(&format!("{server_id}/bob")),
+        "{}",
+        audit.body
+    );
+    assert!(audit.body.contains(&format!("{server_id}/alice")));
+}
