@@ -12,11 +12,12 @@
 //! Owns nothing but the temporary folders and the processes it starts (stopped with SIGTERM,
 //! or SIGKILL on `Drop`); it writes nothing into the repository.
 
+#[path = "shared.rs"]
+mod shared;
+use shared::{Server, available_cpus, gatehouse, ms, path_str};
+
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
@@ -24,7 +25,6 @@ use gatehouse::backup::Record;
 use gatehouse::store::Store;
 
 const BINARY: &str = env!("CARGO_BIN_EXE_gatehouse");
-const CONSOLE_PREFIX: &str = "Gatehouse console: ";
 const ADMIN_PASSWORD: &str = "Bench-Console-Pass-47";
 const BACKUP_PASSPHRASE: &str = "bench backup passphrase";
 /// Timed starts of the server (after one warm-up start).
@@ -40,8 +40,6 @@ const BENCH_TREES: [&str; 4] = [
     "bench_user_by_name",
     "bench_pool_by_id",
 ];
-/// A guard against a hung server only: a healthy one prints its console line at once.
-const CONSOLE_LINE_DEADLINE: Duration = Duration::from_secs(120);
 /// How long the server is left alone after the console walk before its memory is read.
 const IDLE_SETTLE: Duration = Duration::from_secs(2);
 
@@ -101,13 +99,16 @@ fn run() -> Result<Vec<Figure>> {
     let data = tmp.path().join("data");
     let password_file = tmp.path().join("admin-password");
     std::fs::write(&password_file, format!("{ADMIN_PASSWORD}\n")).context("password file")?;
-    let out = gatehouse(&[
-        "setup",
-        "--data",
-        path_str(&data)?,
-        "--admin-password-file",
-        path_str(&password_file)?,
-    ])?;
+    let out = gatehouse(
+        BINARY,
+        &[
+            "setup",
+            "--data",
+            path_str(&data)?,
+            "--admin-password-file",
+            path_str(&password_file)?,
+        ],
+    )?;
     println!("setup: {}", out.lines().last().unwrap_or_default());
     println!();
 
@@ -164,7 +165,7 @@ fn binary_size() -> Result<Figure> {
 fn start_to_first_answer(rt: &tokio::runtime::Runtime, data: &Path, tmp: &Path) -> Result<Figure> {
     println!("# 2. Start to first HTTPS answer (GET /healthz), warm store");
     // One start to warm the page cache and let the first start's one-time work happen.
-    let warm = Server::start(data, tmp, "warm-up")?;
+    let warm = Server::start(BINARY, data, tmp, "warm-up")?;
     rt.block_on(healthz(&client()?, &warm.base))?;
     let stop = warm.stop()?;
     println!("  warm-up start done (stopped in {:.1} ms)", ms(stop));
@@ -173,7 +174,7 @@ fn start_to_first_answer(rt: &tokio::runtime::Runtime, data: &Path, tmp: &Path) 
     for i in 1..=START_RUNS {
         let client = client()?;
         let started = Instant::now();
-        let server = Server::start(data, tmp, &format!("start-{i}"))?;
+        let server = Server::start(BINARY, data, tmp, &format!("start-{i}"))?;
         let console_line = started.elapsed();
         rt.block_on(healthz(&client, &server.base))?;
         let first = started.elapsed();
@@ -223,7 +224,7 @@ async fn healthz(client: &reqwest::Client, base: &str) -> Result<()> {
 
 fn idle_memory(rt: &tokio::runtime::Runtime, data: &Path, tmp: &Path) -> Result<Vec<Figure>> {
     println!("# 3. Idle memory after the wizard (signed in, console pages walked)");
-    let server = Server::start(data, tmp, "memory")?;
+    let server = Server::start(BINARY, data, tmp, "memory")?;
     let pid = server.pid();
     let base = server.base.clone();
     print_stage(pid, "just started")?;
@@ -393,26 +394,32 @@ fn backup_figures(tmp: &Path) -> Result<Vec<Figure>> {
     let plain = tmp.join("bench-plain.ghbak");
     let encrypted = tmp.join("bench-encrypted.ghbak");
     let export_plain = time_runs("export", || {
-        gatehouse(&[
-            "backup",
-            "export",
-            "--data",
-            path_str(&source)?,
-            "--out",
-            path_str(&plain)?,
-        ])
+        gatehouse(
+            BINARY,
+            &[
+                "backup",
+                "export",
+                "--data",
+                path_str(&source)?,
+                "--out",
+                path_str(&plain)?,
+            ],
+        )
     })?;
     let export_encrypted = time_runs("export --passphrase-file", || {
-        gatehouse(&[
-            "backup",
-            "export",
-            "--data",
-            path_str(&source)?,
-            "--out",
-            path_str(&encrypted)?,
-            "--passphrase-file",
-            path_str(&passphrase_file)?,
-        ])
+        gatehouse(
+            BINARY,
+            &[
+                "backup",
+                "export",
+                "--data",
+                path_str(&source)?,
+                "--out",
+                path_str(&encrypted)?,
+                "--passphrase-file",
+                path_str(&passphrase_file)?,
+            ],
+        )
     })?;
     let plain_size = std::fs::metadata(&plain)
         .context("plain backup file")?
@@ -430,14 +437,17 @@ fn backup_figures(tmp: &Path) -> Result<Vec<Figure>> {
     let import_plain = time_runs("import", || {
         n += 1;
         let target = tmp.join(format!("import-plain-{n}"));
-        let out = gatehouse(&[
-            "backup",
-            "import",
-            "--data",
-            path_str(&target)?,
-            "--in",
-            path_str(&plain)?,
-        ])?;
+        let out = gatehouse(
+            BINARY,
+            &[
+                "backup",
+                "import",
+                "--data",
+                path_str(&target)?,
+                "--in",
+                path_str(&plain)?,
+            ],
+        )?;
         check_import(&target, &records)?;
         Ok(out)
     })?;
@@ -445,16 +455,19 @@ fn backup_figures(tmp: &Path) -> Result<Vec<Figure>> {
     let import_encrypted = time_runs("import --passphrase-file", || {
         n += 1;
         let target = tmp.join(format!("import-encrypted-{n}"));
-        let out = gatehouse(&[
-            "backup",
-            "import",
-            "--data",
-            path_str(&target)?,
-            "--in",
-            path_str(&encrypted)?,
-            "--passphrase-file",
-            path_str(&passphrase_file)?,
-        ])?;
+        let out = gatehouse(
+            BINARY,
+            &[
+                "backup",
+                "import",
+                "--data",
+                path_str(&target)?,
+                "--in",
+                path_str(&encrypted)?,
+                "--passphrase-file",
+                path_str(&passphrase_file)?,
+            ],
+        )?;
         check_import(&target, &records)?;
         Ok(out)
     })?;
@@ -584,107 +597,6 @@ fn dir_size(dir: &Path) -> u64 {
 
 // ---------------------------------------------------------------- the server and the CLI
 
-/// A running `gatehouse serve`; SIGKILLed on `Drop` unless [`Server::stop`] ran.
-struct Server {
-    child: Option<Child>,
-    base: String,
-    stderr: PathBuf,
-}
-
-impl Server {
-    /// Spawns `gatehouse serve --data DATA --listen 127.0.0.1:0` and returns once it printed
-    /// its console line. Its stderr goes to `TMP/LABEL.stderr.log`.
-    fn start(data: &Path, tmp: &Path, label: &str) -> Result<Self> {
-        let stderr = tmp.join(format!("{label}.stderr.log"));
-        let mut child = Command::new(BINARY)
-            .args(["serve", "--data"])
-            .arg(data)
-            .args(["--listen", "127.0.0.1:0"])
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&stderr).context("stderr log")?)
-            .spawn()
-            .context("spawn gatehouse serve")?;
-        let stdout = child.stdout.take().context("server stdout")?;
-        let mut server = Self {
-            child: Some(child),
-            base: String::new(),
-            stderr,
-        };
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            // Keeps reading to the end so the server never writes into a closed pipe.
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(url) = line.strip_prefix(CONSOLE_PREFIX) {
-                    let _ = tx.send(url.to_string());
-                }
-            }
-        });
-        match rx.recv_timeout(CONSOLE_LINE_DEADLINE) {
-            Ok(url) => {
-                server.base = url.trim_end_matches("/admin").to_string();
-                Ok(server)
-            }
-            Err(_) => bail!(
-                "the server did not print its console line: {}",
-                std::fs::read_to_string(&server.stderr).unwrap_or_default()
-            ),
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.as_ref().map_or(0, Child::id)
-    }
-
-    /// SIGTERM, then waits for the exit; returns how long the shutdown took.
-    fn stop(mut self) -> Result<Duration> {
-        let Some(mut child) = self.child.take() else {
-            bail!("the server was already stopped");
-        };
-        let started = Instant::now();
-        let sent = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .context("run kill -TERM")?;
-        if !sent.success() {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("kill -TERM {} failed", child.id());
-        }
-        let status = child.wait().context("wait for the server")?;
-        let took = started.elapsed();
-        ensure!(
-            status.success(),
-            "the server exited with {status} after SIGTERM: {}",
-            std::fs::read_to_string(&self.stderr).unwrap_or_default()
-        );
-        Ok(took)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// Runs a `gatehouse` command to completion; its stdout, or an error with its stderr.
-fn gatehouse(args: &[&str]) -> Result<String> {
-    let out = Command::new(BINARY)
-        .args(args)
-        .output()
-        .with_context(|| format!("run gatehouse {}", args.join(" ")))?;
-    ensure!(
-        out.status.success(),
-        "gatehouse {} failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 /// An HTTPS client with a cookie jar that accepts the appliance's self-signed certificate
 /// and does not follow redirects.
 fn client() -> Result<reqwest::Client> {
@@ -694,15 +606,6 @@ fn client() -> Result<reqwest::Client> {
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .context("HTTPS client")
-}
-
-fn path_str(p: &Path) -> Result<&str> {
-    p.to_str()
-        .with_context(|| format!("{} is not UTF-8", p.display()))
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
 }
 
 /// Sorts `times` and returns (median, min, max); the median of an even count is the mean of
@@ -721,8 +624,4 @@ fn median_min_max(times: &mut [Duration]) -> (Duration, Duration, Duration) {
         }
         _ => (Duration::ZERO, Duration::ZERO, Duration::ZERO),
     }
-}
-
-fn available_cpus() -> usize {
-    std::thread::available_parallelism().map_or(1, usize::from)
 }

@@ -27,12 +27,15 @@
 #[path = "../it/slapd.rs"]
 mod slapd;
 
+#[path = "shared.rs"]
+mod shared;
+use shared::{Server, available_cpus, gatehouse, ms, path_str};
+
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
@@ -54,15 +57,12 @@ const BINARY: &str = env!("CARGO_BIN_EXE_gatehouse");
 fn binary() -> String {
     std::env::var("LOGIN_STORM_BINARY").unwrap_or_else(|_| BINARY.to_string())
 }
-const CONSOLE_PREFIX: &str = "Gatehouse console: ";
 const ADMIN_PASSWORD: &str = "Bench-Console-Pass-47";
 const DEFAULT_USERS: usize = 2_000;
 const DEFAULT_CONCURRENCY: usize = 64;
 /// Desktops written per store transaction while seeding.
 const SEED_BATCH: usize = 500;
 const POLICY_ID: &str = "storm";
-/// A guard against a hung server only.
-const CONSOLE_LINE_DEADLINE: Duration = Duration::from_secs(120);
 /// A guard against a hung request only: no healthy request comes near it.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long the server is left alone after the storm before its memory is read.
@@ -212,16 +212,19 @@ fn run() -> Result<(Vec<Figure>, Vec<String>)> {
     );
     let password_file = tmp.path().join("admin-password");
     std::fs::write(&password_file, format!("{ADMIN_PASSWORD}\n")).context("password file")?;
-    let out = gatehouse(&[
-        "setup",
-        "--data",
-        path_str(&data)?,
-        "--admin-password-file",
-        path_str(&password_file)?,
-    ])?;
+    let out = gatehouse(
+        &binary(),
+        &[
+            "setup",
+            "--data",
+            path_str(&data)?,
+            "--admin-password-file",
+            path_str(&password_file)?,
+        ],
+    )?;
     println!("  setup: {}", out.lines().last().unwrap_or_default());
 
-    let server = Server::start(&data, tmp.path())?;
+    let server = Server::start(&binary(), &data, tmp.path(), "serve")?;
     let pid = server.pid();
     println!("  server: {} (pid {pid})", server.base);
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -1085,117 +1088,3 @@ fn clock_ticks() -> f64 {
 }
 
 // ---------------------------------------------------------------- the server and the CLI
-
-/// A running `gatehouse serve`; SIGKILLed on `Drop` unless [`Server::stop`] ran.
-struct Server {
-    child: Option<Child>,
-    base: String,
-    stderr: PathBuf,
-}
-
-impl Server {
-    /// Spawns `gatehouse serve --data DATA --listen 127.0.0.1:0` and returns once it printed
-    /// its console line. Its stderr goes to `TMP/serve.stderr.log`.
-    fn start(data: &Path, tmp: &Path) -> Result<Self> {
-        let stderr = tmp.join("serve.stderr.log");
-        let mut child = Command::new(binary())
-            .args(["serve", "--data"])
-            .arg(data)
-            .args(["--listen", "127.0.0.1:0"])
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&stderr).context("stderr log")?)
-            .spawn()
-            .context("spawn gatehouse serve")?;
-        let stdout = child.stdout.take().context("server stdout")?;
-        let mut server = Self {
-            child: Some(child),
-            base: String::new(),
-            stderr,
-        };
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            // Keeps reading to the end so the server never writes into a closed pipe.
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(url) = line.strip_prefix(CONSOLE_PREFIX) {
-                    let _ = tx.send(url.to_string());
-                }
-            }
-        });
-        match rx.recv_timeout(CONSOLE_LINE_DEADLINE) {
-            Ok(url) => {
-                server.base = url.trim_end_matches("/admin").to_string();
-                Ok(server)
-            }
-            Err(_) => bail!(
-                "the server did not print its console line: {}",
-                std::fs::read_to_string(&server.stderr).unwrap_or_default()
-            ),
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.as_ref().map_or(0, Child::id)
-    }
-
-    /// SIGTERM, then waits for the exit; returns how long the shutdown took.
-    fn stop(mut self) -> Result<Duration> {
-        let Some(mut child) = self.child.take() else {
-            bail!("the server was already stopped");
-        };
-        let started = Instant::now();
-        let sent = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .context("run kill -TERM")?;
-        if !sent.success() {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("kill -TERM {} failed", child.id());
-        }
-        let status = child.wait().context("wait for the server")?;
-        let took = started.elapsed();
-        ensure!(
-            status.success(),
-            "the server exited with {status} after SIGTERM: {}",
-            std::fs::read_to_string(&self.stderr).unwrap_or_default()
-        );
-        Ok(took)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// Runs a `gatehouse` command to completion; its stdout, or an error with its stderr.
-fn gatehouse(args: &[&str]) -> Result<String> {
-    let out = Command::new(binary())
-        .args(args)
-        .output()
-        .with_context(|| format!("run gatehouse {}", args.join(" ")))?;
-    ensure!(
-        out.status.success(),
-        "gatehouse {} failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn path_str(p: &Path) -> Result<&str> {
-    p.to_str()
-        .with_context(|| format!("{} is not UTF-8", p.display()))
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-fn available_cpus() -> usize {
-    std::thread::available_parallelism().map_or(1, usize::from)
-}
