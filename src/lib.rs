@@ -20,7 +20,7 @@
 //! | `tls`       | certificates: generation, PEM validation, a resolver that reloads live | the store                |
 //! | `scheduler` | cron expressions and the job loop                                      | what the jobs do         |
 //! | `telemetry` | tracing setup and Prometheus metrics                                   | —                        |
-//! | `http`      | actix routes per area, tera pages, the one error → response mapping    | sled                     |
+//! | `http`      | actix routes per area, tera pages, the one error → response mapping, the role-based access gate | sled |
 
 pub mod admin;
 pub mod app;

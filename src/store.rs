@@ -32,7 +32,7 @@ use uuid::Uuid;
 
 use crate::backup;
 
-/// The schema this build writes. Bump it together with a new entry in [`MIGRATIONS`].
+/// The schema this build writes. Bump it together with a new entry in `MIGRATIONS`.
 pub const SCHEMA_VERSION: u32 = 1;
 
 const META_TREE: &str = "meta";
