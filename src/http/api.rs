@@ -936,6 +936,7 @@ struct CsvBody {
 
 /// Imports static desktops from CSV text: every line, or none (each bad line is named).
 pub fn import_csv(s: &Store, actor: &Actor, text: &str) -> Result<Vec<Desktop>, HttpError> {
+    let _one_at_a_time = resource::config_write_lock();
     let existing: Vec<String> = s
         .list::<Desktop>()?
         .into_iter()
@@ -1112,6 +1113,7 @@ pub fn save_assignments(
     server_id: &str,
     value: &Value,
 ) -> Result<AssignmentTable, HttpError> {
+    let _one_at_a_time = resource::config_write_lock();
     let server = s
         .get::<AuthServer>(server_id)?
         .ok_or_else(|| HttpError::NoSuch {

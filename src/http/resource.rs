@@ -299,6 +299,17 @@ pub fn list_all<R: Resource>(s: &Store) -> Result<Vec<R>, StoreError> {
     Ok(items)
 }
 
+/// Held while a configuration change is checked and written, so two administrators saving at
+/// once cannot both pass a reference check that only one of them would pass afterwards (a
+/// policy naming a pool that the other is deleting). Configuration writes are rare; one lock
+/// for all of them is simple and enough.
+static CONFIG_WRITES: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Takes the configuration write lock (blocking: call on a store thread).
+pub fn config_write_lock() -> std::sync::MutexGuard<'static, ()> {
+    CONFIG_WRITES.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Validates and saves one record from a JSON body: a new one (`id` None; the body may choose
 /// the id) or the stored one with that id. Writes the audit line. Nothing is saved when
 /// anything is wrong.
@@ -308,6 +319,7 @@ pub fn save<R: Resource>(
     id: Option<&str>,
     mut value: Value,
 ) -> Result<R, HttpError> {
+    let _one_at_a_time = config_write_lock();
     let body_id = value
         .get("id")
         .and_then(Value::as_str)
@@ -368,6 +380,7 @@ pub fn save<R: Resource>(
 
 /// Deletes one record unless something refuses it; writes the audit line.
 pub fn delete<R: Resource>(s: &Store, actor: &Actor, id: &str) -> Result<R, HttpError> {
+    let _one_at_a_time = config_write_lock();
     let record = s.get::<R>(id)?.ok_or_else(|| HttpError::NoSuch {
         kind: R::KIND,
         id: id.to_string(),

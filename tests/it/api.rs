@@ -1120,3 +1120,53 @@ async fn console_pages_list_create_refuse_and_delete_through_the_same_rules() {
     assert_eq!(users.status, 200, "{}", users.body);
     assert!(users.body.contains("Test login"), "{}", users.body);
 }
+
+#[tokio::test]
+async fn racing_changes_never_leave_a_policy_naming_a_deleted_pool() {
+    let api = std::sync::Arc::new(Api::start().await);
+    for round in 0..15 {
+        let pool = api
+            .post("/api/v1/pools", json!({"name": format!("Race {round}")}))
+            .await;
+        assert_eq!(pool.status, 201, "{}", pool.text);
+        let pool_id = pool.body["id"].as_str().expect("pool id").to_string();
+        let (deleter, creator) = (api.clone(), api.clone());
+        let path = format!("/api/v1/pools/{pool_id}");
+        let delete = tokio::spawn(async move { deleter.delete(&path).await.status });
+        let policy = json!({
+            "name": format!("Race policy {round}"),
+            "entries": [{"pool_id": pool_id, "offer": 1}]
+        });
+        let create =
+            tokio::spawn(async move { creator.post("/api/v1/policies", policy).await.status });
+        let (deleted, created) = (delete.await.expect("task"), create.await.expect("task"));
+        // One of the two wins; never both.
+        assert!(
+            (deleted == 204 && created == 400) || (created == 201 && deleted == 409),
+            "round {round}: delete {deleted}, create {created}"
+        );
+    }
+    let pools = api.get("/api/v1/pools").await.body;
+    let ids: Vec<&str> = pools
+        .as_array()
+        .expect("pools")
+        .iter()
+        .filter_map(|p| p["id"].as_str())
+        .collect();
+    for policy in api
+        .get("/api/v1/policies")
+        .await
+        .body
+        .as_array()
+        .expect("policies")
+    {
+        for entry in policy["entries"].as_array().expect("entries") {
+            let pool = entry["pool_id"].as_str().expect("pool id");
+            assert!(
+                ids.contains(&pool),
+                "policy {} names deleted pool {pool}",
+                policy["name"]
+            );
+        }
+    }
+}
