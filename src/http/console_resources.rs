@@ -341,6 +341,13 @@ impl Screen for Role {
     }
 }
 
+/// A new plan's form starts from the default plan's settings, without its name.
+fn unnamed(plan: impl serde::Serialize) -> Value {
+    let mut value = serde_json::to_value(plan).unwrap_or_default();
+    value["name"] = Value::String(String::new());
+    value
+}
+
 impl Screen for ProtocolPlan {
     const AREA: &'static str = "configuration";
     const TITLE: &'static str = "Protocol Plans";
@@ -360,9 +367,7 @@ impl Screen for ProtocolPlan {
         &["name", "protocols"]
     }
     fn blank() -> Value {
-        let mut plan = serde_json::to_value(ProtocolPlan::default_plan()).unwrap_or_default();
-        plan["name"] = Value::String(String::new());
-        plan
+        unnamed(ProtocolPlan::default_plan())
     }
 }
 
@@ -394,9 +399,7 @@ impl Screen for PowerPlan {
         &["name"]
     }
     fn blank() -> Value {
-        let mut plan = serde_json::to_value(PowerPlan::default_plan()).unwrap_or_default();
-        plan["name"] = Value::String(String::new());
-        plan
+        unnamed(PowerPlan::default_plan())
     }
 }
 
@@ -436,9 +439,7 @@ impl Screen for ReleasePlan {
         &["name", "release_after_logout_minutes"]
     }
     fn blank() -> Value {
-        let mut plan = serde_json::to_value(ReleasePlan::default_plan()).unwrap_or_default();
-        plan["name"] = Value::String(String::new());
-        plan
+        unnamed(ReleasePlan::default_plan())
     }
 }
 

@@ -28,16 +28,7 @@ struct Reply {
 impl Api {
     async fn start() -> Api {
         let (dir, data) = common::fresh_data();
-        let password_file = dir.path().join("admin-password");
-        std::fs::write(&password_file, format!("{PASSWORD}\n")).expect("write");
-        let (ok, _, err) = common::run(&[
-            "setup",
-            "--data",
-            data.to_str().expect("utf8"),
-            "--admin-password-file",
-            password_file.to_str().expect("utf8"),
-        ]);
-        assert!(ok, "setup: {err}");
+        common::finish_setup(&data, PASSWORD);
         let server = Server::start(&data, None);
         let client = common::client();
         let mut api = Api {

@@ -11,7 +11,6 @@ use gatehouse::model::Protocol;
 use gatehouse::model::desktop::{Desktop, DesktopInput};
 use gatehouse::model::directory::Security;
 use gatehouse::model::location::ClientFacts;
-use gatehouse::model::policy::{AssignmentRow, AssignmentTable, PickOrder, Policy, PolicyEntry};
 use gatehouse::model::pool::Pool;
 use gatehouse::store::Store;
 
@@ -26,47 +25,7 @@ fn facts() -> ClientFacts {
 /// A store with `n` RDP desktops in one pool, a policy offering one desktop from it, and an
 /// assignment table giving the `generated` group that policy.
 fn seed(store: &Store, server_id: &str, n: usize) -> Pool {
-    let pool = Pool::new("Lab");
-    store.put(&pool.id, &pool).expect("pool");
-    for i in 0..n {
-        let d = Desktop::from_input(
-            DesktopInput {
-                name: format!("lab-{i:03}"),
-                display_name: String::new(),
-                address: format!("10.0.{}.{}", i / 200, i % 200 + 10),
-                port: None,
-                protocol: Protocol::Rdp,
-                os: "Windows 11".into(),
-            },
-            chrono::Utc::now(),
-        );
-        store.put(&d.id, &d).expect("desktop");
-    }
-    let policy = Policy {
-        id: "lab".into(),
-        name: "Lab".into(),
-        entries: vec![PolicyEntry {
-            pool_id: pool.id.clone(),
-            offer: 1,
-            running_only: false,
-            order: PickOrder::ByName,
-            protocol_plan: "default".into(),
-            power_plan: "default".into(),
-            release_plan: "default".into(),
-        }],
-    };
-    store.put(&policy.id, &policy).expect("policy");
-    let table = AssignmentTable {
-        rows: vec![AssignmentRow {
-            group: Some("generated".into()),
-            location_id: None,
-            role_id: "user".into(),
-            policy_id: "lab".into(),
-        }],
-        otherwise: None,
-    };
-    store.put(server_id, &table).expect("assignments");
-    pool
+    crate::lab::seed(store, server_id, n, &[("generated", "user")])
 }
 
 fn broker(store: &Store, slapd: &Slapd) -> Arc<Broker> {

@@ -350,6 +350,22 @@ pub fn fresh_data() -> (tempfile::TempDir, PathBuf) {
     (dir, data)
 }
 
+/// Runs `gatehouse setup` on `data` with `password` as the administrator's (the wizard done
+/// unattended: evaluation, generated certificate); returns what it printed.
+pub fn finish_setup(data: &Path, password: &str) -> String {
+    let password_file = data.with_extension("admin-password");
+    std::fs::write(&password_file, format!("{password}\n")).expect("write");
+    let (ok, out, err) = run(&[
+        "setup",
+        "--data",
+        data.to_str().expect("utf8"),
+        "--admin-password-file",
+        password_file.to_str().expect("utf8"),
+    ]);
+    assert!(ok, "setup: {err}");
+    out
+}
+
 /// The installation code of a data folder that has been started once.
 pub fn installation_code(data: &Path) -> String {
     let (ok, out, err) = run(&["licence", "code", "--data", data.to_str().expect("utf8")]);

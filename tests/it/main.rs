@@ -10,6 +10,7 @@ mod browser;
 mod chrome;
 mod console;
 mod install;
+mod lab;
 mod ldap;
 mod portal;
 mod portal_browser;

@@ -4,11 +4,7 @@
 
 use std::path::Path;
 
-use gatehouse::model::Protocol;
-use gatehouse::model::desktop::{Desktop, DesktopInput};
 use gatehouse::model::directory::Security;
-use gatehouse::model::policy::{AssignmentRow, AssignmentTable, PickOrder, Policy, PolicyEntry};
-use gatehouse::model::pool::Pool;
 use gatehouse::store::Store;
 use serde_json::{Value, json};
 
@@ -35,57 +31,9 @@ pub fn appliance_with(slapd: &Slapd, dir: &Path, desktops: usize, timeout_secs: 
         server.connect_timeout_secs = timeout_secs;
         server.search_timeout_secs = timeout_secs;
         store.put(&server.id.clone(), &server).expect("auth server");
-        let pool = Pool::new("Lab");
-        store.put(&pool.id, &pool).expect("pool");
-        for i in 0..desktops {
-            let d = Desktop::from_input(
-                DesktopInput {
-                    name: format!("lab-{i:03}"),
-                    display_name: String::new(),
-                    address: format!("10.0.0.{}", i + 10),
-                    port: None,
-                    protocol: Protocol::Rdp,
-                    os: "Windows 11".into(),
-                },
-                chrono::Utc::now(),
-            );
-            store.put(&d.id, &d).expect("desktop");
-        }
-        let policy = Policy {
-            id: "lab".into(),
-            name: "Lab".into(),
-            entries: vec![PolicyEntry {
-                pool_id: pool.id.clone(),
-                offer: 1,
-                running_only: false,
-                order: PickOrder::ByName,
-                protocol_plan: "default".into(),
-                power_plan: "default".into(),
-                release_plan: "default".into(),
-            }],
-        };
-        store.put(&policy.id, &policy).expect("policy");
-        let table = AssignmentTable {
-            rows: vec![AssignmentRow {
-                group: Some("generated".into()),
-                location_id: None,
-                role_id: "user".into(),
-                policy_id: "lab".into(),
-            }],
-            otherwise: None,
-        };
-        store.put(&server.id, &table).expect("assignments");
+        crate::lab::seed(&store, &server.id, desktops, &[("generated", "user")]);
     }
-    let password_file = dir.join("admin-password");
-    std::fs::write(&password_file, format!("{ADMIN_PASSWORD}\n")).expect("write");
-    let (ok, _, err) = common::run(&[
-        "setup",
-        "--data",
-        data.to_str().expect("utf8"),
-        "--admin-password-file",
-        password_file.to_str().expect("utf8"),
-    ]);
-    assert!(ok, "setup: {err}");
+    common::finish_setup(&data, ADMIN_PASSWORD);
     Server::start(&data, None)
 }
 

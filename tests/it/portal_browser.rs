@@ -102,16 +102,7 @@ const POLICY: &str = "Lab desktops";
 /// self-signed certificate), started: nothing is configured yet.
 fn set_up_appliance(dir: &Path) -> Server {
     let data = dir.join("data");
-    let password_file = dir.join("admin-password");
-    std::fs::write(&password_file, format!("{ADMIN_PASSWORD}\n")).expect("write");
-    let (ok, out, err) = common::run(&[
-        "setup",
-        "--data",
-        data.to_str().expect("utf8"),
-        "--admin-password-file",
-        password_file.to_str().expect("utf8"),
-    ]);
-    assert!(ok, "setup: {err}");
+    let out = common::finish_setup(&data, ADMIN_PASSWORD);
     assert!(out.contains("Setup complete"), "{out}");
     Server::start(&data, None)
 }

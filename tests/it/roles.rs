@@ -6,8 +6,6 @@
 use std::path::Path;
 
 use gatehouse::model::directory::Security;
-use gatehouse::model::policy::{AssignmentRow, AssignmentTable, PickOrder, Policy, PolicyEntry};
-use gatehouse::model::pool::Pool;
 use gatehouse::store::Store;
 use serde_json::{Value, json};
 
@@ -27,48 +25,18 @@ fn appliance(slapd: &Slapd, dir: &Path) -> (Server, String) {
         let server = slapd.auth_server(Security::Ldaps);
         server_id = server.id.clone();
         store.put(&server.id.clone(), &server).expect("auth server");
-        let pool = Pool::new("Lab");
-        store.put(&pool.id, &pool).expect("pool");
-        let policy = Policy {
-            id: "lab".into(),
-            name: "Lab".into(),
-            entries: vec![PolicyEntry {
-                pool_id: pool.id.clone(),
-                offer: 1,
-                running_only: false,
-                order: PickOrder::ByName,
-                protocol_plan: "default".into(),
-                power_plan: "default".into(),
-                release_plan: "default".into(),
-            }],
-        };
-        store.put(&policy.id, &policy).expect("policy");
-        let row = |group: &str, role: &str| AssignmentRow {
-            group: Some(group.into()),
-            location_id: None,
-            role_id: role.into(),
-            policy_id: "lab".into(),
-        };
-        let table = AssignmentTable {
-            rows: vec![
-                row("admins", "administrator"),
-                row("staff", "auditor"),
-                row("generated", "user"),
+        crate::lab::seed(
+            &store,
+            &server.id,
+            0,
+            &[
+                ("admins", "administrator"),
+                ("staff", "auditor"),
+                ("generated", "user"),
             ],
-            otherwise: None,
-        };
-        store.put(&server.id, &table).expect("assignments");
+        );
     }
-    let password_file = dir.join("admin-password");
-    std::fs::write(&password_file, format!("{ADMIN_PASSWORD}\n")).expect("write");
-    let (ok, _, err) = common::run(&[
-        "setup",
-        "--data",
-        data.to_str().expect("utf8"),
-        "--admin-password-file",
-        password_file.to_str().expect("utf8"),
-    ]);
-    assert!(ok, "setup: {err}");
+    common::finish_setup(&data, ADMIN_PASSWORD);
     (Server::start(&data, None), server_id)
 }
 
