@@ -20,6 +20,7 @@
 //! | `tls`       | certificates: generation, PEM validation, a resolver that reloads live | the store                |
 //! | `scheduler` | cron expressions and the job loop                                      | what the jobs do         |
 //! | `telemetry` | tracing setup and Prometheus metrics                                   | —                        |
+//! | `gateway`   | the one TLS port: TLS, PROXY v2, WebSocket tunnels checked against broker tickets, port forwarding, flexVDI routing | the store, business rules |
 //! | `http`      | actix routes per area, tera pages, the one error → response mapping, the role-based access gate | sled |
 
 pub mod admin;
@@ -29,6 +30,7 @@ pub mod backup;
 pub mod broker;
 pub mod cli;
 pub mod config;
+pub mod gateway;
 pub mod http;
 pub mod licence;
 pub mod model;
