@@ -11,6 +11,8 @@ use actix_web::{HttpServer, web};
 use crate::admin::{self, AdminError};
 use crate::broker::{Broker, BrokerError, BrokerSettings};
 use crate::config::Config;
+use crate::gateway::Gateway;
+use crate::gateway::listener::{self, Backend, FrontDoor, Origin};
 use crate::http::{self, AppState, Pages};
 use crate::model::SetupState;
 use crate::scheduler::{ScheduleError, Scheduler};
@@ -30,6 +32,8 @@ pub enum AppError {
     Broker(#[from] BrokerError),
     #[error(transparent)]
     Schedule(#[from] ScheduleError),
+    #[error("gateway settings: {0}")]
+    Gateway(String),
     #[error("page templates: {0}")]
     Templates(String),
     #[error("cannot listen on {addr}: {source}")]
@@ -48,7 +52,7 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
     let cert = admin::initialise(&store, &config)?;
     let verifier = admin::verifier(&config)?;
     let signing_key = crate::broker::seed(&store)?;
-    let broker = Arc::new(Broker::new(
+    let broker: Arc<Broker> = Arc::new(Broker::new(
         store.clone(),
         BrokerSettings {
             gateway_url: config.broker.gateway_url.clone(),
@@ -61,7 +65,6 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
         cert.cert_chain_pem.clone(),
         cert.key_pem.clone(),
     ))?);
-    let tls_config = tls::server_config(resolver.clone())?;
     let wizard_done = store.get_one::<SetupState>()?.wizard_done;
     let pages = Pages::new(config.server.templates_dir.clone())
         .map_err(|e| AppError::Templates(e.to_string()))?;
@@ -80,6 +83,13 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
         })?;
     }
 
+    // The gateway's front door owns the public ports; the console listens on a private Unix
+    // socket behind it.
+    let settings = config
+        .gateway
+        .settings(config.trusted_proxies())
+        .map_err(AppError::Gateway)?;
+    let gateway = Arc::new(Gateway::new(settings, broker.verifying_key()));
     let listen = config.server.listen;
     let listener = std::net::TcpListener::bind(listen).map_err(|source| AppError::Listen {
         addr: listen,
@@ -89,27 +99,48 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
         addr: listen,
         source,
     })?;
+    let plain = match config.gateway.plain_listen {
+        Some(addr) => Some(
+            std::net::TcpListener::bind(addr)
+                .map_err(|source| AppError::Listen { addr, source })?,
+        ),
+        None => None,
+    };
+    let (socket_path, _socket_dir) = listener::console_socket_path().map_err(AppError::Server)?;
+    let console_socket =
+        std::os::unix::net::UnixListener::bind(&socket_path).map_err(AppError::Server)?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&socket_path, std::fs::Permissions::from_mode(0o600))
+            .map_err(AppError::Server)?;
+    }
+
     let state = web::Data::new(AppState::new(
         config.clone(),
         store.clone(),
         pages,
-        resolver,
+        resolver.clone(),
         verifier,
         Arc::new(Metrics::new()),
         scheduler.clone(),
         wizard_done,
         local.port(),
-        broker,
+        broker.clone(),
+        gateway.clone(),
     ));
 
     let factory_state = state.clone();
     let mut server = HttpServer::new(move || http::app(factory_state.clone()))
         .shutdown_timeout(5)
-        .listen_rustls_0_23(listener, tls_config)
-        .map_err(|source| AppError::Listen {
-            addr: local,
-            source,
-        })?;
+        .on_connect(|conn, ext| {
+            if let Some(stream) = conn.downcast_ref::<actix_web::rt::net::UnixStream>()
+                && let Some(origin) = Origin::of(stream)
+            {
+                ext.insert(origin);
+            }
+        })
+        .listen_uds(console_socket)
+        .map_err(AppError::Server)?;
     if let Some(addr) = config.server.http_redirect_listen {
         server = server
             .bind(addr)
@@ -119,6 +150,54 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
         server = server.workers(config.server.workers);
     }
     let server = server.run();
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("gatehouse-gateway")
+        .build()
+        .map_err(AppError::Server)?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls::server_config_with_alpn(
+        resolver,
+        &[b"http/1.1"],
+    )?));
+    let front = FrontDoor::new(
+        gateway.clone(),
+        Some(acceptor),
+        Backend::Local(socket_path.clone()),
+    );
+    let (front_stop, front_stopped) = tokio::sync::watch::channel(false);
+    {
+        let _entered = runtime.enter();
+        listener.set_nonblocking(true).map_err(AppError::Server)?;
+        let tls_listener = tokio::net::TcpListener::from_std(listener).map_err(AppError::Server)?;
+        runtime.spawn(
+            front
+                .clone()
+                .serve(tls_listener, true, front_stopped.clone()),
+        );
+        if let Some(plain) = plain {
+            plain.set_nonblocking(true).map_err(AppError::Server)?;
+            let plain = tokio::net::TcpListener::from_std(plain).map_err(AppError::Server)?;
+            runtime.spawn(front.clone().serve(plain, false, front_stopped.clone()));
+        }
+        // The broker's "session ended" notices close the session's tunnels.
+        let (gateway, broker) = (gateway.clone(), broker.clone());
+        let mut stopped = front_stopped.clone();
+        runtime.spawn(async move {
+            let mut notices = broker.session_ends().subscribe();
+            let mut seen = 0;
+            loop {
+                for ended in broker.session_ends().since(seen) {
+                    seen = ended.seq;
+                    gateway.end_session(&ended.session, ended.refuse_until);
+                }
+                tokio::select! {
+                    changed = notices.changed() => if changed.is_err() { return },
+                    _ = stopped.wait_for(|s| *s) => return,
+                }
+            }
+        });
+    }
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let scheduler_task = tokio::spawn(scheduler.run(async {
@@ -130,6 +209,10 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
     let _ = std::io::stdout().flush();
 
     let result = server.await;
+    let _ = front_stop.send(true);
+    gateway.close_all();
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    let _ = std::fs::remove_file(&socket_path);
     let _ = stop_tx.send(());
     let _ = scheduler_task.await;
     tracing::info!("Gatehouse stopped");

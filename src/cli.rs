@@ -42,8 +42,102 @@ enum Command {
     /// Print the commented default configuration, or check a configuration file.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Run a gateway on its own host: WebSocket tunnels checked with the broker's public key.
+    Gateway(GatewayArgs),
+    /// Carry local connections through a gateway tunnel, for native clients.
+    Tunnel(TunnelArgs),
+    /// Gateway tickets, for operators checking a gateway (and for benchmarks).
+    #[command(subcommand)]
+    Ticket(TicketCommand),
+    /// The broker's public key, which standalone gateways check tickets with.
+    #[command(subcommand, name = "broker-key")]
+    BrokerKey(BrokerKeyCommand),
     /// Print the version.
     Version,
+}
+
+#[derive(Args)]
+struct GatewayArgs {
+    /// Address and port of the TLS port (tunnels on /tunnel).
+    #[arg(long)]
+    listen: std::net::SocketAddr,
+    /// Optional plain-HTTP port, for use behind a TLS-terminating reverse proxy.
+    #[arg(long)]
+    plain_listen: Option<std::net::SocketAddr>,
+    /// The broker's public key (PEM), from `gatehouse broker-key export`.
+    #[arg(long)]
+    broker_key: PathBuf,
+    /// PEM certificate chain (with --key); without both, one is generated.
+    #[arg(long, requires = "key")]
+    cert: Option<PathBuf>,
+    /// PEM private key of --cert.
+    #[arg(long, requires = "cert")]
+    key: Option<PathBuf>,
+    /// Desktop ports tunnels may reach, e.g. `3389,5900-25900` (the protocols' default ports
+    /// 22, 3389 and 5900 are always added).
+    #[arg(long, default_value = "3389,5900-25900")]
+    allowed_ports: String,
+    /// Seconds between WebSocket pings; 0: none.
+    #[arg(long, default_value_t = 30)]
+    keepalive: u32,
+    /// Seconds to wait for a pong before closing a tunnel.
+    #[arg(long, default_value_t = 10)]
+    pong_timeout: u32,
+    /// Seconds a tunnel may carry no data before it is closed; 0: no limit.
+    #[arg(long, default_value_t = 0)]
+    idle_timeout: u32,
+    /// Reverse proxies / load balancers (CIDR, comma-separated) whose PROXY v2 header and
+    /// X-Forwarded-For name the client.
+    #[arg(long, default_value = "")]
+    trusted_proxies: String,
+}
+
+#[derive(Args)]
+struct TunnelArgs {
+    /// The gateway's tunnel URL, e.g. wss://gateway.example.com/tunnel.
+    #[arg(long)]
+    gateway: String,
+    /// The ticket from the broker's connection parameters.
+    #[arg(long)]
+    ticket: String,
+    /// Local address to accept the native client on, e.g. 127.0.0.1:13389.
+    #[arg(long)]
+    listen: std::net::SocketAddr,
+    /// Trust the gateway certificate(s) in this PEM file instead of the system's authorities.
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// Do not check the gateway's certificate at all (tests only: anyone can intercept).
+    #[arg(long, conflicts_with = "ca")]
+    insecure: bool,
+}
+
+#[derive(Subcommand)]
+enum TicketCommand {
+    /// Print a ticket signed with this installation's broker key.
+    Issue {
+        #[arg(long)]
+        data: PathBuf,
+        /// The desktop address: HOST:PORT (IPv6 in brackets).
+        #[arg(long)]
+        target: String,
+        /// Seconds the ticket may be used to open tunnels.
+        #[arg(long, default_value_t = 60)]
+        ttl: u32,
+        /// Only this client address may use the ticket.
+        #[arg(long)]
+        client_addr: Option<std::net::IpAddr>,
+    },
+}
+
+#[derive(Subcommand)]
+enum BrokerKeyCommand {
+    /// Write the broker's public key (PEM) for standalone gateways.
+    Export {
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -199,6 +293,96 @@ fn read_secret_line(path: &Path, what: &str) -> Result<String> {
     Ok(line)
 }
 
+/// `HOST:PORT` or `[V6]:PORT`.
+fn parse_target(text: &str) -> Result<(String, u16)> {
+    let (host, port) = text
+        .rsplit_once(':')
+        .with_context(|| format!("--target `{text}` must be HOST:PORT"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port: u16 = port
+        .parse()
+        .ok()
+        .filter(|p| *p > 0)
+        .with_context(|| format!("--target `{text}`: `{port}` is not a port (1-65535)"))?;
+    if host.is_empty() {
+        bail!("--target `{text}` has no host");
+    }
+    Ok((host.to_string(), port))
+}
+
+fn multi_thread_runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("while starting the runtime")
+}
+
+fn gateway(args: GatewayArgs) -> Result<()> {
+    use std::time::Duration;
+    let config = Config::default();
+    crate::telemetry::init_logging(&config.log);
+    let trusted = if args.trusted_proxies.trim().is_empty() {
+        Vec::new()
+    } else {
+        crate::model::location::Cidr::parse_list(&args.trusted_proxies)
+            .map_err(|e| anyhow::anyhow!("--trusted-proxies: {e}"))?
+    };
+    let allowed: crate::gateway::PortRanges = args
+        .allowed_ports
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--allowed-ports: {e}"))?;
+    if args.pong_timeout == 0 {
+        bail!("--pong-timeout must be at least 1 second");
+    }
+    let secs = |n: u32| Duration::from_secs(u64::from(n));
+    let settings = crate::gateway::GatewaySettings {
+        allowed_ports: allowed.with_ports([22, 3389, 5900]),
+        timers: crate::gateway::Timers {
+            keepalive: (args.keepalive > 0).then(|| secs(args.keepalive)),
+            pong_timeout: secs(args.pong_timeout),
+            idle: (args.idle_timeout > 0).then(|| secs(args.idle_timeout)),
+        },
+        trusted_proxies: trusted,
+        ..Default::default()
+    };
+    let options = crate::gateway::standalone::Options {
+        listen: args.listen,
+        plain_listen: args.plain_listen,
+        broker_key: args.broker_key,
+        cert: args.cert,
+        key: args.key,
+        settings,
+    };
+    multi_thread_runtime()?
+        .block_on(crate::gateway::standalone::run(options))
+        .context("gateway")?;
+    Ok(())
+}
+
+fn tunnel(args: TunnelArgs) -> Result<()> {
+    use crate::gateway::client::{Trust, TunnelClient};
+    crate::telemetry::init_logging(&Config::default().log);
+    let trust = match (&args.ca, args.insecure) {
+        (Some(ca), _) => Trust::CaFile(ca),
+        (None, true) => Trust::Insecure,
+        (None, false) => Trust::System,
+    };
+    let client = std::sync::Arc::new(TunnelClient::new(&args.gateway, &args.ticket, trust)?);
+    multi_thread_runtime()?.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        let local = listener.local_addr()?;
+        println!("Gatehouse tunnel: connect your client to {local}");
+        let _ = std::io::Write::flush(&mut std::io::stdout());
+        tokio::select! {
+            r = crate::gateway::client::listen(client, listener) => r.context("tunnel listener")?,
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        Ok::<_, anyhow::Error>(())
+    })
+}
+
 fn open_store(data: &Path) -> Result<Store> {
     Store::open(data).with_context(|| format!("while opening the store in {}", data.display()))
 }
@@ -216,6 +400,56 @@ fn run(cli: Cli) -> Result<()> {
                 .context("while serving")?;
         }
         Command::Setup(args) => setup(args)?,
+        Command::Gateway(args) => gateway(args)?,
+        Command::Tunnel(args) => tunnel(args)?,
+        Command::Ticket(TicketCommand::Issue {
+            data,
+            target,
+            ttl,
+            client_addr,
+        }) => {
+            let (host, port) = parse_target(&target)?;
+            if ttl == 0 {
+                bail!("--ttl must be at least 1 second");
+            }
+            let store = open_store(&data)?;
+            let key = crate::broker::seed(&store)?;
+            let ticket = crate::broker::Ticket {
+                session: format!("operator-{}", crate::model::new_id()),
+                user: "operator".into(),
+                host,
+                port,
+                client: client_addr,
+                expires: chrono::Utc::now().timestamp() + i64::from(ttl),
+            };
+            admin::audit(
+                &store,
+                &Actor::cli(),
+                "ticket.issue",
+                format!("target {target}, {ttl} s"),
+                true,
+            )?;
+            println!("{}", ticket.sign(&key));
+        }
+        Command::BrokerKey(BrokerKeyCommand::Export { data, out }) => {
+            use ed25519_dalek::pkcs8::EncodePublicKey;
+            let store = open_store(&data)?;
+            let key = crate::broker::seed(&store)?;
+            let pem = key
+                .verifying_key()
+                .to_public_key_pem(ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF)
+                .context("while encoding the public key")?;
+            std::fs::write(&out, pem)
+                .with_context(|| format!("while writing {}", out.display()))?;
+            admin::audit(
+                &store,
+                &Actor::cli(),
+                "broker_key.export",
+                out.display().to_string(),
+                true,
+            )?;
+            println!("Wrote the broker's public key to {}", out.display());
+        }
         Command::Backup(BackupCommand::Export {
             data,
             out,

@@ -46,6 +46,7 @@ pub struct Config {
     pub licence: LicenceConfig,
     pub backup: BackupConfig,
     pub broker: BrokerConfig,
+    pub gateway: GatewayConfig,
     pub log: LogConfig,
 }
 
@@ -157,6 +158,65 @@ impl Default for BrokerConfig {
             gateway_url: String::new(),
             ticket_seconds: 60,
         }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewayConfig {
+    /// Optional plain-HTTP listener serving the same as the TLS port (console, APIs and
+    /// tunnels), for use behind a TLS-terminating reverse proxy. Off when unset.
+    pub plain_listen: Option<SocketAddr>,
+    /// Desktop ports tunnels may reach: ports and ranges, e.g. `3389,5900-25900`. The default
+    /// ports of RDP, VNC, SPICE and SSH are always added.
+    pub allowed_ports: String,
+    /// Seconds between WebSocket pings; 0: no pings.
+    pub keepalive: u32,
+    /// Seconds to wait for the answer to a ping before closing the tunnel.
+    pub pong_timeout: u32,
+    /// Seconds a tunnel may carry no data before it is closed; 0: no limit.
+    pub idle_timeout: u32,
+    /// Open client connections at most (console and tunnels together).
+    pub max_connections: usize,
+    /// Seconds allowed for the TLS handshake and the first request head.
+    pub handshake_timeout: u32,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            plain_listen: None,
+            allowed_ports: "3389,5900-25900".into(),
+            keepalive: 30,
+            pong_timeout: 10,
+            idle_timeout: 0,
+            max_connections: 20_000,
+            handshake_timeout: 10,
+        }
+    }
+}
+
+impl GatewayConfig {
+    /// The gateway's settings; `trusted_proxies` come from `[server]`.
+    pub fn settings(
+        &self,
+        trusted_proxies: Vec<crate::model::location::Cidr>,
+    ) -> Result<crate::gateway::GatewaySettings, String> {
+        use std::time::Duration;
+        let allowed: crate::gateway::PortRanges = self.allowed_ports.parse()?;
+        let secs = |n: u32| Duration::from_secs(u64::from(n));
+        Ok(crate::gateway::GatewaySettings {
+            allowed_ports: allowed.with_ports([22, 3389, 5900]),
+            timers: crate::gateway::Timers {
+                keepalive: (self.keepalive > 0).then(|| secs(self.keepalive)),
+                pong_timeout: secs(self.pong_timeout),
+                idle: (self.idle_timeout > 0).then(|| secs(self.idle_timeout)),
+            },
+            max_connections: self.max_connections,
+            handshake_timeout: secs(self.handshake_timeout),
+            connect_timeout: Duration::from_secs(10),
+            trusted_proxies,
+        })
     }
 }
 
@@ -284,6 +344,33 @@ impl Config {
             if let Err(e) = range.parse::<crate::model::location::Cidr>() {
                 return Err(invalid("server.trusted_proxies", e.to_string()));
             }
+        }
+        if let Err(e) = self
+            .gateway
+            .allowed_ports
+            .parse::<crate::gateway::PortRanges>()
+        {
+            return Err(invalid("gateway.allowed_ports", e));
+        }
+        for (key, value) in [
+            ("gateway.pong_timeout", self.gateway.pong_timeout),
+            ("gateway.handshake_timeout", self.gateway.handshake_timeout),
+            (
+                "gateway.max_connections",
+                self.gateway.max_connections as u32,
+            ),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be at least 1".into()));
+            }
+        }
+        if let Some(plain) = self.gateway.plain_listen
+            && (plain == self.server.listen || Some(plain) == self.server.http_redirect_listen)
+        {
+            return Err(invalid(
+                "gateway.plain_listen",
+                "must differ from server.listen and server.http_redirect_listen".into(),
+            ));
         }
         if self.broker.ticket_seconds == 0 {
             return Err(invalid(

@@ -145,6 +145,79 @@ impl Record for DesktopSession {
     const TREE: &'static str = "session_by_id";
 }
 
+/// The sessions still open on a desktop (ended, and their gateway tunnels closed, when the
+/// desktop is released).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct OpenSessions {
+    pub ids: Vec<String>,
+}
+
+impl Record for OpenSessions {
+    const TREE: &'static str = "open_sessions_by_desktop";
+}
+
+/// A session the broker ended; gateways close its tunnels and refuse its tickets until
+/// `refuse_until` (unix seconds; by then every ticket issued for it has expired).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndedSession {
+    pub seq: u64,
+    pub session: String,
+    pub refuse_until: i64,
+}
+
+/// The recent "session ended" notices, for the built-in gateway and for standalone gateways
+/// that poll for them. Bounded: a gateway that falls behind by more than the window gets the
+/// whole window again.
+pub struct SessionEnds {
+    log: Mutex<std::collections::VecDeque<EndedSession>>,
+    latest: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for SessionEnds {
+    fn default() -> Self {
+        Self {
+            log: Mutex::new(std::collections::VecDeque::new()),
+            latest: tokio::sync::watch::channel(0).0,
+        }
+    }
+}
+
+impl SessionEnds {
+    const KEEP: usize = 10_000;
+
+    pub fn publish(&self, sessions: Vec<String>, refuse_until: i64) {
+        if sessions.is_empty() {
+            return;
+        }
+        let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
+        let mut seq = log.back().map_or(0, |e| e.seq);
+        for session in sessions {
+            seq += 1;
+            log.push_back(EndedSession {
+                seq,
+                session,
+                refuse_until,
+            });
+        }
+        while log.len() > Self::KEEP {
+            log.pop_front();
+        }
+        drop(log);
+        self.latest.send_replace(seq);
+    }
+
+    /// Notices after `seq`, oldest first.
+    pub fn since(&self, seq: u64) -> Vec<EndedSession> {
+        let log = self.log.lock().unwrap_or_else(|p| p.into_inner());
+        log.iter().filter(|e| e.seq > seq).cloned().collect()
+    }
+
+    /// Wakes when a notice is published.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.latest.subscribe()
+    }
+}
+
 /// Who signed in, where from, and what applies to them: the result of the decision chain.
 #[derive(Debug, Clone, Serialize)]
 pub struct Decision {
@@ -204,6 +277,7 @@ pub struct Broker {
     directories: RwLock<Vec<(AuthServer, Arc<dyn Directory>)>>,
     membership: RwLock<Option<Arc<Membership>>>,
     taken: Arc<TakenHint>,
+    ends: SessionEnds,
 }
 
 impl Broker {
@@ -215,7 +289,13 @@ impl Broker {
             directories: RwLock::new(Vec::new()),
             membership: RwLock::new(None),
             taken: Arc::new(TakenHint::default()),
+            ends: SessionEnds::default(),
         }
+    }
+
+    /// The "session ended" notices gateways act on.
+    pub fn session_ends(&self) -> &SessionEnds {
+        &self.ends
     }
 
     pub fn store(&self) -> &Store {
@@ -580,8 +660,12 @@ impl Broker {
     pub async fn release(&self, user: &UserKey, desktop_id: &str) -> Result<Desktop> {
         let user = user.clone();
         let id = desktop_id.to_string();
-        let released = self.store.call(move |s| release(s, &user, &id)).await?;
+        let (released, ended) = self.store.call(move |s| release(s, &user, &id)).await?;
         self.taken.remove(&released.id);
+        self.ends.publish(
+            ended,
+            Utc::now().timestamp() + self.settings.ticket_seconds + 1,
+        );
         Ok(released)
     }
 }
@@ -854,7 +938,12 @@ fn assign(
             ended: None,
         };
         let outcome = s.transact(
-            &[Desktop::TREE, HeldDesktops::TREE, DesktopSession::TREE],
+            &[
+                Desktop::TREE,
+                HeldDesktops::TREE,
+                DesktopSession::TREE,
+                OpenSessions::TREE,
+            ],
             |tx| {
                 let Some(mut desktop) = tx.get::<Desktop, Taken>(&id)? else {
                     return Err(TxError::Abort(Taken));
@@ -874,6 +963,9 @@ fn assign(
                     }
                 }
                 tx.put(&session_id, &session)?;
+                let mut open: OpenSessions = tx.get(&id)?.unwrap_or_default();
+                open.ids.push(session_id.clone());
+                tx.put(&id, &open)?;
                 Ok(desktop)
             },
         );
@@ -896,9 +988,16 @@ fn assign(
 #[derive(Debug)]
 struct Taken;
 
-fn release(s: &Store, user: &UserKey, id: &str) -> Result<Desktop> {
+/// Releases a desktop and ends its open sessions; returns the desktop and the ended sessions.
+fn release(s: &Store, user: &UserKey, id: &str) -> Result<(Desktop, Vec<String>)> {
     let user_key = user.key();
-    let desktop = s.transact(&[Desktop::TREE, HeldDesktops::TREE], |tx| {
+    let tree = [
+        Desktop::TREE,
+        HeldDesktops::TREE,
+        OpenSessions::TREE,
+        DesktopSession::TREE,
+    ];
+    let desktop = s.transact(&tree, |tx| {
         let Some(mut desktop) = tx.get::<Desktop, BrokerError>(id)? else {
             return Err(TxError::Abort(BrokerError::NotYours));
         };
@@ -912,7 +1011,17 @@ fn release(s: &Store, user: &UserKey, id: &str) -> Result<Desktop> {
         let mut mine: HeldDesktops = tx.get(&user_key)?.unwrap_or_default();
         mine.desktops.retain(|d| d != id);
         tx.put(&user_key, &mine)?;
-        Ok(desktop)
+        let open: OpenSessions = tx.get(id)?.unwrap_or_default();
+        for session_id in &open.ids {
+            if let Some(mut session) = tx.get::<DesktopSession, BrokerError>(session_id)?
+                && session.ended.is_none()
+            {
+                session.ended = Some(Utc::now());
+                tx.put(session_id, &session)?;
+            }
+        }
+        tx.put(id, &OpenSessions::default())?;
+        Ok((desktop, open.ids))
     })?;
     Ok(desktop)
 }

@@ -1,5 +1,442 @@
 //! The gateway: one TLS port for the console, the APIs and WebSocket tunnels to desktops,
 //! authorised by broker-signed tickets so that it is never an open proxy.
 //!
+//! - [`Gateway`] holds what every tunnel is checked against (the broker's public key, the
+//!   allowed ports, the sessions the broker ended) and the registry of open tunnels.
+//! - [`listener`] is the front door: TCP accept, PROXY protocol v2 from trusted proxies, TLS,
+//!   and the first request head, which decides between a tunnel and the HTTP backend.
+//! - [`tunnel`] checks a tunnel request and its ticket and opens the tunnel.
+//! - [`pump`] carries the bytes; [`ws`] is the WebSocket wire format.
+//! - [`client`] is the other end (`gatehouse tunnel`); [`standalone`] runs `gatehouse gateway`.
 //! - [`flexvdi`] reads a flexVDI gateway configuration file and routes users to their manager.
+//!
+//! It never reads the store: a standalone gateway on another host has only the broker's
+//! public key.
+
+pub mod client;
 pub mod flexvdi;
+pub mod listener;
+pub mod pump;
+pub mod standalone;
+pub mod tunnel;
+pub mod ws;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use ed25519_dalek::VerifyingKey;
+use serde::Serialize;
+
+use crate::broker::Ticket;
+use crate::broker::connect::TicketError;
+use crate::model::location::Cidr;
+
+pub use pump::{End, Timers, TunnelShared};
+
+/// Ports a tunnel may reach, as ranges.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortRanges(Vec<(u16, u16)>);
+
+impl PortRanges {
+    pub fn contains(&self, port: u16) -> bool {
+        self.0.iter().any(|&(a, b)| a <= port && port <= b)
+    }
+
+    /// Adds single ports (the protocol ports the plans use).
+    pub fn with_ports(mut self, ports: impl IntoIterator<Item = u16>) -> Self {
+        for p in ports {
+            if !self.contains(p) {
+                self.0.push((p, p));
+            }
+        }
+        self
+    }
+}
+
+impl Default for PortRanges {
+    /// RDP, and the VNC / SPICE display range.
+    fn default() -> Self {
+        PortRanges(vec![(3389, 3389), (5900, 25900)])
+    }
+}
+
+impl FromStr for PortRanges {
+    type Err = String;
+
+    /// `3389,5900-25900`: ports and inclusive ranges, separated by commas.
+    fn from_str(text: &str) -> Result<Self, String> {
+        let mut ranges = Vec::new();
+        for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let parse = |s: &str| {
+                s.trim()
+                    .parse::<u16>()
+                    .ok()
+                    .filter(|p| *p > 0)
+                    .ok_or_else(|| format!("`{s}` is not a port (1-65535)"))
+            };
+            let range = match part.split_once('-') {
+                Some((a, b)) => (parse(a)?, parse(b)?),
+                None => (parse(part)?, parse(part)?),
+            };
+            if range.0 > range.1 {
+                return Err(format!("`{part}`: the range's start is after its end"));
+            }
+            ranges.push(range);
+        }
+        if ranges.is_empty() {
+            return Err("no port given: write ports and ranges like `3389,5900-25900`".into());
+        }
+        Ok(PortRanges(ranges))
+    }
+}
+
+impl fmt::Display for PortRanges {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let parts: Vec<String> = self
+            .0
+            .iter()
+            .map(|&(a, b)| {
+                if a == b {
+                    a.to_string()
+                } else {
+                    format!("{a}-{b}")
+                }
+            })
+            .collect();
+        f.write_str(&parts.join(","))
+    }
+}
+
+/// How a gateway behaves; built from `[gateway]` in the configuration or from the
+/// `gatehouse gateway` flags.
+#[derive(Debug, Clone)]
+pub struct GatewaySettings {
+    pub allowed_ports: PortRanges,
+    pub timers: Timers,
+    /// Open client connections at most (console and tunnels together).
+    pub max_connections: usize,
+    /// TLS handshake and the first request head must complete within this.
+    pub handshake_timeout: Duration,
+    /// Connecting to a desktop gives up after this.
+    pub connect_timeout: Duration,
+    /// Load balancers whose PROXY v2 header and `X-Forwarded-For` are believed.
+    pub trusted_proxies: Vec<Cidr>,
+}
+
+impl Default for GatewaySettings {
+    fn default() -> Self {
+        Self {
+            allowed_ports: PortRanges::default(),
+            timers: Timers {
+                keepalive: Some(Duration::from_secs(30)),
+                pong_timeout: Duration::from_secs(10),
+                idle: None,
+            },
+            max_connections: 20_000,
+            handshake_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(10),
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+/// Why a tunnel was refused. Logged with the reason; the wire only ever sees a generic 403.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Refusal {
+    #[error("no ticket")]
+    NoTicket,
+    #[error(transparent)]
+    Ticket(#[from] TicketError),
+    #[error("port {0} is outside the allowed ports")]
+    Port(u16),
+    #[error("the request names target {asked}, the ticket is for {ticket}")]
+    Target { asked: String, ticket: String },
+    #[error("client {client} is not the ticket's client {ticket}")]
+    Client { client: IpAddr, ticket: IpAddr },
+    #[error("the session ended")]
+    SessionEnded,
+}
+
+/// One open tunnel, as the console and the broker see it.
+#[derive(Debug, Clone, Serialize)]
+pub struct TunnelReport {
+    pub id: u64,
+    pub session: String,
+    pub user: String,
+    pub target: String,
+    pub client: IpAddr,
+    pub opened: DateTime<Utc>,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+}
+
+struct OpenTunnel {
+    ticket: Ticket,
+    client: IpAddr,
+    opened: DateTime<Utc>,
+    shared: Arc<TunnelShared>,
+}
+
+/// The checks and the registry every tunnel goes through.
+pub struct Gateway {
+    pub settings: GatewaySettings,
+    key: RwLock<VerifyingKey>,
+    open: Mutex<HashMap<u64, OpenTunnel>>,
+    /// Sessions the broker ended, kept until their tickets could no longer be used.
+    ended: Mutex<HashMap<String, i64>>,
+    next_id: AtomicU64,
+    pub refused: AtomicU64,
+    pub opened_total: AtomicU64,
+}
+
+impl Gateway {
+    pub fn new(settings: GatewaySettings, key: VerifyingKey) -> Gateway {
+        Gateway {
+            settings,
+            key: RwLock::new(key),
+            open: Mutex::new(HashMap::new()),
+            ended: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            refused: AtomicU64::new(0),
+            opened_total: AtomicU64::new(0),
+        }
+    }
+
+    /// Replaces the broker key (a standalone gateway fetched a new one).
+    pub fn set_key(&self, key: VerifyingKey) {
+        *self.key.write().unwrap_or_else(|p| p.into_inner()) = key;
+    }
+
+    /// Checks a ticket for a tunnel from `client`; `asked` is a target the request named, if
+    /// any (it must be the ticket's own).
+    pub fn check(
+        &self,
+        ticket: Option<&str>,
+        client: IpAddr,
+        asked: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<Ticket, Refusal> {
+        let text = ticket.filter(|t| !t.is_empty()).ok_or(Refusal::NoTicket)?;
+        let key = *self.key.read().unwrap_or_else(|p| p.into_inner());
+        let ticket = Ticket::verify(text, &key, now)?;
+        if !self.settings.allowed_ports.contains(ticket.port) {
+            return Err(Refusal::Port(ticket.port));
+        }
+        let target = target_of(&ticket);
+        if let Some(asked) = asked
+            && asked != target
+            && asked != format!("{}:{}", ticket.host, ticket.port)
+        {
+            return Err(Refusal::Target {
+                asked: asked.to_string(),
+                ticket: target,
+            });
+        }
+        if let Some(allowed) = ticket.client
+            && !same_address(allowed, client)
+        {
+            return Err(Refusal::Client {
+                client,
+                ticket: allowed,
+            });
+        }
+        if self
+            .ended
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(&ticket.session)
+        {
+            return Err(Refusal::SessionEnded);
+        }
+        Ok(ticket)
+    }
+
+    /// Records an open tunnel; it leaves the registry when the guard drops.
+    pub fn register(self: &Arc<Self>, ticket: Ticket, client: IpAddr) -> TunnelGuard {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let shared = Arc::new(TunnelShared::default());
+        self.opened_total.fetch_add(1, Ordering::Relaxed);
+        self.open.lock().unwrap_or_else(|p| p.into_inner()).insert(
+            id,
+            OpenTunnel {
+                ticket,
+                client,
+                opened: Utc::now(),
+                shared: shared.clone(),
+            },
+        );
+        TunnelGuard {
+            gateway: self.clone(),
+            id,
+            shared,
+        }
+    }
+
+    /// The broker ended a session: close its tunnels and refuse its tickets from now on.
+    /// Returns how many tunnels were closed.
+    pub fn end_session(&self, session: &str, ticket_expiry: i64) -> usize {
+        {
+            let mut ended = self.ended.lock().unwrap_or_else(|p| p.into_inner());
+            let now = Utc::now().timestamp();
+            ended.retain(|_, until| *until > now);
+            ended.insert(session.to_string(), ticket_expiry);
+        }
+        let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let mut closed = 0;
+        for t in open.values().filter(|t| t.ticket.session == session) {
+            t.shared.close();
+            closed += 1;
+        }
+        closed
+    }
+
+    /// Closes every tunnel (the gateway is stopping).
+    pub fn close_all(&self) {
+        for t in self.open.lock().unwrap_or_else(|p| p.into_inner()).values() {
+            t.shared.close();
+        }
+    }
+
+    pub fn open_count(&self) -> usize {
+        self.open.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// The open tunnels, oldest first.
+    pub fn report(&self) -> Vec<TunnelReport> {
+        let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let mut list: Vec<TunnelReport> = open
+            .iter()
+            .map(|(id, t)| TunnelReport {
+                id: *id,
+                session: t.ticket.session.clone(),
+                user: t.ticket.user.clone(),
+                target: target_of(&t.ticket),
+                client: t.client,
+                opened: t.opened,
+                bytes_up: t.shared.bytes_up.load(Ordering::Relaxed),
+                bytes_down: t.shared.bytes_down.load(Ordering::Relaxed),
+            })
+            .collect();
+        list.sort_by_key(|t| (t.opened, t.id));
+        list
+    }
+}
+
+/// Keeps a tunnel in the registry while it is open.
+pub struct TunnelGuard {
+    gateway: Arc<Gateway>,
+    id: u64,
+    pub shared: Arc<TunnelShared>,
+}
+
+impl Drop for TunnelGuard {
+    fn drop(&mut self) {
+        self.gateway
+            .open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
+    }
+}
+
+/// `host:port`, with IPv6 hosts in brackets.
+pub fn target_of(ticket: &Ticket) -> String {
+    if ticket.host.contains(':') {
+        format!("[{}]:{}", ticket.host, ticket.port)
+    } else {
+        format!("{}:{}", ticket.host, ticket.port)
+    }
+}
+
+/// Addresses compare equal across IPv4 and its IPv6-mapped form.
+fn same_address(a: IpAddr, b: IpAddr) -> bool {
+    a.to_canonical() == b.to_canonical()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ed25519_dalek::SigningKey;
+
+    fn ticket(port: u16, client: Option<IpAddr>) -> Ticket {
+        Ticket {
+            session: "s1".into(),
+            user: "alice".into(),
+            host: "10.0.0.5".into(),
+            port,
+            client,
+            expires: Utc::now().timestamp() + 60,
+        }
+    }
+
+    #[test]
+    fn port_ranges_parse_and_refuse_nonsense() {
+        let r: PortRanges = "3389, 5900-25900".parse().expect("valid");
+        assert!(r.contains(3389) && r.contains(5900) && r.contains(25900));
+        assert!(!r.contains(22) && !r.contains(25901));
+        assert_eq!(r.to_string(), "3389,5900-25900");
+        assert!("".parse::<PortRanges>().is_err());
+        assert!("0".parse::<PortRanges>().is_err());
+        assert!("70000".parse::<PortRanges>().is_err());
+        assert!("20-10".parse::<PortRanges>().is_err());
+        assert!("ssh".parse::<PortRanges>().is_err());
+        assert!(PortRanges::default().with_ports([22]).contains(22));
+    }
+
+    #[test]
+    fn tickets_are_checked_for_port_target_client_and_ended_sessions() {
+        let key = SigningKey::from_bytes(&[7; 32]);
+        let gw = Arc::new(Gateway::new(
+            GatewaySettings::default(),
+            key.verifying_key(),
+        ));
+        let client: IpAddr = "192.0.2.9".parse().expect("ip");
+        let now = Utc::now();
+        let good = ticket(3389, Some(client)).sign(&key);
+        assert!(gw.check(Some(&good), client, None, now).is_ok());
+        // IPv4-mapped IPv6 is the same client.
+        let mapped: IpAddr = "::ffff:192.0.2.9".parse().expect("ip");
+        assert!(gw.check(Some(&good), mapped, None, now).is_ok());
+        assert_eq!(gw.check(None, client, None, now), Err(Refusal::NoTicket));
+        assert!(matches!(
+            gw.check(Some(&good), "192.0.2.10".parse().expect("ip"), None, now),
+            Err(Refusal::Client { .. })
+        ));
+        assert!(matches!(
+            gw.check(Some(&good), client, Some("10.0.0.6:3389"), now),
+            Err(Refusal::Target { .. })
+        ));
+        assert!(
+            gw.check(Some(&good), client, Some("10.0.0.5:3389"), now)
+                .is_ok()
+        );
+        let ssh = ticket(22, None).sign(&key);
+        assert_eq!(
+            gw.check(Some(&ssh), client, None, now),
+            Err(Refusal::Port(22))
+        );
+        let other = SigningKey::from_bytes(&[8; 32]);
+        assert_eq!(
+            gw.check(Some(&ticket(3389, None).sign(&other)), client, None, now),
+            Err(Refusal::Ticket(TicketError::BadSignature))
+        );
+
+        let guard = gw.register(ticket(3389, None), client);
+        assert_eq!(gw.open_count(), 1);
+        assert_eq!(gw.report()[0].target, "10.0.0.5:3389");
+        assert_eq!(gw.end_session("s1", now.timestamp() + 60), 1);
+        assert!(guard.shared.is_closed());
+        assert_eq!(
+            gw.check(Some(&good), client, None, now),
+            Err(Refusal::SessionEnded)
+        );
+        drop(guard);
+        assert_eq!(gw.open_count(), 0);
+    }
+}

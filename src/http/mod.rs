@@ -69,6 +69,8 @@ pub struct AppState {
     pub clients: crate::broker::ClientSessions,
     /// Proxies whose `X-Forwarded-For` names the client (from `server.trusted_proxies`).
     pub trusted_proxies: Vec<crate::model::location::Cidr>,
+    /// The built-in gateway (open tunnels, session ends).
+    pub gateway: Arc<crate::gateway::Gateway>,
 }
 
 impl AppState {
@@ -84,6 +86,7 @@ impl AppState {
         wizard_done: bool,
         https_port: u16,
         broker: Arc<crate::broker::Broker>,
+        gateway: Arc<crate::gateway::Gateway>,
     ) -> Self {
         let sec = &config.security;
         let trusted_proxies = config.trusted_proxies();
@@ -111,6 +114,7 @@ impl AppState {
             broker,
             clients: crate::broker::ClientSessions::default(),
             trusted_proxies,
+            gateway,
         }
     }
 
@@ -230,8 +234,13 @@ pub fn app(
                 )),
         )
         .wrap_fn(move |req, srv| {
-            // The plain-HTTP port only redirects to HTTPS.
-            let redirect = if req.app_config().secure() {
+            // The redirect port only redirects to HTTPS; connections from the gateway's front
+            // door (TLS, or the plain port behind a TLS-terminating proxy) are served.
+            let served = req.app_config().secure()
+                || req
+                    .conn_data::<crate::gateway::listener::Origin>()
+                    .is_some();
+            let redirect = if served {
                 None
             } else {
                 let host = req.connection_info().host().to_string();

@@ -32,8 +32,11 @@ pub fn removal_cookie() -> Cookie<'static> {
 /// The client's address: the peer, or what `X-Forwarded-For` says when the peer is a
 /// trusted proxy (`server.trusted_proxies`); the header is ignored from anyone else.
 pub fn client_ip(req: &HttpRequest) -> IpAddr {
+    // Through the gateway's front door the real client travels with the connection.
     let peer = req
-        .peer_addr()
+        .conn_data::<crate::gateway::listener::Origin>()
+        .map(|o| o.peer)
+        .or_else(|| req.peer_addr())
         .map(|a| a.ip())
         .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
     let Some(state) = req.app_data::<web::Data<AppState>>() else {

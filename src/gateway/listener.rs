@@ -1,0 +1,426 @@
+//! The front door of the one port: accepts TCP, reads a PROXY protocol v2 header from trusted
+//! load balancers, completes TLS (or not, on the plain port), reads the first request head,
+//! and sends the connection to a tunnel or to the HTTP backend.
+//!
+//! Every step up to the first request head runs in the connection's own task under the
+//! handshake timeout; the number of open connections is capped. The certificate comes from a
+//! resolver that reloads, so a new certificate never drops open tunnels.
+//!
+//! The HTTP backend inside `gatehouse serve` is the console (actix-web) on a Unix socket in the
+//! private folder. The real client address and whether it came over TLS travel in the name the
+//! gateway binds its side of that socket to ([`Origin`]), so the console sees the true client
+//! for its location rules and throttling, for every request on a kept-alive connection.
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream, UnixStream};
+use tokio::sync::{Semaphore, watch};
+use tokio::time::{Instant, timeout_at};
+
+use super::Gateway;
+use super::tunnel::{self, Head, bare_response};
+use crate::model::location::{self, PROXY_V2_FIXED_LEN, ProxyError};
+
+/// A request head may be at most this long.
+const MAX_HEAD: usize = 16 * 1024;
+
+/// Where non-tunnel requests go.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    /// The console and APIs of this process, on a Unix socket.
+    Local(PathBuf),
+    /// Nothing: a gateway without a broker answers 404.
+    None,
+}
+
+/// The shared state of the listeners on the one port (TLS) and the plain port.
+pub struct FrontDoor {
+    pub gateway: Arc<Gateway>,
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    pub backend: Backend,
+    limit: Arc<Semaphore>,
+    pub connections: AtomicU64,
+}
+
+impl FrontDoor {
+    pub fn new(
+        gateway: Arc<Gateway>,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+        backend: Backend,
+    ) -> Arc<FrontDoor> {
+        let limit = Arc::new(Semaphore::new(gateway.settings.max_connections));
+        Arc::new(FrontDoor {
+            gateway,
+            tls,
+            backend,
+            limit,
+            connections: AtomicU64::new(0),
+        })
+    }
+
+    /// Accepts connections until `stop` turns true. `secure`: the TLS port; else the plain
+    /// port (for a TLS-terminating reverse proxy in front).
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        secure: bool,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        loop {
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                _ = stop.wait_for(|s| *s) => return,
+            };
+            let (tcp, peer) = match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait a moment instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let Ok(permit) = self.limit.clone().try_acquire_owned() else {
+                tracing::warn!(%peer, "connection refused: the connection limit is reached");
+                drop(tcp);
+                continue;
+            };
+            let front = self.clone();
+            tokio::spawn(async move {
+                front.connections.fetch_add(1, Ordering::Relaxed);
+                front.connection(tcp, peer, secure).await;
+                drop(permit);
+            });
+        }
+    }
+
+    async fn connection(self: &Arc<Self>, tcp: TcpStream, peer: SocketAddr, secure: bool) {
+        let _ = tcp.set_nodelay(true);
+        let deadline = Instant::now() + self.gateway.settings.handshake_timeout;
+        let (stream, client) = match timeout_at(deadline, self.proxy_header(tcp, peer)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::info!(%peer, error = %e, "connection refused");
+                return;
+            }
+            Err(_) => return,
+        };
+        match (&self.tls, secure) {
+            (Some(acceptor), true) => match timeout_at(deadline, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => self.stream(tls, client, true, deadline).await,
+                Ok(Err(e)) => tracing::debug!(%client, error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!(%client, "TLS handshake timed out"),
+            },
+            _ => self.stream(stream, client, false, deadline).await,
+        }
+    }
+
+    /// From a trusted proxy, a PROXY v2 header names the real client; from anyone else the
+    /// header is not believed (and the connection fails as the garbage it then is).
+    async fn proxy_header(
+        &self,
+        mut tcp: TcpStream,
+        peer: SocketAddr,
+    ) -> io::Result<(Rewind<TcpStream>, SocketAddr)> {
+        if !location::in_any(peer.ip(), &self.gateway.settings.trusted_proxies) {
+            return Ok((Rewind::new(tcp, Vec::new()), peer));
+        }
+        let mut buf = Vec::with_capacity(256);
+        loop {
+            match location::parse_proxy_v2(&buf) {
+                Ok(p) => {
+                    let rest = buf.split_off(p.consumed);
+                    let client = match (p.local, p.source) {
+                        (false, Some(source)) => source,
+                        _ => peer,
+                    };
+                    return Ok((Rewind::new(tcp, rest), client));
+                }
+                Err(ProxyError::NotProxy) if !buf.is_empty() => {
+                    return Ok((Rewind::new(tcp, buf), peer));
+                }
+                Err(ProxyError::Invalid(reason)) => {
+                    return Err(io::Error::new(io::ErrorKind::InvalidData, reason));
+                }
+                Err(ProxyError::Incomplete { needed }) => {
+                    read_more(&mut tcp, &mut buf, needed).await?;
+                }
+                Err(ProxyError::NotProxy) => {
+                    read_more(&mut tcp, &mut buf, PROXY_V2_FIXED_LEN).await?;
+                }
+            }
+        }
+    }
+
+    /// Reads the first request head and routes the connection.
+    async fn stream<S>(&self, mut s: S, client: SocketAddr, secure: bool, deadline: Instant)
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let mut buf = Vec::with_capacity(2048);
+        let head = match timeout_at(deadline, read_head(&mut s, &mut buf)).await {
+            Ok(Ok(head)) => head,
+            Ok(Err(HeadError::Closed)) | Err(_) => return,
+            Ok(Err(HeadError::TooLarge)) => {
+                let _ = s
+                    .write_all(&bare_response("431 Request Header Fields Too Large", ""))
+                    .await;
+                return;
+            }
+            Ok(Err(HeadError::Malformed(reason))) => {
+                tracing::debug!(%client, reason, "malformed request");
+                let _ = s.write_all(&bare_response("400 Bad Request", "")).await;
+                return;
+            }
+        };
+        if head.is_tunnel() {
+            tunnel::serve(&self.gateway, s, &head, &buf[head.len..], client).await;
+            return;
+        }
+        match &self.backend {
+            Backend::Local(socket) => {
+                let origin = Origin {
+                    peer: client,
+                    secure,
+                };
+                match connect_local(socket, &origin) {
+                    Ok(mut backend) => {
+                        if backend.write_all(&buf).await.is_ok() {
+                            let _ = tokio::io::copy_bidirectional(&mut s, &mut backend).await;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "the console does not answer on its socket");
+                        let _ = s
+                            .write_all(&bare_response("503 Service Unavailable", ""))
+                            .await;
+                    }
+                }
+            }
+            Backend::None => {
+                let _ = s.write_all(&bare_response("404 Not Found", "")).await;
+            }
+        }
+        let _ = s.shutdown().await;
+    }
+}
+
+async fn read_more(tcp: &mut TcpStream, buf: &mut Vec<u8>, at_least: usize) -> io::Result<()> {
+    let target = buf.len() + at_least;
+    while buf.len() < target {
+        let mut chunk = [0u8; 512];
+        let want = (target - buf.len()).min(chunk.len());
+        let n = tcp.read(&mut chunk[..want]).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    Ok(())
+}
+
+enum HeadError {
+    Closed,
+    TooLarge,
+    Malformed(String),
+}
+
+async fn read_head<S: AsyncRead + Unpin>(s: &mut S, buf: &mut Vec<u8>) -> Result<Head, HeadError> {
+    loop {
+        let mut chunk = [0u8; 2048];
+        let n = s.read(&mut chunk).await.map_err(|_| HeadError::Closed)?;
+        if n == 0 {
+            return Err(HeadError::Closed);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        match Head::parse(buf) {
+            Ok(Some(head)) => return Ok(head),
+            Ok(None) if buf.len() >= MAX_HEAD => return Err(HeadError::TooLarge),
+            Ok(None) => {}
+            Err(e) => return Err(HeadError::Malformed(e)),
+        }
+    }
+}
+
+/// The client behind a connection to the console socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Origin {
+    pub peer: SocketAddr,
+    /// The client came over TLS (the one port), not the plain port.
+    pub secure: bool,
+}
+
+const ORIGIN_PREFIX: &str = "gatehouse-origin/";
+
+impl Origin {
+    /// The abstract socket name carrying this origin (unique per connection).
+    fn socket_name(&self) -> String {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        format!(
+            "\0{ORIGIN_PREFIX}{}/{}/{}/{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed),
+            if self.secure { "tls" } else { "plain" },
+            self.peer
+        )
+    }
+
+    /// Reads an origin back from the abstract name the console sees as its peer.
+    pub fn from_socket_name(name: &[u8]) -> Option<Origin> {
+        let text = std::str::from_utf8(name).ok()?;
+        let rest = text.strip_prefix(ORIGIN_PREFIX)?;
+        let mut parts = rest.splitn(4, '/');
+        let (_pid, _n, kind, peer) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        Some(Origin {
+            peer: peer.parse().ok()?,
+            secure: kind == "tls",
+        })
+    }
+
+    /// The origin of a connection the console accepted on its socket.
+    pub fn of(stream: &UnixStream) -> Option<Origin> {
+        let addr = socket2::SockRef::from(stream).peer_addr().ok()?;
+        Origin::from_socket_name(addr.as_abstract_namespace()?)
+    }
+}
+
+/// Connects to the console socket from an abstract address that names the origin.
+fn connect_local(socket: &Path, origin: &Origin) -> io::Result<UnixStream> {
+    use socket2::{Domain, SockAddr, Socket, Type};
+    let s = Socket::new(Domain::UNIX, Type::STREAM, None)?;
+    s.bind(&SockAddr::unix(origin.socket_name())?)?;
+    s.connect(&SockAddr::unix(socket)?)?;
+    s.set_nonblocking(true)?;
+    UnixStream::from_std(std::os::unix::net::UnixStream::from(
+        std::os::fd::OwnedFd::from(s),
+    ))
+}
+
+/// The console's socket lives in a private folder (mode 0700) made for this process: under
+/// systemd's `RUNTIME_DIRECTORY` when set, else under the temporary folder. The folder is
+/// removed when the returned guard drops.
+pub fn console_socket_path() -> io::Result<(PathBuf, tempfile_dir::Dir)> {
+    let base = std::env::var_os("RUNTIME_DIRECTORY")
+        .map(PathBuf::from)
+        .filter(|p| p.as_os_str().len() < 60)
+        .unwrap_or_else(std::env::temp_dir);
+    let dir = tempfile_dir::Dir::new_in(&base)?;
+    Ok((dir.path().join("console.sock"), dir))
+}
+
+/// A private folder removed on drop (the console socket's fallback home).
+pub mod tempfile_dir {
+    use std::os::unix::fs::DirBuilderExt;
+    use std::path::{Path, PathBuf};
+
+    pub struct Dir(PathBuf);
+
+    impl Dir {
+        pub fn new_in(base: &Path) -> std::io::Result<Dir> {
+            let path = base.join(format!(
+                "gatehouse-{}-{}",
+                std::process::id(),
+                rand::random::<u32>()
+            ));
+            std::fs::DirBuilder::new().mode(0o700).create(&path)?;
+            Ok(Dir(path))
+        }
+
+        pub fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// A stream that first yields bytes already read from it.
+pub struct Rewind<S> {
+    prefix: Vec<u8>,
+    at: usize,
+    inner: S,
+}
+
+impl<S> Rewind<S> {
+    pub fn new(inner: S, prefix: Vec<u8>) -> Self {
+        Rewind {
+            prefix,
+            at: 0,
+            inner,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.at < self.prefix.len() {
+            let n = (self.prefix.len() - self.at).min(buf.remaining());
+            let at = self.at;
+            buf.put_slice(&self.prefix[at..at + n]);
+            self.at += n;
+            if self.at == self.prefix.len() {
+                self.prefix = Vec::new();
+                self.at = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins_round_trip_through_socket_names() {
+        for (peer, secure) in [("192.0.2.7:5123", true), ("[2001:db8::1]:443", false)] {
+            let origin = Origin {
+                peer: peer.parse().expect("addr"),
+                secure,
+            };
+            let name = origin.socket_name();
+            let back = Origin::from_socket_name(&name.as_bytes()[1..]).expect("parses");
+            assert_eq!(back, origin);
+            assert!(name.len() < 108);
+        }
+        assert_eq!(
+            Origin::from_socket_name(b"something-else/1/2/tls/1.2.3.4:5"),
+            None
+        );
+    }
+}

@@ -1,0 +1,667 @@
+//! Moves bytes between a WebSocket (the client side, TLS or plain) and a TCP stream (the
+//! desktop), in one task, without collecting messages.
+//!
+//! - Data frames are unmasked in place and written on as they arrive; what the desktop sends
+//!   becomes one binary frame per read, header and payload in one buffer (one TLS record).
+//! - Buffers come from a small per-thread pool and go back whenever a side has nothing
+//!   pending, so an idle tunnel holds none.
+//! - Each direction waits for the other's writes (bounded: one buffer per direction), so a
+//!   slow reader slows its writer instead of growing memory.
+//! - Keepalive pings, a pong timeout, an idle-data cap, and the broker's "session ended"
+//!   signal all end a tunnel with a close frame.
+//! - Half-close: a close frame from one side shuts down the other side's write direction;
+//!   the tunnel ends when both directions are closed.
+
+use std::cell::RefCell;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_util::task::AtomicWaker;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
+
+use super::ws::{
+    self, ControlFrame, FrameError, MAX_CONTROL, MAX_HEADER, Opcode, Role, apply_mask,
+};
+
+/// Payload bytes per buffer (two TLS records).
+pub const BUF_SIZE: usize = 32 * 1024;
+/// Room in front of an outgoing payload for its frame header.
+const ROOM: usize = MAX_HEADER;
+/// How long a side may stay silent after the gateway sent its close frame.
+const CLOSING_GRACE: Duration = Duration::from_secs(30);
+
+/// A per-thread pool of buffers, so that idle tunnels hold none.
+pub(crate) mod pool {
+    use super::{BUF_SIZE, ROOM, RefCell};
+
+    const KEEP: usize = 64;
+
+    thread_local! {
+        static POOL: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
+    }
+
+    pub fn take() -> Box<[u8]> {
+        POOL.with(|p| p.borrow_mut().pop())
+            .unwrap_or_else(|| vec![0u8; ROOM + BUF_SIZE].into_boxed_slice())
+    }
+
+    pub fn give(buf: Box<[u8]>) {
+        POOL.with(|p| {
+            let mut p = p.borrow_mut();
+            if p.len() < KEEP {
+                p.push(buf);
+            }
+        });
+    }
+}
+
+/// What one tunnel shares with the gateway's registry: counters and the close signal.
+#[derive(Debug)]
+pub struct TunnelShared {
+    pub bytes_up: AtomicU64,
+    pub bytes_down: AtomicU64,
+    closed: AtomicBool,
+    waker: AtomicWaker,
+}
+
+impl Default for TunnelShared {
+    fn default() -> Self {
+        Self {
+            bytes_up: AtomicU64::new(0),
+            bytes_down: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
+            waker: AtomicWaker::new(),
+        }
+    }
+}
+
+impl TunnelShared {
+    /// Ends the tunnel (the broker ended its session, or the gateway stops).
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+}
+
+/// The timers of a tunnel.
+#[derive(Debug, Clone, Copy)]
+pub struct Timers {
+    /// Send a ping this often; `None`: never.
+    pub keepalive: Option<Duration>,
+    /// Close when a ping is not answered within this.
+    pub pong_timeout: Duration,
+    /// Close when no data moved either way for this long; `None`: never.
+    pub idle: Option<Duration>,
+}
+
+/// How a tunnel ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// Both sides closed.
+    Closed,
+    /// The client went away without a close frame.
+    ClientGone,
+    /// The broker ended the session (or the gateway is stopping).
+    SessionEnded,
+    /// A ping went unanswered.
+    PongTimeout,
+    /// No data moved for the idle cap.
+    Idle,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PumpError {
+    #[error("client connection: {0}")]
+    Client(io::Error),
+    #[error("desktop connection: {0}")]
+    Target(io::Error),
+    #[error("client broke the WebSocket protocol: {0}")]
+    Protocol(FrameError),
+}
+
+#[derive(Debug, Clone, Copy)]
+struct InFrame {
+    opcode: Opcode,
+    mask: Option<[u8; 4]>,
+    remaining: u64,
+    offset: u64,
+}
+
+/// Carries one tunnel until it ends. `leftover` holds bytes already read from the client
+/// after the handshake (the start of its first frames). `role` is this end's role: a gateway
+/// is the server, `gatehouse tunnel` the client.
+pub async fn run<C>(
+    ws: &mut C,
+    tcp: &mut TcpStream,
+    leftover: &[u8],
+    role: Role,
+    timers: Timers,
+    shared: &TunnelShared,
+) -> Result<End, PumpError>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+{
+    let now = Instant::now();
+    let mut pump = Pump {
+        ws,
+        tcp,
+        role,
+        shared,
+        timers,
+        in_buf: None,
+        in_pos: 0,
+        in_end: 0,
+        hdr: [0; MAX_HEADER],
+        hdr_len: 0,
+        frame: None,
+        ctrl_in: [0; MAX_CONTROL],
+        ctrl_len: 0,
+        to_tcp: None,
+        up_closed: false,
+        tcp_write_shut: false,
+        out_buf: None,
+        out_range: None,
+        ctrl_out: None,
+        close_due: None,
+        pong_due: None,
+        ping_due: false,
+        close_queued: false,
+        close_sent: false,
+        down_eof: false,
+        need_flush: false,
+        sleep: Box::pin(tokio::time::sleep_until(now + Duration::from_secs(3600))),
+        sleep_at: now + Duration::from_secs(3600),
+        ping_at: timers.keepalive.map(|k| now + k),
+        pong_deadline: None,
+        idle_check: timers.idle.map(|i| now + i),
+        last_data: now,
+        abort_deadline: None,
+        end: None,
+    };
+    if !leftover.is_empty() {
+        let mut buf = pool::take();
+        let n = leftover.len().min(buf.len());
+        buf[..n].copy_from_slice(&leftover[..n]);
+        pump.in_buf = Some(buf);
+        pump.in_end = n;
+    }
+    let result = std::future::poll_fn(|cx| pump.poll(cx)).await;
+    pump.release_buffers();
+    result
+}
+
+struct Pump<'a, C> {
+    ws: &'a mut C,
+    tcp: &'a mut TcpStream,
+    role: Role,
+    shared: &'a TunnelShared,
+    timers: Timers,
+
+    // Client → desktop.
+    in_buf: Option<Box<[u8]>>,
+    in_pos: usize,
+    in_end: usize,
+    /// A frame header split across reads.
+    hdr: [u8; MAX_HEADER],
+    hdr_len: usize,
+    frame: Option<InFrame>,
+    ctrl_in: [u8; MAX_CONTROL],
+    ctrl_len: usize,
+    /// The part of `in_buf` being written to the desktop.
+    to_tcp: Option<(usize, usize)>,
+    /// The client sent its close frame.
+    up_closed: bool,
+    tcp_write_shut: bool,
+
+    // Desktop → client.
+    out_buf: Option<Box<[u8]>>,
+    out_range: Option<(usize, usize)>,
+    /// The control frame being written, and how far.
+    ctrl_out: Option<(ControlFrame, usize)>,
+    close_due: Option<ControlFrame>,
+    pong_due: Option<ControlFrame>,
+    ping_due: bool,
+    close_queued: bool,
+    close_sent: bool,
+    down_eof: bool,
+    need_flush: bool,
+
+    // Timers.
+    sleep: Pin<Box<Sleep>>,
+    sleep_at: Instant,
+    ping_at: Option<Instant>,
+    pong_deadline: Option<Instant>,
+    idle_check: Option<Instant>,
+    last_data: Instant,
+    /// After an abort: give up on a clean close after this.
+    abort_deadline: Option<Instant>,
+    end: Option<End>,
+}
+
+impl<C> Pump<'_, C>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+{
+    fn mask(&self) -> Option<[u8; 4]> {
+        (self.role == Role::Client).then(rand::random::<[u8; 4]>)
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Result<End, PumpError>> {
+        self.shared.waker.register(cx.waker());
+        if self.shared.is_closed() && self.end.is_none() {
+            self.abort(End::SessionEnded);
+        }
+        loop {
+            let mut progress = self.poll_timers(cx);
+            if let Some(end) = self.end
+                && self.abort_deadline.is_some_and(|d| Instant::now() >= d)
+            {
+                return Poll::Ready(Ok(end));
+            }
+            progress |= self.poll_write_ws(cx)?;
+            if self.finished() {
+                return match Pin::new(&mut *self.ws).poll_shutdown(cx) {
+                    Poll::Pending => Poll::Pending,
+                    Poll::Ready(_) => Poll::Ready(Ok(self.end.unwrap_or(End::Closed))),
+                };
+            }
+            if self.end.is_none() {
+                progress |= self.poll_ws_to_tcp(cx)?;
+                if self.end == Some(End::ClientGone) {
+                    return Poll::Ready(Ok(End::ClientGone));
+                }
+                progress |= self.poll_tcp_to_ws(cx)?;
+            }
+            if !progress {
+                return Poll::Pending;
+            }
+        }
+    }
+
+    /// Both directions are closed and everything is written.
+    fn finished(&self) -> bool {
+        self.close_sent
+            && (self.up_closed || self.end.is_some())
+            && self.out_range.is_none()
+            && self.ctrl_out.is_none()
+            && !self.need_flush
+    }
+
+    /// Ends the tunnel from this side: a close frame, nothing more.
+    fn abort(&mut self, end: End) {
+        self.end = Some(end);
+        self.queue_close(1000);
+        self.abort_deadline = Some(Instant::now() + Duration::from_secs(5));
+    }
+
+    fn queue_close(&mut self, code: u16) {
+        if !self.close_queued {
+            self.close_queued = true;
+            self.close_due = Some(ControlFrame::close(code, self.mask()));
+        }
+    }
+
+    fn poll_timers(&mut self, cx: &mut Context<'_>) -> bool {
+        let mut progress = false;
+        loop {
+            let now = Instant::now();
+            if let Some(at) = self.ping_at
+                && now >= at
+            {
+                self.ping_at = self.timers.keepalive.map(|k| now + k);
+                if !self.close_queued {
+                    self.ping_due = true;
+                    progress = true;
+                    if self.pong_deadline.is_none() {
+                        self.pong_deadline = Some(now + self.timers.pong_timeout);
+                    }
+                }
+            }
+            if self.pong_deadline.is_some_and(|d| now >= d) && self.end.is_none() {
+                self.pong_deadline = None;
+                self.abort(End::PongTimeout);
+                progress = true;
+            }
+            let idle_limit = match (self.timers.idle, self.close_sent) {
+                (Some(i), true) => Some(i.min(CLOSING_GRACE)),
+                (Some(i), false) => Some(i),
+                (None, true) => Some(CLOSING_GRACE),
+                (None, false) => None,
+            };
+            if let Some(limit) = idle_limit {
+                let check = *self.idle_check.get_or_insert(self.last_data + limit);
+                if now >= check && self.end.is_none() {
+                    if now.duration_since(self.last_data) >= limit {
+                        self.abort(if self.close_sent {
+                            End::ClientGone
+                        } else {
+                            End::Idle
+                        });
+                        progress = true;
+                    } else {
+                        self.idle_check = Some(self.last_data + limit);
+                    }
+                }
+            }
+            if self.abort_deadline.is_some_and(|d| d <= now) {
+                return true;
+            }
+            let next = [
+                self.ping_at,
+                self.pong_deadline,
+                self.idle_check.filter(|_| self.end.is_none()),
+                self.abort_deadline,
+            ]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(now + Duration::from_secs(3600));
+            if next != self.sleep_at {
+                self.sleep_at = next;
+                self.sleep.as_mut().reset(next);
+            }
+            // Ready means a deadline passed since `now`: handle it in the next round.
+            if self.sleep.as_mut().poll(cx).is_pending() {
+                return progress;
+            }
+        }
+    }
+
+    /// Writes what is pending towards the client: a data frame, then control frames.
+    fn poll_write_ws(&mut self, cx: &mut Context<'_>) -> Result<bool, PumpError> {
+        let mut progress = false;
+        loop {
+            if let Some((start, end)) = self.out_range {
+                let buf = self.out_buf.as_deref().unwrap_or(&[]);
+                match Pin::new(&mut *self.ws).poll_write(cx, &buf[start..end]) {
+                    Poll::Pending => return Ok(progress),
+                    Poll::Ready(Err(e)) => return Err(PumpError::Client(e)),
+                    Poll::Ready(Ok(0)) => {
+                        return Err(PumpError::Client(io::ErrorKind::WriteZero.into()));
+                    }
+                    Poll::Ready(Ok(n)) => {
+                        progress = true;
+                        self.need_flush = true;
+                        self.out_range = (start + n < end).then_some((start + n, end));
+                    }
+                }
+                continue;
+            }
+            if self.ctrl_out.is_none() {
+                let next = if let Some(close) = self.close_due.take() {
+                    Some(close)
+                } else if self.close_sent {
+                    None
+                } else if let Some(pong) = self.pong_due.take() {
+                    Some(pong)
+                } else if self.ping_due {
+                    self.ping_due = false;
+                    Some(ControlFrame::new(Opcode::Ping, b"gatehouse", self.mask()))
+                } else {
+                    None
+                };
+                self.ctrl_out = next.map(|f| (f, 0));
+            }
+            if let Some((frame, at)) = self.ctrl_out {
+                let bytes = frame.as_bytes();
+                match Pin::new(&mut *self.ws).poll_write(cx, &bytes[at..]) {
+                    Poll::Pending => return Ok(progress),
+                    Poll::Ready(Err(e)) => return Err(PumpError::Client(e)),
+                    Poll::Ready(Ok(0)) => {
+                        return Err(PumpError::Client(io::ErrorKind::WriteZero.into()));
+                    }
+                    Poll::Ready(Ok(n)) => {
+                        progress = true;
+                        self.need_flush = true;
+                        if at + n < bytes.len() {
+                            self.ctrl_out = Some((frame, at + n));
+                        } else {
+                            self.ctrl_out = None;
+                            if bytes[0] & 0x0f == 0x8 {
+                                self.close_sent = true;
+                                self.idle_check = None;
+                            }
+                        }
+                    }
+                }
+                continue;
+            }
+            if self.need_flush {
+                match Pin::new(&mut *self.ws).poll_flush(cx) {
+                    Poll::Pending => return Ok(progress),
+                    Poll::Ready(Err(e)) => return Err(PumpError::Client(e)),
+                    Poll::Ready(Ok(())) => self.need_flush = false,
+                }
+            }
+            return Ok(progress);
+        }
+    }
+
+    /// Reads from the desktop and frames it for the client.
+    fn poll_tcp_to_ws(&mut self, cx: &mut Context<'_>) -> Result<bool, PumpError> {
+        let mut progress = false;
+        loop {
+            if self.down_eof || self.close_queued || self.out_range.is_some() {
+                return Ok(progress);
+            }
+            match self.tcp.poll_read_ready(cx) {
+                Poll::Pending => {
+                    if let Some(buf) = self.out_buf.take() {
+                        pool::give(buf);
+                    }
+                    return Ok(progress);
+                }
+                Poll::Ready(Err(e)) => return Err(PumpError::Target(e)),
+                Poll::Ready(Ok(())) => {}
+            }
+            let mut buf = self.out_buf.take().unwrap_or_else(pool::take);
+            match self.tcp.try_read(&mut buf[ROOM..]) {
+                Ok(0) => {
+                    pool::give(buf);
+                    self.down_eof = true;
+                    self.queue_close(1000);
+                    return Ok(true);
+                }
+                Ok(n) => {
+                    let mask = self.mask();
+                    if let Some(m) = mask {
+                        apply_mask(&mut buf[ROOM..ROOM + n], m, 0);
+                    }
+                    let start = ws::write_header(&mut buf[..ROOM], Opcode::Binary, n, mask);
+                    self.out_range = Some((start, ROOM + n));
+                    self.out_buf = Some(buf);
+                    self.shared
+                        .bytes_down
+                        .fetch_add(n as u64, Ordering::Relaxed);
+                    self.last_data = Instant::now();
+                    progress = true;
+                    let _ = self.poll_write_ws(cx)?;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.out_buf = Some(buf);
+                }
+                Err(e) => {
+                    pool::give(buf);
+                    return Err(PumpError::Target(e));
+                }
+            }
+        }
+    }
+
+    /// Reads frames from the client and writes their payload to the desktop.
+    fn poll_ws_to_tcp(&mut self, cx: &mut Context<'_>) -> Result<bool, PumpError> {
+        let mut progress = false;
+        loop {
+            if let Some((start, end)) = self.to_tcp {
+                let buf = self.in_buf.as_deref().unwrap_or(&[]);
+                match Pin::new(&mut *self.tcp).poll_write(cx, &buf[start..end]) {
+                    Poll::Pending => return Ok(progress),
+                    Poll::Ready(Err(e)) => return Err(PumpError::Target(e)),
+                    Poll::Ready(Ok(0)) => {
+                        return Err(PumpError::Target(io::ErrorKind::WriteZero.into()));
+                    }
+                    Poll::Ready(Ok(n)) => {
+                        progress = true;
+                        self.shared.bytes_up.fetch_add(n as u64, Ordering::Relaxed);
+                        self.last_data = Instant::now();
+                        if start + n < end {
+                            self.to_tcp = Some((start + n, end));
+                        } else {
+                            self.to_tcp = None;
+                            self.in_pos = end;
+                        }
+                    }
+                }
+                continue;
+            }
+            if self.up_closed && !self.tcp_write_shut {
+                // The client closed its direction: pass the half-close on.
+                let _ = Pin::new(&mut *self.tcp).poll_shutdown(cx);
+                self.tcp_write_shut = true;
+                progress = true;
+            }
+            if self.in_pos < self.in_end {
+                self.process_in()?;
+                progress = true;
+                continue;
+            }
+            let mut buf = self.in_buf.take().unwrap_or_else(pool::take);
+            let mut read = ReadBuf::new(&mut buf[..BUF_SIZE]);
+            match Pin::new(&mut *self.ws).poll_read(cx, &mut read) {
+                Poll::Pending => {
+                    pool::give(buf);
+                    return Ok(progress);
+                }
+                Poll::Ready(Err(e)) => {
+                    pool::give(buf);
+                    if self.up_closed || self.close_sent {
+                        self.end = Some(End::ClientGone);
+                        return Ok(true);
+                    }
+                    return Err(PumpError::Client(e));
+                }
+                Poll::Ready(Ok(())) => {
+                    let n = read.filled().len();
+                    if n == 0 {
+                        pool::give(buf);
+                        self.end = Some(End::ClientGone);
+                        return Ok(true);
+                    }
+                    self.in_buf = Some(buf);
+                    self.in_pos = 0;
+                    self.in_end = n;
+                    progress = true;
+                }
+            }
+        }
+    }
+
+    /// Consumes buffered client bytes: a header, control payload, or a data chunk (which
+    /// becomes `to_tcp`).
+    fn process_in(&mut self) -> Result<(), PumpError> {
+        let role = self.role;
+        let Some(buf) = self.in_buf.as_deref_mut() else {
+            self.in_pos = self.in_end;
+            return Ok(());
+        };
+        let avail = self.in_end - self.in_pos;
+        let Some(mut frame) = self.frame else {
+            let take = avail.min(MAX_HEADER - self.hdr_len);
+            self.hdr[self.hdr_len..self.hdr_len + take]
+                .copy_from_slice(&buf[self.in_pos..self.in_pos + take]);
+            match ws::parse_header(&self.hdr[..self.hdr_len + take], role) {
+                Err(e) => {
+                    self.end = Some(End::Closed);
+                    return Err(PumpError::Protocol(e));
+                }
+                Ok(None) => {
+                    self.hdr_len += take;
+                    self.in_pos += take;
+                }
+                Ok(Some(h)) => {
+                    self.in_pos += h.header_len - self.hdr_len;
+                    self.hdr_len = 0;
+                    self.ctrl_len = 0;
+                    let f = InFrame {
+                        opcode: h.opcode,
+                        mask: h.mask,
+                        remaining: h.len,
+                        offset: 0,
+                    };
+                    if h.len == 0 {
+                        self.frame_done(f);
+                    } else {
+                        self.frame = Some(f);
+                    }
+                }
+            }
+            return Ok(());
+        };
+        let chunk = (avail as u64).min(frame.remaining) as usize;
+        let (start, end) = (self.in_pos, self.in_pos + chunk);
+        if let Some(m) = frame.mask {
+            apply_mask(&mut buf[start..end], m, frame.offset);
+        }
+        frame.remaining -= chunk as u64;
+        frame.offset += chunk as u64;
+        if frame.opcode.is_control() {
+            self.ctrl_in[self.ctrl_len..self.ctrl_len + chunk].copy_from_slice(&buf[start..end]);
+            self.ctrl_len += chunk;
+            self.in_pos = end;
+        } else if self.up_closed {
+            // Data after the client's close frame is dropped.
+            self.in_pos = end;
+        } else {
+            self.to_tcp = Some((start, end));
+        }
+        if frame.remaining == 0 {
+            self.frame = None;
+            self.frame_done(frame);
+        } else {
+            self.frame = Some(frame);
+        }
+        Ok(())
+    }
+
+    fn frame_done(&mut self, frame: InFrame) {
+        match frame.opcode {
+            Opcode::Ping if !self.close_queued => {
+                let mask = self.mask();
+                self.pong_due = Some(ControlFrame::new(
+                    Opcode::Pong,
+                    &self.ctrl_in[..self.ctrl_len],
+                    mask,
+                ));
+            }
+            Opcode::Pong => self.pong_deadline = None,
+            Opcode::Close => {
+                self.up_closed = true;
+                // Answer with our own close once the desktop's direction is done too
+                // (immediately when it already is).
+                if self.down_eof || self.end.is_some() {
+                    self.queue_close(1000);
+                }
+            }
+            _ => {}
+        }
+        self.last_data = Instant::now();
+    }
+
+    fn release_buffers(&mut self) {
+        if let Some(b) = self.in_buf.take() {
+            pool::give(b);
+        }
+        if let Some(b) = self.out_buf.take() {
+            pool::give(b);
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! `gatehouse gateway`: a gateway on its own host. It needs only the broker's public key (a
+//! PEM file from `gatehouse broker-key export`); it never sees the broker's store.
+//!
+//! The certificate comes from `--cert`/`--key` (re-read on SIGHUP, open tunnels stay up) or is
+//! generated for the listen address when none is given.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use ed25519_dalek::VerifyingKey;
+use ed25519_dalek::pkcs8::DecodePublicKey;
+use tokio::net::TcpListener;
+
+use super::listener::{Backend, FrontDoor};
+use super::{Gateway, GatewaySettings};
+use crate::tls::{self, CertPem, ReloadingResolver};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StandaloneError {
+    #[error("the broker key file {path}: {reason}")]
+    Key { path: PathBuf, reason: String },
+    #[error("the certificate: {0}")]
+    Certificate(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// What `gatehouse gateway` was asked to do.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub listen: SocketAddr,
+    pub plain_listen: Option<SocketAddr>,
+    pub broker_key: PathBuf,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub settings: GatewaySettings,
+}
+
+/// Reads the broker's public key (PEM, `PUBLIC KEY`).
+pub fn read_broker_key(path: &Path) -> Result<VerifyingKey, StandaloneError> {
+    let bad = |reason: String| StandaloneError::Key {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+    VerifyingKey::from_public_key_pem(text.trim()).map_err(|e| {
+        bad(format!(
+            "not an ed25519 public key in PEM ({e}); write one with `gatehouse broker-key export`"
+        ))
+    })
+}
+
+fn certificate(opts: &Options) -> Result<CertPem, StandaloneError> {
+    match (&opts.cert, &opts.key) {
+        (Some(cert), Some(key)) => read_pair(cert, key),
+        (None, None) => {
+            let host = opts.listen.ip();
+            let names = if host.is_unspecified() {
+                Vec::new()
+            } else {
+                vec![host.to_string()]
+            };
+            tls::generate_self_signed(&names)
+                .map_err(|e| StandaloneError::Certificate(e.to_string()))
+        }
+        _ => Err(StandaloneError::Certificate(
+            "give both --cert and --key, or neither (a certificate is then generated)".into(),
+        )),
+    }
+}
+
+fn read_pair(cert: &Path, key: &Path) -> Result<CertPem, StandaloneError> {
+    let read = |p: &Path| {
+        std::fs::read_to_string(p)
+            .map_err(|e| StandaloneError::Certificate(format!("{}: {e}", p.display())))
+    };
+    let pem = CertPem::new(read(cert)?, read(key)?);
+    tls::validate(&pem, chrono::Utc::now())
+        .map_err(|e| StandaloneError::Certificate(e.to_string()))?;
+    Ok(pem)
+}
+
+/// Runs the gateway until SIGINT or SIGTERM.
+pub async fn run(opts: Options) -> Result<(), StandaloneError> {
+    let key = read_broker_key(&opts.broker_key)?;
+    let pem = certificate(&opts)?;
+    let resolver = Arc::new(
+        ReloadingResolver::from_pem(&pem)
+            .map_err(|e| StandaloneError::Certificate(e.to_string()))?,
+    );
+    let config = tls::server_config_with_alpn(resolver.clone(), &[b"http/1.1"])
+        .map_err(|e| StandaloneError::Certificate(e.to_string()))?;
+    let gateway = Arc::new(Gateway::new(opts.settings.clone(), key));
+    let front = FrontDoor::new(
+        gateway.clone(),
+        Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))),
+        Backend::None,
+    );
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let bind = |addr: SocketAddr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| StandaloneError::Listen { addr, source })
+    };
+    let tls_listener = bind(opts.listen).await?;
+    let local = tls_listener.local_addr().unwrap_or(opts.listen);
+    let mut tasks = vec![tokio::spawn(front.clone().serve(
+        tls_listener,
+        true,
+        stopped.clone(),
+    ))];
+    if let Some(addr) = opts.plain_listen {
+        let plain = bind(addr).await?;
+        tasks.push(tokio::spawn(front.clone().serve(
+            plain,
+            false,
+            stopped.clone(),
+        )));
+    }
+    tracing::info!(%local, ports = %opts.settings.allowed_ports, "gateway listening");
+    println!("Gatehouse gateway: wss://{local}/tunnel");
+
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut terminate =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = async { match terminate.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => break,
+            _ = async { match hangup.as_mut() { Some(h) => { h.recv().await; } None => std::future::pending().await } } => {
+                if let (Some(cert), Some(key)) = (&opts.cert, &opts.key) {
+                    match read_pair(cert, key).and_then(|pem| {
+                        resolver
+                            .apply(&pem, chrono::Utc::now())
+                            .map_err(|e| StandaloneError::Certificate(e.to_string()))
+                    }) {
+                        Ok(_) => tracing::info!("certificate reloaded"),
+                        Err(e) => tracing::warn!(error = %e, "certificate not reloaded; the old one stays"),
+                    }
+                }
+            }
+        }
+    }
+    let _ = stop.send(true);
+    gateway.close_all();
+    for t in tasks {
+        let _ = t.await;
+    }
+    Ok(())
+}
