@@ -8,6 +8,7 @@
 //! - [`tunnel`] checks a tunnel request and its ticket and opens the tunnel.
 //! - [`pump`] carries the bytes; [`ws`] is the WebSocket wire format.
 //! - [`client`] is the other end (`gatehouse tunnel`); [`standalone`] runs `gatehouse gateway`.
+//! - [`forward`] opens forwarded ports from a range for native clients.
 //! - [`flexvdi`] reads a flexVDI gateway configuration file and routes users to their manager.
 //!
 //! It never reads the store: a standalone gateway on another host has only the broker's
@@ -15,6 +16,7 @@
 
 pub mod client;
 pub mod flexvdi;
+pub mod forward;
 pub mod listener;
 pub mod pump;
 pub mod standalone;
@@ -163,10 +165,24 @@ pub enum Refusal {
     SessionEnded,
 }
 
+/// What a registry entry is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "kind", content = "port")]
+pub enum Kind {
+    /// A WebSocket tunnel.
+    Tunnel,
+    /// A forwarded port waiting for (or serving) its client.
+    ForwardedPort(u16),
+    /// One connection through a forwarded port.
+    Forwarded(u16),
+}
+
 /// One open tunnel, as the console and the broker see it.
 #[derive(Debug, Clone, Serialize)]
 pub struct TunnelReport {
     pub id: u64,
+    #[serde(flatten)]
+    pub kind: Kind,
     pub session: String,
     pub user: String,
     pub target: String,
@@ -177,6 +193,7 @@ pub struct TunnelReport {
 }
 
 struct OpenTunnel {
+    kind: Kind,
     ticket: Ticket,
     client: IpAddr,
     opened: DateTime<Utc>,
@@ -186,6 +203,8 @@ struct OpenTunnel {
 /// The checks and the registry every tunnel goes through.
 pub struct Gateway {
     pub settings: GatewaySettings,
+    pub forward_settings: forward::ForwardSettings,
+    forwards: forward::Forwards,
     key: RwLock<VerifyingKey>,
     open: Mutex<HashMap<u64, OpenTunnel>>,
     /// Sessions the broker ended, kept until their tickets could no longer be used.
@@ -199,6 +218,8 @@ impl Gateway {
     pub fn new(settings: GatewaySettings, key: VerifyingKey) -> Gateway {
         Gateway {
             settings,
+            forward_settings: forward::ForwardSettings::default(),
+            forwards: forward::Forwards::default(),
             key: RwLock::new(key),
             open: Mutex::new(HashMap::new()),
             ended: Mutex::new(HashMap::new()),
@@ -206,6 +227,16 @@ impl Gateway {
             refused: AtomicU64::new(0),
             opened_total: AtomicU64::new(0),
         }
+    }
+
+    /// Sets where forwarded ports are opened.
+    pub fn with_forwarding(mut self, settings: forward::ForwardSettings) -> Self {
+        self.forward_settings = settings;
+        self
+    }
+
+    fn key(&self) -> VerifyingKey {
+        *self.key.read().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Replaces the broker key (a standalone gateway fetched a new one).
@@ -223,8 +254,7 @@ impl Gateway {
         now: DateTime<Utc>,
     ) -> Result<Ticket, Refusal> {
         let text = ticket.filter(|t| !t.is_empty()).ok_or(Refusal::NoTicket)?;
-        let key = *self.key.read().unwrap_or_else(|p| p.into_inner());
-        let ticket = Ticket::verify(text, &key, now)?;
+        let ticket = Ticket::verify(text, &self.key(), now)?;
         if !self.settings.allowed_ports.contains(ticket.port) {
             return Err(Refusal::Port(ticket.port));
         }
@@ -259,12 +289,17 @@ impl Gateway {
 
     /// Records an open tunnel; it leaves the registry when the guard drops.
     pub fn register(self: &Arc<Self>, ticket: Ticket, client: IpAddr) -> TunnelGuard {
+        self.register_as(ticket, client, Kind::Tunnel)
+    }
+
+    fn register_as(self: &Arc<Self>, ticket: Ticket, client: IpAddr, kind: Kind) -> TunnelGuard {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let shared = Arc::new(TunnelShared::default());
         self.opened_total.fetch_add(1, Ordering::Relaxed);
         self.open.lock().unwrap_or_else(|p| p.into_inner()).insert(
             id,
             OpenTunnel {
+                kind,
                 ticket,
                 client,
                 opened: Utc::now(),
@@ -314,6 +349,7 @@ impl Gateway {
             .iter()
             .map(|(id, t)| TunnelReport {
                 id: *id,
+                kind: t.kind,
                 session: t.ticket.session.clone(),
                 user: t.ticket.user.clone(),
                 target: target_of(&t.ticket),

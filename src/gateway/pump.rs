@@ -87,6 +87,11 @@ impl TunnelShared {
         self.waker.wake();
     }
 
+    /// Wakes this task when the tunnel is closed (one task per tunnel).
+    pub fn register_waker(&self, cx: &Context<'_>) {
+        self.waker.register(cx.waker());
+    }
+
     pub fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
     }
@@ -663,5 +668,168 @@ where
         if let Some(b) = self.out_buf.take() {
             pool::give(b);
         }
+    }
+}
+
+/// Carries a forwarded port's connection: raw TCP both ways, with the same pooled buffers,
+/// half-close, idle cap and "session ended" signal as a WebSocket tunnel.
+pub async fn run_raw(
+    client: &mut TcpStream,
+    desktop: &mut TcpStream,
+    idle: Option<Duration>,
+    shared: &TunnelShared,
+) -> Result<End, PumpError> {
+    let mut up = RawHalf::default();
+    let mut down = RawHalf::default();
+    let mut last_data = Instant::now();
+    let far = Instant::now() + Duration::from_secs(3600 * 24 * 365);
+    let mut sleep = Box::pin(tokio::time::sleep_until(
+        idle.map_or(far, |i| last_data + i),
+    ));
+    let result = std::future::poll_fn(|cx| {
+        shared.waker.register(cx.waker());
+        if shared.is_closed() {
+            return Poll::Ready(Ok(End::SessionEnded));
+        }
+        loop {
+            let mut progress = false;
+            match up.poll(cx, client, desktop, &shared.bytes_up) {
+                Poll::Ready(Ok(moved)) => progress |= moved,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {}
+            }
+            match down.poll(cx, desktop, client, &shared.bytes_down) {
+                Poll::Ready(Ok(moved)) => progress |= moved,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e.swap())),
+                Poll::Pending => {}
+            }
+            if up.done && down.done {
+                return Poll::Ready(Ok(End::Closed));
+            }
+            if progress {
+                last_data = Instant::now();
+                continue;
+            }
+            if let Some(limit) = idle {
+                if Instant::now() >= last_data + limit {
+                    return Poll::Ready(Ok(End::Idle));
+                }
+                if sleep.deadline() != last_data + limit {
+                    sleep.as_mut().reset(last_data + limit);
+                }
+                if sleep.as_mut().poll(cx).is_ready() {
+                    continue;
+                }
+            }
+            return Poll::Pending;
+        }
+    })
+    .await;
+    up.release();
+    down.release();
+    result
+}
+
+impl PumpError {
+    /// For the desktop → client half, the roles of the two errors are the other way round.
+    fn swap(self) -> PumpError {
+        match self {
+            PumpError::Client(e) => PumpError::Target(e),
+            PumpError::Target(e) => PumpError::Client(e),
+            other => other,
+        }
+    }
+}
+
+/// One direction of a raw forward.
+#[derive(Default)]
+struct RawHalf {
+    buf: Option<Box<[u8]>>,
+    pending: Option<(usize, usize)>,
+    eof: bool,
+    done: bool,
+}
+
+impl RawHalf {
+    /// Moves what is readable now from `from` to `to`; `Ready(Ok(true))` when bytes moved or
+    /// the state changed. Errors on `from` are `Client`, on `to` are `Target`.
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        from: &mut TcpStream,
+        to: &mut TcpStream,
+        counter: &AtomicU64,
+    ) -> Poll<Result<bool, PumpError>> {
+        let mut progress = false;
+        loop {
+            if self.done {
+                return Poll::Ready(Ok(progress));
+            }
+            if let Some((start, end)) = self.pending {
+                let buf = self.buf.as_deref().unwrap_or(&[]);
+                match Pin::new(&mut *to).poll_write(cx, &buf[start..end]) {
+                    Poll::Pending => return ready_or_pending(progress),
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(PumpError::Target(e))),
+                    Poll::Ready(Ok(0)) => {
+                        return Poll::Ready(Err(PumpError::Target(
+                            io::ErrorKind::WriteZero.into(),
+                        )));
+                    }
+                    Poll::Ready(Ok(n)) => {
+                        progress = true;
+                        counter.fetch_add(n as u64, Ordering::Relaxed);
+                        self.pending = (start + n < end).then_some((start + n, end));
+                    }
+                }
+                continue;
+            }
+            if self.eof {
+                let _ = Pin::new(&mut *to).poll_shutdown(cx);
+                self.done = true;
+                return Poll::Ready(Ok(true));
+            }
+            match from.poll_read_ready(cx) {
+                Poll::Pending => {
+                    self.release();
+                    return ready_or_pending(progress);
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(PumpError::Client(e))),
+                Poll::Ready(Ok(())) => {}
+            }
+            let mut buf = self.buf.take().unwrap_or_else(pool::take);
+            match from.try_read(&mut buf) {
+                Ok(0) => {
+                    pool::give(buf);
+                    self.eof = true;
+                    progress = true;
+                }
+                Ok(n) => {
+                    self.buf = Some(buf);
+                    self.pending = Some((0, n));
+                    progress = true;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.buf = Some(buf),
+                Err(e) => {
+                    pool::give(buf);
+                    return Poll::Ready(Err(PumpError::Client(e)));
+                }
+            }
+        }
+    }
+
+    fn release(&mut self) {
+        if self.pending.is_none()
+            && let Some(b) = self.buf.take()
+        {
+            pool::give(b);
+        }
+    }
+}
+
+fn ready_or_pending(progress: bool) -> Poll<Result<bool, PumpError>> {
+    if progress {
+        Poll::Ready(Ok(true))
+    } else {
+        Poll::Pending
     }
 }
