@@ -3,10 +3,15 @@
 //! fit that shape (assignments per authentication server, users with test login, the desktop
 //! CSV import, an authentication server's connection test).
 //!
+//! Nested lists (a policy's pool entries, a pool's rules, a protocol plan's protocols, an
+//! assignment table's rows) are declared here, per resource, as row groups ([`Rows`]); the
+//! form shape itself, with its Add / Remove / Move buttons that work without scripts, is
+//! `forms`'s and the same on every page.
+//!
 //! Saving goes through the same functions as the API (`resource::save`, `resource::delete`,
 //! `api::save_assignments`, `api::import_csv`, `api::run_test_login`), so the console and the
-//! API validate, refuse and audit alike. Every form carries the session's CSRF token. No
-//! business rules here, and no sled.
+//! API validate, refuse and audit alike: a form is saved whole or not at all. Every form
+//! carries the session's CSRF token. No business rules here, and no sled.
 
 use std::collections::HashMap;
 
@@ -14,19 +19,22 @@ use actix_multipart::Multipart;
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::api;
-use super::forms::MultipartForm;
+use super::forms::{
+    self, ButtonView, Field, FieldView, FormView, Kind, MultipartForm, Rows, Values, at, field,
+    helped, same,
+};
 use super::pages::{Page, see_other};
 use super::resource::{self, Effect, Resource};
 use super::session::Console;
 use super::{AppState, HttpError};
 use crate::model::FieldError;
 use crate::model::desktop::Desktop;
-use crate::model::directory::{AuthServer, HostPort};
+use crate::model::directory::AuthServer;
 use crate::model::location::Location;
-use crate::model::plan::{PowerPlan, ProtocolPlan, ReleasePlan};
+use crate::model::plan::{DEFAULT_PLAN_ID, PowerPlan, ProtocolPlan, ReleasePlan};
 use crate::model::policy::{AssignmentTable, Policy};
 use crate::model::pool::{Membership, Pool};
 use crate::model::role::Role;
@@ -69,87 +77,21 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 
 // ---- Declarations -----------------------------------------------------------------------------
 
-/// How a field is edited.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Text,
-    /// Write-only: never shown; left empty keeps the stored value.
-    Password,
-    /// A whole number.
-    Number,
-    /// A whole number, or empty for none.
-    OptNumber,
-    /// Text, or empty for none.
-    OptText,
-    Check,
-    /// One of fixed options.
-    Select(&'static [(&'static str, &'static str)]),
-    /// One of the options [`Screen::options`] gives; empty for none.
-    Choice,
-    /// A list of texts, one per line.
-    Lines,
-    /// `host[:port]` per line.
-    Hosts,
-    /// Several lines of text, or empty for none.
-    OptTextarea,
-    /// A nested value as JSON.
-    Json,
-}
-
-impl Kind {
-    fn widget(self) -> &'static str {
-        match self {
-            Kind::Text | Kind::OptText => "text",
-            Kind::Password => "password",
-            Kind::Number | Kind::OptNumber => "number",
-            Kind::Check => "checkbox",
-            Kind::Select(_) | Kind::Choice => "select",
-            Kind::Lines | Kind::Hosts | Kind::OptTextarea | Kind::Json => "textarea",
-        }
-    }
-}
-
-/// One field of a form: the JSON key (dotted for nested objects: `on_idle.action`), its label,
-/// how it is edited and a line of help.
-#[derive(Debug, Clone, Copy)]
-pub struct Field {
-    pub key: &'static str,
-    pub label: &'static str,
-    pub kind: Kind,
-    pub help: &'static str,
-}
-
-const fn field(key: &'static str, label: &'static str, kind: Kind) -> Field {
-    Field {
-        key,
-        label,
-        kind,
-        help: "",
-    }
-}
-
-const fn helped(key: &'static str, label: &'static str, kind: Kind, help: &'static str) -> Field {
-    Field {
-        key,
-        label,
-        kind,
-        help,
-    }
-}
-
 /// A resource with console pages.
 pub trait Screen: Resource {
     /// The menu area's path segment: `setup`, `configuration`, `resources`.
     const AREA: &'static str;
     /// The page title: "Authentication Servers".
     const TITLE: &'static str;
-    /// Fields of the form, in order.
+    /// Fields of the form, in order; a nested list is one [`Kind::Rows`] field.
     fn fields() -> Vec<Field>;
     /// Keys shown as list columns.
     fn columns() -> &'static [&'static str];
     /// The new-record form's starting values.
     fn blank() -> Value;
-    /// Options of [`Kind::Choice`] fields: (value, label).
+    /// The choices of a [`Kind::Choice`], [`Kind::Pick`] or [`Kind::Suggest`] field as (value,
+    /// label); `key` is the field's (`parent`), or for a column of a row group the group's and
+    /// the column's (`entries.pool_id`).
     fn options(_s: &Store, _key: &str) -> Result<Vec<(String, String)>, StoreError> {
         Ok(Vec::new())
     }
@@ -348,6 +290,39 @@ fn unnamed(plan: impl serde::Serialize) -> Value {
     value
 }
 
+/// The protocols of a protocol plan, one row each.
+static PROTOCOL_ROWS: Rows = Rows {
+    item: "Protocol",
+    columns: &[
+        field("protocol", "Protocol", Kind::Select(PROTOCOLS)),
+        helped(
+            "priority",
+            "Priority",
+            Kind::Number,
+            "1 is tried first; 0 turns the protocol off.",
+        ),
+        helped(
+            "file_lines",
+            "Connection file lines",
+            Kind::Lines,
+            "Added to the .rdp or .vv file, one setting per line.",
+        ),
+        helped(
+            "command_line",
+            "Command-line parameters",
+            Kind::Text,
+            "Extra parameters for the client.",
+        ),
+        field("via_gateway", "Through the gateway", Kind::Check),
+    ],
+    blank: || {
+        serde_json::json!({"protocol": "rdp", "priority": 1, "file_lines": [],
+            "command_line": "", "via_gateway": false})
+    },
+    to_form: same,
+    from_form: same,
+};
+
 impl Screen for ProtocolPlan {
     const AREA: &'static str = "configuration";
     const TITLE: &'static str = "Protocol Plans";
@@ -357,9 +332,8 @@ impl Screen for ProtocolPlan {
             helped(
                 "protocols",
                 "Protocols",
-                Kind::Json,
-                "A list of {\"protocol\": \"rdp\", \"priority\": 1, \"file_lines\": [], \
-                 \"command_line\": \"\", \"via_gateway\": false}; priority 0 turns a protocol off.",
+                Kind::Rows(&PROTOCOL_ROWS),
+                "One row per protocol; the client tries them by priority.",
             ),
         ]
     }
@@ -443,6 +417,46 @@ impl Screen for ReleasePlan {
     }
 }
 
+const PICK_ORDERS: &[(&str, &str)] = &[
+    ("random", "Random"),
+    ("least_recently_used", "Least recently used first"),
+    ("by_name", "By name"),
+];
+
+/// The pools a policy offers, one row each, tried in order.
+static POLICY_ENTRY_ROWS: Rows = Rows {
+    item: "Entry",
+    columns: &[
+        field("pool_id", "Pool", Kind::Pick),
+        helped(
+            "offer",
+            "Desktops to offer",
+            Kind::Number,
+            "How many desktops of the pool a user is offered (1 or more).",
+        ),
+        field("running_only", "Only running desktops", Kind::Check),
+        field("order", "Pick order", Kind::Select(PICK_ORDERS)),
+        field("protocol_plan", "Protocol plan", Kind::Pick),
+        field("power_plan", "Power plan", Kind::Pick),
+        field("release_plan", "Release plan", Kind::Pick),
+    ],
+    blank: || {
+        serde_json::json!({"pool_id": "", "offer": 1, "running_only": false,
+            "order": "random", "protocol_plan": DEFAULT_PLAN_ID,
+            "power_plan": DEFAULT_PLAN_ID, "release_plan": DEFAULT_PLAN_ID})
+    },
+    to_form: same,
+    from_form: same,
+};
+
+/// (id, name) of every record of a kind, for a select.
+fn choices<R: Resource>(s: &Store) -> Result<Vec<(String, String)>, StoreError> {
+    Ok(resource::list_all::<R>(s)?
+        .into_iter()
+        .map(|r| (r.id().to_string(), r.label().to_string()))
+        .collect())
+}
+
 impl Screen for Policy {
     const AREA: &'static str = "configuration";
     const TITLE: &'static str = "Policies";
@@ -452,11 +466,8 @@ impl Screen for Policy {
             helped(
                 "entries",
                 "Pools offered",
-                Kind::Json,
-                "A list of {\"pool_id\": \"…\", \"offer\": 1, \"running_only\": false, \
-                 \"order\": \"random\" | \"least_recently_used\" | \"by_name\", \
-                 \"protocol_plan\": \"default\", \"power_plan\": \"default\", \
-                 \"release_plan\": \"default\"}, tried in order.",
+                Kind::Rows(&POLICY_ENTRY_ROWS),
+                "Tried in order, from the top.",
             ),
         ]
     }
@@ -466,6 +477,85 @@ impl Screen for Policy {
     fn blank() -> Value {
         serde_json::json!({"name": "", "entries": []})
     }
+    fn options(s: &Store, key: &str) -> Result<Vec<(String, String)>, StoreError> {
+        match key {
+            "entries.pool_id" => choices::<Pool>(s),
+            "entries.protocol_plan" => choices::<ProtocolPlan>(s),
+            "entries.power_plan" => choices::<PowerPlan>(s),
+            "entries.release_plan" => choices::<ReleasePlan>(s),
+            _ => Ok(Vec::new()),
+        }
+    }
+}
+
+/// A rule's attribute: each of [`Attribute::SIMPLE`], then a metadata key (typed beside it).
+const ATTRIBUTES: &[(&str, &str)] = &[
+    ("name", "Name"),
+    ("display_name", "Display name"),
+    ("address", "Address"),
+    ("os", "OS"),
+    ("protocol", "Protocol"),
+    ("center", "Center"),
+    ("image", "Image"),
+    ("flavor", "Flavor"),
+    ("power_state", "Power state"),
+    ("metadata", "Metadata key…"),
+];
+
+/// Each of [`Condition::ALL`].
+const CONDITIONS: &[(&str, &str)] = &[
+    ("begins_with", "begins with"),
+    ("ends_with", "ends with"),
+    ("contains", "contains"),
+    ("does_not_contain", "does not contain"),
+    ("equals", "equals"),
+    ("matches_regex", "matches regular expression"),
+];
+
+/// A pool's rules, one row each.
+static POOL_RULE_ROWS: Rows = Rows {
+    item: "Rule",
+    columns: &[
+        field("attribute", "Attribute", Kind::Select(ATTRIBUTES)),
+        helped(
+            "metadata_key",
+            "Metadata key",
+            Kind::OptText,
+            "Only for the attribute \"Metadata key…\".",
+        ),
+        field("condition", "Condition", Kind::Select(CONDITIONS)),
+        helped(
+            "value",
+            "Value",
+            Kind::Text,
+            "Compared ignoring case; a regular expression matches anywhere unless anchored.",
+        ),
+    ],
+    blank: || serde_json::json!({"attribute": "name", "condition": "begins_with", "value": ""}),
+    to_form: rule_to_form,
+    from_form: rule_from_form,
+};
+
+/// `{"attribute": {"metadata": "dept"}}` as the row's `attribute: metadata, metadata_key: dept`.
+fn rule_to_form(mut rule: Value) -> Value {
+    if let Some(key) = rule["attribute"]["metadata"].as_str() {
+        rule["metadata_key"] = Value::String(key.to_string());
+        rule["attribute"] = Value::String("metadata".into());
+    }
+    rule
+}
+
+/// The row's `attribute: metadata, metadata_key: dept` as `{"attribute": {"metadata": "dept"}}`.
+fn rule_from_form(mut rule: Value) -> Value {
+    let key = rule
+        .as_object_mut()
+        .and_then(|m| m.remove("metadata_key"))
+        .unwrap_or_default();
+    if rule["attribute"] == "metadata" {
+        let key = key.as_str().unwrap_or_default().trim().to_string();
+        rule["attribute"] = serde_json::json!({ "metadata": key });
+    }
+    rule
 }
 
 impl Screen for Pool {
@@ -480,16 +570,17 @@ impl Screen for Pool {
                 Kind::Choice,
                 "A sub-pool holds those of its parent's desktops that match its rules.",
             ),
+            field(
+                "match_all",
+                "A desktop belongs when it matches",
+                Kind::Either("every rule (all)", "at least one rule (any)"),
+            ),
             helped(
                 "rules",
                 "Rules",
-                Kind::Json,
-                "A list of {\"attribute\": \"name\" | \"os\" | … | {\"metadata\": \"key\"}, \
-                 \"condition\": \"begins_with\" | \"ends_with\" | \"contains\" | \
-                 \"does_not_contain\" | \"equals\" | \"matches_regex\", \"value\": \"…\"}. \
-                 No rules: every desktop.",
+                Kind::Rows(&POOL_RULE_ROWS),
+                "No rules: every desktop (of the parent pool).",
             ),
-            field("match_all", "A desktop must match every rule", Kind::Check),
             field("description", "Description", Kind::Text),
         ]
     }
@@ -506,11 +597,7 @@ impl Screen for Pool {
             return Ok(Vec::new());
         }
         let mut out = vec![(String::new(), "(none: a top pool)".to_string())];
-        out.extend(
-            resource::list_all::<Pool>(s)?
-                .into_iter()
-                .map(|p| (p.id, p.name)),
-        );
+        out.extend(choices::<Pool>(s)?);
         Ok(out)
     }
     fn extra_columns(
@@ -582,55 +669,6 @@ impl Screen for Desktop {
 // ---- Views (what the templates read) ----------------------------------------------------------
 
 #[derive(Debug, Clone, Serialize, Default)]
-pub struct OptionView {
-    pub value: String,
-    pub label: String,
-    pub selected: bool,
-}
-
-#[derive(Debug, Clone, Serialize, Default)]
-pub struct FieldView {
-    pub key: String,
-    pub label: String,
-    /// `text`, `password`, `number`, `checkbox`, `select`, `textarea`.
-    pub widget: String,
-    pub value: String,
-    pub checked: bool,
-    pub options: Vec<OptionView>,
-    pub error: String,
-    pub help: String,
-    /// A `<datalist>` of suggestions (id `{key}-list`).
-    pub suggestions: Vec<String>,
-}
-
-/// Repeated row groups: each row a set of fields named `{key}_{row}`.
-#[derive(Debug, Clone, Serialize, Default)]
-pub struct RowsView {
-    pub headers: Vec<String>,
-    pub rows: Vec<Vec<FieldView>>,
-}
-
-#[derive(Debug, Clone, Serialize, Default)]
-pub struct ButtonView {
-    pub label: String,
-    pub action: String,
-}
-
-#[derive(Debug, Clone, Serialize, Default)]
-pub struct FormView {
-    pub action: String,
-    pub multipart: bool,
-    pub fields: Vec<FieldView>,
-    pub rows: Option<RowsView>,
-    pub submit: String,
-    pub cancel: String,
-    /// Posted after the form, each on its own (e.g. Test connection).
-    pub buttons: Vec<ButtonView>,
-    /// A delete confirmation instead of fields.
-    pub confirm: String,
-}
-
-#[derive(Debug, Clone, Serialize, Default)]
 pub struct RowView {
     pub cells: Vec<String>,
     pub edit: String,
@@ -651,57 +689,7 @@ pub struct ListView {
     pub problems: Vec<String>,
 }
 
-// ---- Values ⇄ form fields ---------------------------------------------------------------------
-
-fn at<'v>(value: &'v Value, key: &str) -> &'v Value {
-    key.split('.').fold(value, |v, k| &v[k])
-}
-
-fn set_at(target: &mut Value, key: &str, v: Value) {
-    let mut node = target;
-    let parts: Vec<&str> = key.split('.').collect();
-    for (i, part) in parts.iter().enumerate() {
-        if !node.is_object() {
-            *node = Value::Object(Map::new());
-        }
-        let Some(map) = node.as_object_mut() else {
-            return;
-        };
-        if i + 1 == parts.len() {
-            map.insert((*part).to_string(), v);
-            return;
-        }
-        node = map
-            .entry((*part).to_string())
-            .or_insert_with(|| Value::Object(Map::new()));
-    }
-}
-
-/// A stored value as the text of its field.
-fn shown(kind: Kind, v: &Value) -> String {
-    match (kind, v) {
-        (Kind::Password, _) | (_, Value::Null) => String::new(),
-        (Kind::Hosts, Value::Array(items)) => items
-            .iter()
-            .map(|h| match (h["host"].as_str(), h["port"].as_u64()) {
-                (Some(host), Some(port)) => {
-                    HostPort::new(host, u16::try_from(port).unwrap_or(0)).to_string()
-                }
-                _ => h.to_string(),
-            })
-            .collect::<Vec<_>>()
-            .join("\n"),
-        (Kind::Lines, Value::Array(items)) => items
-            .iter()
-            .map(|i| i.as_str().map_or_else(|| i.to_string(), str::to_string))
-            .collect::<Vec<_>>()
-            .join("\n"),
-        (Kind::Json, v) => serde_json::to_string_pretty(v).unwrap_or_default(),
-        (_, Value::String(s)) => s.clone(),
-        (_, Value::Bool(b)) => b.to_string(),
-        (_, other) => other.to_string(),
-    }
-}
+// ---- List cells ------------------------------------------------------------------------------
 
 /// A value in a list cell.
 fn cell(v: &Value) -> String {
@@ -729,162 +717,6 @@ fn cell(v: &Value) -> String {
             .join(", "),
         other => other.to_string(),
     }
-}
-
-/// The submitted form as the JSON body the API would take; refused fields are named.
-fn form_value(fields: &[Field], form: &HashMap<String, String>) -> Result<Value, Vec<FieldError>> {
-    let mut value = Value::Object(Map::new());
-    let mut errors = Vec::new();
-    for f in fields {
-        let Some(raw) = form.get(f.key).map(String::as_str) else {
-            // Not on the form: an unticked box is false; anything else keeps its default.
-            if f.kind == Kind::Check {
-                set_at(&mut value, f.key, Value::Bool(false));
-            }
-            continue;
-        };
-        let parsed = match f.kind {
-            Kind::Text | Kind::Password | Kind::Select(_) => Value::String(raw.to_string()),
-            Kind::OptText | Kind::OptTextarea | Kind::Choice => {
-                if raw.trim().is_empty() {
-                    Value::Null
-                } else {
-                    Value::String(raw.to_string())
-                }
-            }
-            Kind::Check => Value::Bool(form.contains_key(f.key)),
-            Kind::Number | Kind::OptNumber => match raw.trim() {
-                "" if f.kind == Kind::OptNumber => Value::Null,
-                t => match t.parse::<u64>() {
-                    Ok(n) => Value::from(n),
-                    Err(_) => {
-                        errors.push(FieldError::new(
-                            f.key,
-                            format!("`{t}` is not a whole number"),
-                        ));
-                        continue;
-                    }
-                },
-            },
-            Kind::Lines => Value::Array(
-                raw.lines()
-                    .map(str::trim)
-                    .filter(|l| !l.is_empty())
-                    .map(|l| Value::String(l.to_string()))
-                    .collect(),
-            ),
-            Kind::Hosts => {
-                let mut hosts = Vec::new();
-                let default_port = match form.get("security").map(String::as_str) {
-                    Some("starttls" | "plain") => 389,
-                    _ => 636,
-                };
-                for line in raw.lines().map(str::trim).filter(|l| !l.is_empty()) {
-                    match HostPort::parse(line, default_port) {
-                        Ok(hp) => hosts.push(serde_json::json!({"host": hp.host, "port": hp.port})),
-                        Err(reason) => errors.push(FieldError::new(f.key, reason)),
-                    }
-                }
-                Value::Array(hosts)
-            }
-            Kind::Json => {
-                match serde_json::from_str::<Value>(if raw.trim().is_empty() { "[]" } else { raw })
-                {
-                    Ok(v) => v,
-                    Err(e) => {
-                        errors.push(FieldError::new(f.key, format!("not valid JSON: {e}")));
-                        continue;
-                    }
-                }
-            }
-        };
-        set_at(&mut value, f.key, parsed);
-    }
-    if errors.is_empty() {
-        Ok(value)
-    } else {
-        Err(errors)
-    }
-}
-
-/// Whether a refused field (`entries[0].pool_id`) belongs to a form field (`entries`).
-fn belongs(error_field: &str, key: &str) -> bool {
-    error_field == key
-        || error_field
-            .strip_prefix(key)
-            .is_some_and(|rest| rest.starts_with('[') || rest.starts_with('.'))
-        || key
-            .strip_prefix(error_field)
-            .is_some_and(|rest| rest.starts_with('.'))
-}
-
-/// The form's fields with values from a record (`source`) or from what was submitted, and
-/// the refusals placed on their fields.
-fn field_views<R: Screen>(
-    s: &Store,
-    source: &Value,
-    submitted: Option<&HashMap<String, String>>,
-    errors: &[FieldError],
-) -> Result<Vec<FieldView>, StoreError> {
-    let mut views = Vec::new();
-    for f in R::fields() {
-        let value = match submitted {
-            Some(form) if f.kind != Kind::Password => form.get(f.key).cloned().unwrap_or_default(),
-            _ => shown(f.kind, at(source, f.key)),
-        };
-        let checked = match submitted {
-            Some(form) => form.contains_key(f.key),
-            None => at(source, f.key).as_bool().unwrap_or(false),
-        };
-        let options: Vec<(String, String)> = match f.kind {
-            Kind::Select(fixed) => fixed
-                .iter()
-                .map(|(v, l)| ((*v).to_string(), (*l).to_string()))
-                .collect(),
-            Kind::Choice => R::options(s, f.key)?,
-            _ => Vec::new(),
-        };
-        let error = errors
-            .iter()
-            .filter(|e| belongs(&e.field, f.key))
-            .map(|e| {
-                if e.field == f.key {
-                    e.reason.clone()
-                } else {
-                    e.to_string()
-                }
-            })
-            .collect::<Vec<_>>()
-            .join("; ");
-        views.push(FieldView {
-            key: f.key.to_string(),
-            label: f.label.to_string(),
-            widget: f.kind.widget().to_string(),
-            options: options
-                .into_iter()
-                .map(|(v, label)| OptionView {
-                    selected: v == value,
-                    value: v,
-                    label,
-                })
-                .collect(),
-            value,
-            checked,
-            error,
-            help: f.help.to_string(),
-            suggestions: Vec::new(),
-        });
-    }
-    Ok(views)
-}
-
-/// The refusals no field shows, for the message above the form.
-fn unplaced(fields: &[Field], errors: &[FieldError]) -> Vec<String> {
-    errors
-        .iter()
-        .filter(|e| !fields.iter().any(|f| belongs(&e.field, f.key)))
-        .map(ToString::to_string)
-        .collect()
 }
 
 // ---- Generic pages ----------------------------------------------------------------------------
@@ -1000,13 +832,40 @@ async fn list_page<R: Screen>(
     page.render(&state)
 }
 
+/// What a form page says above the form.
+enum Said {
+    Nothing,
+    /// A row-group button changed the form; nothing is saved yet.
+    Pending,
+    /// The form was refused; nothing was saved.
+    Refused(StatusCode, String),
+}
+
+impl Said {
+    fn apply(self, mut page: Page, submit: &str) -> Page {
+        match self {
+            Said::Nothing => page,
+            Said::Pending => {
+                page.set(
+                    "notice",
+                    &format!("Not saved yet: press {submit} to keep the changes."),
+                );
+                page
+            }
+            Said::Refused(status, text) => page.error(status, text),
+        }
+    }
+}
+
+/// The form of a new record (`id` None) or of a stored one: its stored values, or what was
+/// submitted, with the refusals on their fields.
 async fn form_page<R: Screen>(
     state: &AppState,
     who: &Console,
     id: Option<String>,
-    submitted: Option<HashMap<String, String>>,
+    submitted: Option<Values>,
     errors: Vec<FieldError>,
-    message: Option<(StatusCode, String)>,
+    said: Said,
 ) -> Result<HttpResponse, HttpError> {
     let base = base::<R>();
     let lookup = id.clone();
@@ -1024,7 +883,9 @@ async fn form_page<R: Screen>(
                 }
                 None => R::blank(),
             };
-            let fields = field_views::<R>(s, &source, submitted.as_ref(), &errors)?;
+            let declared = R::fields();
+            let values = submitted.unwrap_or_else(|| forms::form_of(&declared, &source));
+            let fields = forms::field_views(&declared, &values, &errors, |key| R::options(s, key))?;
             Ok::<_, HttpError>((source, fields))
         })
         .await?;
@@ -1032,48 +893,30 @@ async fn form_page<R: Screen>(
         Some(id) => (
             format!("{}: {}", R::TITLE, source["name"].as_str().unwrap_or(id)),
             format!("{base}/{id}"),
-            "Save".to_string(),
+            "Save",
         ),
-        None => (
-            format!("New {}", R::KIND),
-            format!("{base}/new"),
-            "Create".to_string(),
-        ),
+        None => (format!("New {}", R::KIND), format!("{base}/new"), "Create"),
     };
-    let buttons = match &id {
-        Some(id) => R::buttons()
+    let mut view = FormView::new(action, fields, submit, &base);
+    if let Some(id) = &id {
+        view.buttons = R::buttons()
             .iter()
             .map(|(label, suffix)| ButtonView {
                 label: (*label).to_string(),
                 action: format!("{base}/{id}/{suffix}"),
             })
-            .collect(),
-        None => Vec::new(),
-    };
-    let view = FormView {
-        action,
-        multipart: false,
-        fields,
-        rows: None,
-        submit,
-        cancel: base.clone(),
-        buttons,
-        confirm: String::new(),
-    };
+            .collect();
+    }
     let mut page = Page::new(state, Some(who), "resource_form.html", &title, &base).await?;
     page.set("view", &view);
-    let page = match message {
-        Some((status, text)) => page.error(status, text),
-        None => page,
-    };
-    page.render(state)
+    said.apply(page, submit).render(state)
 }
 
 async fn new_page<R: Screen>(
     state: web::Data<AppState>,
     who: Console,
 ) -> Result<HttpResponse, HttpError> {
-    form_page::<R>(&state, &who, None, None, Vec::new(), None).await
+    form_page::<R>(&state, &who, None, None, Vec::new(), Said::Nothing).await
 }
 
 async fn edit_page<R: Screen>(
@@ -1081,55 +924,37 @@ async fn edit_page<R: Screen>(
     who: Console,
     path: web::Path<String>,
 ) -> Result<HttpResponse, HttpError> {
-    form_page::<R>(
-        &state,
-        &who,
-        Some(path.into_inner()),
-        None,
-        Vec::new(),
-        None,
-    )
-    .await
+    let id = Some(path.into_inner());
+    form_page::<R>(&state, &who, id, None, Vec::new(), Said::Nothing).await
 }
 
-/// Saves a submitted form through `resource::save`; refusals come back on the form.
+/// Handles a submitted form: a row-group button changes the form and shows it again;
+/// otherwise the form is saved through `resource::save`, whole or not at all, and refusals
+/// come back on the form with what was typed.
 async fn submit<R: Screen>(
     state: &AppState,
     who: &Console,
     id: Option<String>,
-    form: HashMap<String, String>,
+    mut form: Values,
 ) -> Result<HttpResponse, HttpError> {
     who.check_csrf(form.get("csrf").map(String::as_str).unwrap_or_default())?;
     let fields = R::fields();
-    let value = match form_value(&fields, &form) {
-        Ok(v) => v,
-        Err(errors) => {
-            let message = unplaced(&fields, &errors).join("; ");
-            return form_page::<R>(
-                state,
-                who,
-                id,
-                Some(form),
-                errors,
-                Some((
-                    StatusCode::BAD_REQUEST,
-                    if message.is_empty() {
-                        "Some fields are not valid: see below.".into()
-                    } else {
-                        message
-                    },
-                )),
-            )
-            .await;
+    forms::normalize(&fields, &mut form);
+    if forms::apply_row_action(&fields, &mut form)? {
+        return form_page::<R>(state, who, id, Some(form), Vec::new(), Said::Pending).await;
+    }
+    let saved = match forms::form_value(&fields, &form) {
+        Ok(value) => {
+            let (actor, path_id) = (who.actor(), id.clone());
+            state
+                .store
+                .call(move |s| {
+                    Ok::<_, HttpError>(resource::save::<R>(s, &actor, path_id.as_deref(), value))
+                })
+                .await?
         }
+        Err(errors) => Err(resource::invalid(R::KIND, errors)),
     };
-    let (actor, path_id) = (who.actor(), id.clone());
-    let saved = state
-        .store
-        .call(move |s| {
-            Ok::<_, HttpError>(resource::save::<R>(s, &actor, path_id.as_deref(), value))
-        })
-        .await?;
     match saved {
         Ok(_) => {
             resource::apply_effect(state, R::EFFECT).await;
@@ -1140,32 +965,13 @@ async fn submit<R: Screen>(
             summary,
             fields: errors,
         }) => {
-            let mut message = unplaced(&fields, &errors).join("; ");
-            if message.is_empty() {
-                message = summary;
-            }
-            form_page::<R>(
-                state,
-                who,
-                id,
-                Some(form),
-                errors,
-                Some((StatusCode::BAD_REQUEST, message)),
-            )
-            .await
+            let said = Said::Refused(StatusCode::BAD_REQUEST, summary);
+            form_page::<R>(state, who, id, Some(form), errors, said).await
         }
         Err(e @ (HttpError::Conflict(_) | HttpError::MalformedJson(_))) => {
             use actix_web::ResponseError;
-            let status = e.status_code();
-            form_page::<R>(
-                state,
-                who,
-                id,
-                Some(form),
-                Vec::new(),
-                Some((status, e.to_string())),
-            )
-            .await
+            let said = Said::Refused(e.status_code(), e.to_string());
+            form_page::<R>(state, who, id, Some(form), Vec::new(), said).await
         }
         Err(e) => Err(e),
     }
@@ -1174,7 +980,7 @@ async fn submit<R: Screen>(
 async fn create_submit<R: Screen>(
     state: web::Data<AppState>,
     who: Console,
-    form: web::Form<HashMap<String, String>>,
+    form: web::Form<Values>,
 ) -> Result<HttpResponse, HttpError> {
     submit::<R>(&state, &who, None, form.into_inner()).await
 }
@@ -1183,7 +989,7 @@ async fn update<R: Screen>(
     state: web::Data<AppState>,
     who: Console,
     path: web::Path<String>,
-    form: web::Form<HashMap<String, String>>,
+    form: web::Form<Values>,
 ) -> Result<HttpResponse, HttpError> {
     submit::<R>(&state, &who, Some(path.into_inner()), form.into_inner()).await
 }
@@ -1404,8 +1210,6 @@ async fn test_connection(
 // ---- Assignments per authentication server ----------------------------------------------------
 
 const ASSIGNMENTS: &str = "/admin/configuration/assignments";
-/// Empty rows offered below the existing ones.
-const SPARE_ROWS: usize = 3;
 
 async fn assignments_page(
     state: web::Data<AppState>,
@@ -1456,88 +1260,120 @@ async fn assignments_page(
     page.render(&state)
 }
 
-/// Choices for the assignment rows: locations, roles and policies, as (id, name).
-type Choices = (
-    Vec<(String, String)>,
-    Vec<(String, String)>,
-    Vec<(String, String)>,
-);
+/// The rows of an assignment table, tried in order.
+static ASSIGNMENT_ROWS: Rows = Rows {
+    item: "Row",
+    columns: &[
+        helped("group", "Group", Kind::Suggest, "Empty: any group."),
+        helped(
+            "location_id",
+            "Location",
+            Kind::Choice,
+            "Empty: any location.",
+        ),
+        field("role_id", "Role", Kind::Pick),
+        field("policy_id", "Policy", Kind::Pick),
+    ],
+    blank: || serde_json::json!({"group": null, "location_id": null, "role_id": "", "policy_id": ""}),
+    to_form: same,
+    from_form: same,
+};
 
-fn select(key: String, value: &str, choices: &[(String, String)], none: &str) -> FieldView {
-    let mut options = vec![OptionView {
-        value: String::new(),
-        label: none.to_string(),
-        selected: value.is_empty(),
-    }];
-    options.extend(choices.iter().map(|(id, name)| OptionView {
-        selected: id == value,
-        value: id.clone(),
-        label: name.clone(),
-    }));
-    if !value.is_empty() && !choices.iter().any(|(id, _)| id == value) {
-        options.push(OptionView {
-            value: value.to_string(),
-            label: format!("{value} (missing)"),
-            selected: true,
-        });
-    }
-    FieldView {
-        key,
-        widget: "select".into(),
-        value: value.to_string(),
-        options,
-        ..FieldView::default()
+/// The assignment form. `otherwise` is the table's (role, policy) pair as an object, so that
+/// refusals of `otherwise.role_id` land on their field.
+fn assignment_fields() -> Vec<Field> {
+    vec![
+        helped(
+            "rows",
+            "Rows",
+            Kind::Rows(&ASSIGNMENT_ROWS),
+            "Tried in order: the first row whose group the user is in and whose location \
+             matches gives the role and the policy.",
+        ),
+        helped(
+            "otherwise.role_id",
+            "Everyone else: role",
+            Kind::Choice,
+            "For users no row matches. None: they get no access.",
+        ),
+        field("otherwise.policy_id", "Everyone else: policy", Kind::Choice),
+    ]
+}
+
+/// Choices of the assignment form: the directory's groups, and locations, roles and
+/// policies as (id, name).
+struct AssignmentChoices {
+    groups: Vec<String>,
+    locations: Vec<(String, String)>,
+    roles: Vec<(String, String)>,
+    policies: Vec<(String, String)>,
+}
+
+impl AssignmentChoices {
+    fn of(&self, key: &str) -> Vec<(String, String)> {
+        let with = |none: &str, items: &[(String, String)]| {
+            let mut out = vec![(String::new(), none.to_string())];
+            out.extend_from_slice(items);
+            out
+        };
+        match key {
+            "rows.group" => self.groups.iter().map(|g| (g.clone(), g.clone())).collect(),
+            "rows.location_id" => with("(any)", &self.locations),
+            "rows.role_id" => self.roles.clone(),
+            "rows.policy_id" => self.policies.clone(),
+            "otherwise.role_id" => with("(no access)", &self.roles),
+            "otherwise.policy_id" => with("(no access)", &self.policies),
+            _ => Vec::new(),
+        }
     }
 }
 
-fn row_views(
-    rows: &[[String; 4]],
-    groups: &[String],
-    (locations, roles, policies): &Choices,
-    errors: &[FieldError],
-) -> Vec<Vec<FieldView>> {
-    rows.iter()
-        .enumerate()
-        .map(|(i, [group, location, role, policy])| {
-            let error_of = |what: &str| {
-                errors
-                    .iter()
-                    .filter(|e| e.field == format!("rows[{i}].{what}"))
-                    .map(|e| e.reason.clone())
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            };
-            let mut group_field = FieldView {
-                key: format!("group_{i}"),
-                widget: "text".into(),
-                value: group.clone(),
-                suggestions: groups.to_vec(),
-                ..FieldView::default()
-            };
-            group_field.help = "Empty: any group.".into();
-            let mut location = select(format!("location_{i}"), location, locations, "(any)");
-            location.error = error_of("location_id");
-            let mut role = select(format!("role_{i}"), role, roles, "(remove row)");
-            role.error = error_of("role_id");
-            let mut policy = select(format!("policy_{i}"), policy, policies, "(remove row)");
-            policy.error = error_of("policy_id");
-            vec![group_field, location, role, policy]
-        })
-        .collect()
+/// The table as its form's values.
+fn assignment_values(table: &AssignmentTable) -> Values {
+    let mut value = serde_json::to_value(table).unwrap_or_default();
+    value["otherwise"] = match &table.otherwise {
+        Some((role, policy)) => serde_json::json!({"role_id": role, "policy_id": policy}),
+        None => Value::Null,
+    };
+    forms::form_of(&assignment_fields(), &value)
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The submitted form as the table's JSON body: "everyone else" needs both a role and a
+/// policy, or neither.
+fn assignment_body(values: &Values) -> Result<Value, Vec<FieldError>> {
+    let mut value = forms::form_value(&assignment_fields(), values)?;
+    let role = value["otherwise"]["role_id"].as_str().map(str::to_string);
+    let policy = value["otherwise"]["policy_id"].as_str().map(str::to_string);
+    value["otherwise"] = match (role, policy) {
+        (None, None) => Value::Null,
+        (Some(role), Some(policy)) => serde_json::json!([role, policy]),
+        (None, Some(_)) => {
+            return Err(vec![FieldError::new(
+                "otherwise.role_id",
+                "choose a role too, or no access for both",
+            )]);
+        }
+        (Some(_), None) => {
+            return Err(vec![FieldError::new(
+                "otherwise.policy_id",
+                "choose a policy too, or no access for both",
+            )]);
+        }
+    };
+    Ok(value)
+}
+
+/// One authentication server's assignment form: the stored table, or what was submitted.
 async fn assignment_page(
     state: &AppState,
     who: &Console,
     server_id: String,
-    rows: Option<Vec<[String; 4]>>,
-    otherwise: Option<(String, String)>,
+    submitted: Option<Values>,
     errors: Vec<FieldError>,
-    message: Option<String>,
+    said: Said,
 ) -> Result<HttpResponse, HttpError> {
     let lookup = server_id.clone();
-    let (server, table, choices) = state
+    let (server, table, mut choices) = state
         .store
         .call(move |s| {
             let server = s
@@ -1547,88 +1383,38 @@ async fn assignment_page(
                     id: lookup.clone(),
                 })?;
             let table = s.get::<AssignmentTable>(&lookup)?.unwrap_or_default();
-            let named = |items: Vec<(String, String)>| items;
-            let choices: Choices = (
-                named(
-                    resource::list_all::<Location>(s)?
-                        .into_iter()
-                        .map(|l| (l.id, l.name))
-                        .collect(),
-                ),
-                named(
-                    resource::list_all::<Role>(s)?
-                        .into_iter()
-                        .map(|r| (r.id, r.name))
-                        .collect(),
-                ),
-                named(
-                    resource::list_all::<Policy>(s)?
-                        .into_iter()
-                        .map(|p| (p.id, p.name))
-                        .collect(),
-                ),
-            );
+            let choices = AssignmentChoices {
+                groups: Vec::new(),
+                locations: choices::<Location>(s)?,
+                roles: choices::<Role>(s)?,
+                policies: choices::<Policy>(s)?,
+            };
             Ok::<_, HttpError>((server, table, choices))
         })
         .await?;
     // The groups the directory has, to pick from; a directory that does not answer leaves
     // the field free to type.
-    let (groups, groups_note) = match api::server_groups(state, server_id.clone()).await {
+    let groups_note = match api::server_groups(state, server_id.clone()).await {
         Ok(g) => {
             let note = format!("{} group(s) found on {}.", g.len(), server.name);
-            (g, note)
+            choices.groups = g;
+            note
         }
-        Err(e) => (
-            Vec::new(),
-            format!("The groups could not be read from the directory: {e}"),
-        ),
+        Err(e) => format!("The groups could not be read from the directory: {e}"),
     };
-    let mut rows = rows.unwrap_or_else(|| {
-        table
-            .rows
-            .iter()
-            .map(|r| {
-                [
-                    r.group.clone().unwrap_or_default(),
-                    r.location_id.clone().unwrap_or_default(),
-                    r.role_id.clone(),
-                    r.policy_id.clone(),
-                ]
-            })
-            .collect()
-    });
-    rows.extend(std::iter::repeat_with(Default::default).take(SPARE_ROWS));
-    let otherwise = otherwise.or(table.otherwise.clone()).unwrap_or_default();
-    let (_, roles, policies) = &choices;
-    let mut fields = vec![
-        select("otherwise_role".into(), &otherwise.0, roles, "(no access)"),
-        select(
-            "otherwise_policy".into(),
-            &otherwise.1,
-            policies,
-            "(no access)",
-        ),
-    ];
-    fields[0].label = "Everyone else: role".into();
-    fields[1].label = "Everyone else: policy".into();
-    fields[0].help = groups_note;
-    for e in errors.iter().filter(|e| e.field.starts_with("otherwise")) {
-        let at = usize::from(e.field.ends_with("policy_id"));
-        fields[at].error = e.reason.clone();
+    let values = submitted.unwrap_or_else(|| assignment_values(&table));
+    let mut fields = forms::field_views(&assignment_fields(), &values, &errors, |key| {
+        Ok::<_, HttpError>(choices.of(key))
+    })?;
+    if let Some(rows) = fields.first_mut() {
+        rows.help = format!("{} {groups_note}", rows.help);
     }
-    let view = FormView {
-        action: format!("{ASSIGNMENTS}/{server_id}"),
+    let view = FormView::new(
+        format!("{ASSIGNMENTS}/{server_id}"),
         fields,
-        rows: Some(RowsView {
-            headers: ["Group", "Location", "Role", "Policy"]
-                .map(String::from)
-                .to_vec(),
-            rows: row_views(&rows, &groups, &choices, &errors),
-        }),
-        submit: "Save".into(),
-        cancel: ASSIGNMENTS.into(),
-        ..FormView::default()
-    };
+        "Save",
+        ASSIGNMENTS,
+    );
     let mut page = Page::new(
         state,
         Some(who),
@@ -1638,11 +1424,7 @@ async fn assignment_page(
     )
     .await?;
     page.set("view", &view);
-    let page = match message {
-        Some(m) => page.error(StatusCode::BAD_REQUEST, m),
-        None => page,
-    };
-    page.render(state)
+    said.apply(page, "Save").render(state)
 }
 
 async fn assignment_form(
@@ -1650,81 +1432,40 @@ async fn assignment_form(
     who: Console,
     path: web::Path<String>,
 ) -> Result<HttpResponse, HttpError> {
-    assignment_page(
-        &state,
-        &who,
-        path.into_inner(),
-        None,
-        None,
-        Vec::new(),
-        None,
-    )
-    .await
+    let id = path.into_inner();
+    assignment_page(&state, &who, id, None, Vec::new(), Said::Nothing).await
 }
 
 async fn assignment_save(
     state: web::Data<AppState>,
     who: Console,
     path: web::Path<String>,
-    form: web::Form<HashMap<String, String>>,
+    form: web::Form<Values>,
 ) -> Result<HttpResponse, HttpError> {
-    let form = form.into_inner();
+    let mut form = form.into_inner();
     who.check_csrf(form.get("csrf").map(String::as_str).unwrap_or_default())?;
     let server_id = path.into_inner();
-    let text = |k: String| {
-        form.get(&k)
-            .map(|v| v.trim().to_string())
-            .unwrap_or_default()
-    };
-    let mut rows: Vec<[String; 4]> = Vec::new();
-    for i in 0.. {
-        if !form.contains_key(&format!("role_{i}")) {
-            break;
-        }
-        let row = [
-            text(format!("group_{i}")),
-            text(format!("location_{i}")),
-            text(format!("role_{i}")),
-            text(format!("policy_{i}")),
-        ];
-        // A row without role and policy is removed (the spare rows, left empty).
-        if !(row[2].is_empty() && row[3].is_empty()) {
-            rows.push(row);
-        }
+    let fields = assignment_fields();
+    forms::normalize(&fields, &mut form);
+    if forms::apply_row_action(&fields, &mut form)? {
+        let said = Said::Pending;
+        return assignment_page(&state, &who, server_id, Some(form), Vec::new(), said).await;
     }
-    let otherwise = (
-        text("otherwise_role".into()),
-        text("otherwise_policy".into()),
-    );
-    let opt = |s: &str| (!s.is_empty()).then(|| Value::String(s.to_string()));
-    let value = serde_json::json!({
-        "rows": rows.iter().map(|[g, l, r, p]| serde_json::json!({
-            "group": opt(g), "location_id": opt(l), "role_id": r, "policy_id": p,
-        })).collect::<Vec<_>>(),
-        "otherwise": if otherwise.0.is_empty() && otherwise.1.is_empty() {
-            Value::Null
-        } else {
-            serde_json::json!([otherwise.0, otherwise.1])
-        },
-    });
-    let (actor, id) = (who.actor(), server_id.clone());
-    let saved = state
-        .store
-        .call(move |s| Ok::<_, HttpError>(api::save_assignments(s, &actor, &id, &value)))
-        .await?;
+    let saved = match assignment_body(&form) {
+        Ok(value) => {
+            let (actor, id) = (who.actor(), server_id.clone());
+            state
+                .store
+                .call(move |s| Ok::<_, HttpError>(api::save_assignments(s, &actor, &id, &value)))
+                .await?
+        }
+        Err(errors) => Err(resource::invalid("assignment table", errors)),
+    };
     match saved {
         Ok(_) => Ok(see_other(&format!("{ASSIGNMENTS}?notice=saved"))),
         Err(HttpError::Invalid { summary, fields }) => {
-            assignment_page(
-                &state,
-                &who,
-                server_id,
-                Some(rows),
-                Some(otherwise),
-                fields,
-                Some(summary),
-            )
-            .await
+            let said = Said::Refused(StatusCode::BAD_REQUEST, summary);
+            assignment_page(&state, &who, server_id, Some(form), fields, said).await
         }
         Err(e) => Err(e),
     }
@@ -1948,21 +1689,32 @@ async fn test_login(
 mod tests {
     use super::*;
     use crate::http::Pages;
+    use crate::model::Protocol;
+    use crate::model::policy::PickOrder;
+    use crate::model::pool::{Attribute, Condition, Rule};
+
+    fn values(pairs: &[(&str, &str)]) -> Values {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+            .collect()
+    }
 
     #[test]
     fn a_form_becomes_the_api_s_body() {
-        let mut form = HashMap::new();
-        form.insert("name".to_string(), "Sleepy".to_string());
-        form.insert("on_idle.action".to_string(), "suspend".to_string());
-        form.insert("on_idle.after_minutes".to_string(), "30".to_string());
-        form.insert("on_logout.after_minutes".to_string(), "x".to_string());
-        let Err(errors) = form_value(&PowerPlan::fields(), &form) else {
+        let mut form = values(&[
+            ("name", "Sleepy"),
+            ("on_idle.action", "suspend"),
+            ("on_idle.after_minutes", "30"),
+            ("on_logout.after_minutes", "x"),
+        ]);
+        let Err(errors) = forms::form_value(&PowerPlan::fields(), &form) else {
             panic!("a bad number was accepted");
         };
         assert_eq!(errors[0].field, "on_logout.after_minutes");
         form.insert("on_logout.after_minutes".to_string(), "0".to_string());
         form.insert("on_logout.action".to_string(), "nothing".to_string());
-        let value = form_value(&PowerPlan::fields(), &form).expect("valid");
+        let value = forms::form_value(&PowerPlan::fields(), &form).expect("valid");
         assert_eq!(value["on_idle"]["action"], "suspend");
         assert_eq!(value["on_idle"]["after_minutes"], 30);
         let plan: PowerPlan = serde_json::from_value({
@@ -1973,14 +1725,12 @@ mod tests {
         .expect("a power plan");
         assert_eq!(plan.on_idle.after_minutes, 30);
 
-        let mut form = HashMap::new();
-        form.insert(
-            "hosts".to_string(),
-            "dc1.example.com\n[::1]:1636\n".to_string(),
-        );
-        form.insert("aliases".to_string(), " example.com \n\n".to_string());
-        form.insert("security".to_string(), "starttls".to_string());
-        let value = form_value(&AuthServer::fields(), &form).expect("valid");
+        let form = values(&[
+            ("hosts", "dc1.example.com\n[::1]:1636\n"),
+            ("aliases", " example.com \n\n"),
+            ("security", "starttls"),
+        ]);
+        let value = forms::form_value(&AuthServer::fields(), &form).expect("valid");
         assert_eq!(value["hosts"][0]["port"], 389);
         assert_eq!(value["hosts"][1]["host"], "::1");
         assert_eq!(value["aliases"], serde_json::json!(["example.com"]));
@@ -1988,23 +1738,132 @@ mod tests {
         assert_eq!(value["ca_cert_pem"], Value::Null);
         // Shown back, the hosts read as typed.
         assert_eq!(
-            shown(Kind::Hosts, &value["hosts"]),
+            forms::shown(Kind::Hosts, &value["hosts"]),
             "dc1.example.com:389\n[::1]:1636"
         );
     }
 
     #[test]
-    fn refusals_land_on_their_fields() {
-        assert!(belongs("entries[0].pool_id", "entries"));
-        assert!(belongs("on_idle", "on_idle.after_minutes"));
-        assert!(!belongs("name", "display_name"));
-        let errors = vec![
-            FieldError::new("entries[0].pool_id", "there is no pool `x`"),
-            FieldError::new("criteria", "no criteria"),
-        ];
+    fn fixed_choices_match_the_model() {
+        let attributes: Vec<(String, String)> = Attribute::SIMPLE
+            .iter()
+            .map(|a| (a.to_string(), a.label()))
+            .collect();
+        let declared: Vec<(String, String)> = ATTRIBUTES
+            .iter()
+            .map(|(v, l)| ((*v).to_string(), (*l).to_string()))
+            .collect();
+        assert_eq!(declared[..attributes.len()], attributes[..]);
+        assert_eq!(declared.len(), attributes.len() + 1, "and metadata");
+        let conditions: Vec<(&str, &str)> = Condition::ALL
+            .iter()
+            .map(|c| (c.as_str(), c.label()))
+            .collect();
+        assert_eq!(CONDITIONS, &conditions[..]);
+        for (value, _) in PICK_ORDERS {
+            let order: PickOrder =
+                serde_json::from_value(Value::String((*value).into())).expect("a pick order");
+            assert_eq!(serde_json::to_value(order).expect("json"), *value);
+        }
+        assert_eq!(PICK_ORDERS.len(), 3);
+        for (value, _) in PROTOCOLS {
+            assert!(value.parse::<Protocol>().is_ok(), "{value}");
+        }
+    }
+
+    #[test]
+    fn a_policy_s_entries_are_rows_and_come_back_whole() {
+        let entry = |pool: &str, order: &str, running: bool| {
+            serde_json::json!({"pool_id": pool, "offer": 2, "running_only": running,
+                "order": order, "protocol_plan": "default", "power_plan": "night",
+                "release_plan": "default"})
+        };
+        let stored = serde_json::json!({"id": "p", "name": "Staff",
+            "entries": [entry("lab", "by_name", true), entry("spare", "random", false)]});
+        let mut form = forms::form_of(&Policy::fields(), &stored);
+        assert_eq!(form["entries[0].pool_id"], "lab");
+        assert_eq!(form["entries[1].power_plan"], "night");
+        assert_eq!(form["entries[0].running_only"], "on");
+        assert!(!form.contains_key("entries[1].running_only"), "unticked");
+        let value = forms::form_value(&Policy::fields(), &form).expect("valid");
+        assert_eq!(value["entries"], stored["entries"]);
+
+        // Moved through the row buttons, the order is what is saved.
+        form.insert("move_down".into(), "entries[0]".into());
+        assert!(forms::apply_row_action(&Policy::fields(), &mut form).expect("a button"));
+        let value = forms::form_value(&Policy::fields(), &form).expect("valid");
+        assert_eq!(value["entries"][0]["pool_id"], "spare");
+        assert_eq!(value["entries"][1]["pool_id"], "lab");
+        assert_eq!(value["entries"][1]["running_only"], true);
+        let policy: Policy = serde_json::from_value({
+            let mut v = value;
+            v["id"] = Value::String("p".into());
+            v
+        })
+        .expect("a policy body");
+        assert_eq!(policy.entries[1].order, PickOrder::ByName);
+
+        // A new entry names no pool until one is chosen.
+        form.insert("add_row".into(), "entries".into());
+        forms::apply_row_action(&Policy::fields(), &mut form).expect("a button");
+        assert_eq!(form["entries[2].protocol_plan"], "default");
+        let errors = forms::form_value(&Policy::fields(), &form).expect_err("no pool");
+        assert_eq!(errors[0].field, "entries[2].pool_id");
+        assert!(errors[0].reason.contains("pick one"), "{errors:?}");
+    }
+
+    #[test]
+    fn a_pool_s_rules_are_rows_with_a_metadata_key_beside_the_attribute() {
+        let stored = serde_json::to_value(Pool {
+            rules: vec![
+                Rule::new(Attribute::Name, Condition::BeginsWith, "lab-"),
+                Rule::new(Attribute::Metadata("dept".into()), Condition::Equals, "eng"),
+            ],
+            match_all: false,
+            ..Pool::new("Lab")
+        })
+        .expect("json");
+        let form = forms::form_of(&Pool::fields(), &stored);
+        assert_eq!(form["match_all"], "off");
+        assert_eq!(form["rules[1].attribute"], "metadata");
+        assert_eq!(form["rules[1].metadata_key"], "dept");
         assert_eq!(
-            unplaced(&Policy::fields(), &errors),
-            ["criteria: no criteria"]
+            form.get("rules[0].metadata_key").map(String::as_str),
+            Some("")
+        );
+        let value = forms::form_value(&Pool::fields(), &form).expect("valid");
+        assert_eq!(value["rules"], stored["rules"]);
+        assert_eq!(value["match_all"], false);
+        assert_eq!(value["parent"], Value::Null);
+
+        // An old-style field (`rules` as JSON text) is no row and is ignored; `on` is "all".
+        let value = forms::form_value(
+            &Pool::fields(),
+            &values(&[("name", "x"), ("rules", "[]"), ("match_all", "on")]),
+        )
+        .expect("valid");
+        assert_eq!(value["rules"], serde_json::json!([]));
+        assert_eq!(value["match_all"], true);
+    }
+
+    #[test]
+    fn everyone_else_needs_both_a_role_and_a_policy_or_neither() {
+        let table = AssignmentTable {
+            rows: Vec::new(),
+            otherwise: Some(("user".into(), "default".into())),
+        };
+        let mut form = assignment_values(&table);
+        assert_eq!(form["otherwise.role_id"], "user");
+        let body = assignment_body(&form).expect("valid");
+        assert_eq!(body["otherwise"], serde_json::json!(["user", "default"]));
+        assert_eq!(body["rows"], serde_json::json!([]));
+        form.insert("otherwise.policy_id".into(), String::new());
+        let errors = assignment_body(&form).expect_err("half a pair");
+        assert_eq!(errors[0].field, "otherwise.policy_id");
+        form.insert("otherwise.role_id".into(), String::new());
+        assert_eq!(
+            assignment_body(&form).expect("valid")["otherwise"],
+            Value::Null
         );
     }
 
@@ -2081,7 +1940,7 @@ mod tests {
                 key: "kind".into(),
                 label: "Kind".into(),
                 widget: "select".into(),
-                options: vec![OptionView {
+                options: vec![forms::OptionView {
                     value: "a".into(),
                     label: "A".into(),
                     selected: true,
@@ -2096,33 +1955,19 @@ mod tests {
                 ..FieldView::default()
             },
             FieldView {
-                key: "rules".into(),
-                label: "Rules".into(),
-                widget: "textarea".into(),
-                value: "[]".into(),
+                key: "group".into(),
+                label: "Group".into(),
+                widget: "text".into(),
+                list: "group-list".into(),
+                suggestions: vec!["staff".into()],
                 ..FieldView::default()
             },
         ];
-        let view = FormView {
-            action: "/admin/x/new".into(),
-            fields: fields.clone(),
-            rows: Some(RowsView {
-                headers: vec!["Group".into()],
-                rows: vec![vec![FieldView {
-                    key: "group_0".into(),
-                    widget: "text".into(),
-                    suggestions: vec!["staff".into()],
-                    ..FieldView::default()
-                }]],
-            }),
-            submit: "Create".into(),
-            cancel: "/admin/x".into(),
-            buttons: vec![ButtonView {
-                label: "Test connection".into(),
-                action: "/admin/x/1/test".into(),
-            }],
-            ..FormView::default()
-        };
+        let mut view = FormView::new("/admin/x/new".into(), fields, "Create", "/admin/x");
+        view.buttons = vec![ButtonView {
+            label: "Test connection".into(),
+            action: "/admin/x/1/test".into(),
+        }];
         c.insert("view", &view);
         let html = pages
             .render("resource_form.html", &c)
@@ -2131,8 +1976,10 @@ mod tests {
         assert!(html.contains("give it a name"));
         assert!(html.contains("<option value=\"a\" selected>"), "{html}");
         assert!(html.contains("checked"));
-        assert!(html.contains("<datalist id=\"group_0-list\">"), "{html}");
+        assert!(html.contains("<datalist id=\"group-list\">"), "{html}");
+        assert!(html.contains("list=\"group-list\""), "{html}");
         assert!(html.contains("/admin/x/1/test"));
+        assert!(!html.contains("fieldset"), "no row group: {html}");
         assert_eq!(html.matches("name=\"csrf\"").count(), 3, "{html}");
 
         let mut c = frame();
@@ -2149,5 +1996,80 @@ mod tests {
             .expect("confirm renders");
         assert!(html.contains("Delete the pool `Lab`?"));
         assert!(!html.contains("<textarea"));
+    }
+
+    #[test]
+    fn row_groups_render_with_their_buttons_and_refusals() {
+        let pages = Pages::new(None).expect("templates");
+        let stored = serde_json::json!({"name": "Staff", "entries": [
+            {"pool_id": "lab", "offer": 1, "order": "by_name", "running_only": true,
+             "protocol_plan": "default", "power_plan": "default", "release_plan": "gone"},
+            {"pool_id": "spare", "offer": 0, "order": "random", "running_only": false,
+             "protocol_plan": "default", "power_plan": "default", "release_plan": "default"},
+        ]});
+        let form = forms::form_of(&Policy::fields(), &stored);
+        let errors = vec![FieldError::new(
+            "entries[1].offer",
+            "offer at least 1 desktop",
+        )];
+        let fields = forms::field_views(&Policy::fields(), &form, &errors, |key| {
+            Ok::<_, HttpError>(match key {
+                "entries.pool_id" => vec![
+                    ("lab".into(), "Lab <A>".into()),
+                    ("spare".into(), "Spare".into()),
+                ],
+                _ => vec![("default".into(), "Default".into())],
+            })
+        })
+        .expect("views");
+        let view = FormView::new(
+            "/admin/configuration/policies/p".into(),
+            fields,
+            "Save",
+            "/x",
+        );
+        assert!(view.has_rows);
+        let mut c = frame();
+        c.insert("view", &view);
+        let html = pages.render("resource_form.html", &c).expect("renders");
+        for needle in [
+            "<fieldset class=\"rows\" id=\"rows-entries\">",
+            "<input type=\"hidden\" name=\"entries[0]\" value=\"\">",
+            "<select name=\"entries[0].pool_id\"><option value=\"lab\" selected>Lab &lt;A&gt;</option>",
+            "<option value=\"gone\" selected>gone (missing)</option>",
+            "name=\"entries[0].running_only\" value=\"on\" checked",
+            "name=\"move_up\" value=\"entries[1]\"",
+            "name=\"remove_row\" value=\"entries[0]\"",
+            "name=\"add_row\" value=\"entries\"",
+            "formaction=\"/admin/configuration/policies/p#rows-entries\"",
+            "data-field=\"entries[1].offer\">offer at least 1 desktop<",
+            "Entry 2",
+        ] {
+            assert!(html.contains(needle), "{needle} in {html}");
+        }
+        // The first row cannot move up, the last not down.
+        assert!(
+            html.contains("value=\"entries[0]\" formaction=\"/admin/configuration/policies/p#rows-entries\" title=\"Move this entry up\" disabled"),
+            "{html}"
+        );
+        // Enter in a field presses the first submit button: Save, not a row's.
+        let form = html.find("class=\"resource\"").expect("the form");
+        let first = form
+            + html[form..]
+                .find("type=\"submit\"")
+                .expect("a submit button");
+        assert!(
+            html[first..].starts_with("type=\"submit\" class=\"save\""),
+            "{html}"
+        );
+
+        // A view-only role sees the rows, not the buttons that change them.
+        c.insert("can_edit", &false);
+        let html = pages.render("resource_form.html", &c).expect("renders");
+        assert!(html.contains("entries[1].pool_id"), "{html}");
+        assert!(
+            !html.contains("add_row") && !html.contains("remove_row"),
+            "{html}"
+        );
     }
 }

@@ -888,13 +888,20 @@ async fn console_pages_list_create_refuse_and_delete_through_the_same_rules() {
             "/admin/configuration/pools/new",
             &[
                 ("name", "Lab"),
-                ("rules", "[{\"attribute\": \"name\""),
+                ("rules[0]", ""),
+                ("rules[0].attribute", "name"),
+                ("rules[0].condition", "matches_regex"),
+                ("rules[0].value", "(unclosed"),
                 ("description", "typed"),
             ],
         )
         .await;
     assert_eq!(r.status, 400, "{}", r.body);
-    assert!(r.body.contains("data-field=\"rules\""), "{}", r.body);
+    assert!(
+        r.body.contains("data-field=\"rules[0].value\""),
+        "{}",
+        r.body
+    );
     assert!(r.body.contains("value=\"typed\""), "{}", r.body);
     let r = c
         .post(
@@ -1043,12 +1050,13 @@ async fn console_pages_list_create_refuse_and_delete_through_the_same_rules() {
         .post(
             "/admin/configuration/assignments/dir",
             &[
-                ("group_0", "staff"),
-                ("location_0", ""),
-                ("role_0", "nope"),
-                ("policy_0", "default"),
-                ("otherwise_role", ""),
-                ("otherwise_policy", ""),
+                ("rows[0]", ""),
+                ("rows[0].group", "staff"),
+                ("rows[0].location_id", ""),
+                ("rows[0].role_id", "nope"),
+                ("rows[0].policy_id", "default"),
+                ("otherwise.role_id", ""),
+                ("otherwise.policy_id", ""),
             ],
         )
         .await;
@@ -1058,16 +1066,13 @@ async fn console_pages_list_create_refuse_and_delete_through_the_same_rules() {
         .post(
             "/admin/configuration/assignments/dir",
             &[
-                ("group_0", "staff"),
-                ("location_0", ""),
-                ("role_0", "user"),
-                ("policy_0", "default"),
-                ("group_1", ""),
-                ("location_1", ""),
-                ("role_1", ""),
-                ("policy_1", ""),
-                ("otherwise_role", "auditor"),
-                ("otherwise_policy", "default"),
+                ("rows[0]", ""),
+                ("rows[0].group", "staff"),
+                ("rows[0].location_id", ""),
+                ("rows[0].role_id", "user"),
+                ("rows[0].policy_id", "default"),
+                ("otherwise.role_id", "auditor"),
+                ("otherwise.policy_id", "default"),
             ],
         )
         .await;

@@ -3,14 +3,21 @@
 //! weak password first), looks at the dashboard (and saves a screenshot of it to
 //! `tests/artifacts/dashboard.png`), signs out, signs in with the new password and sees the
 //! factory password refused. The browser itself is `chrome::Chrome`'s; this module
-//! must not touch the server's data folder other than through the console.
+//! must not touch the server's data folder other than through the console (and
+//! `gatehouse setup` before the start).
+//!
+//! A second walk edits nested lists as row groups, with no script on the page: a pool with two
+//! rules, and a policy with two pool entries put in another order with "Move up" / "Move
+//! down"; Enter in a field saves rather than pressing a row's button (a screenshot is kept as
+//! `tests/artifacts/policy_rows.png`).
 
 use std::path::PathBuf;
 
+use fantoccini::elements::Element;
 use fantoccini::{Client, Locator};
 
 use crate::chrome::{
-    Chrome, click, find, full_page_screenshot, path, text_of, type_into, where_am_i,
+    Chrome, choose, click, find, full_page_screenshot, link, path, text_of, type_into, where_am_i,
 };
 use crate::common;
 
@@ -148,6 +155,181 @@ async fn console_in_a_real_browser() {
         .with_session(
             || format!("server log:\n{}", server.logs()),
             |c| walk(c, base),
+        )
+        .await;
+}
+
+/// Clicks a button that submits a form and waits for the answer's page.
+async fn click_and_wait(c: &Client, css: &str) {
+    let old = find(c, "html").await;
+    click(c, css).await;
+    wait_for_new_page(c, old, css).await;
+}
+
+/// Waits (a bounded number of looks) until the page whose root element is `old` is gone: the
+/// element goes stale once the next page has replaced it, so what is read next is the new
+/// page's.
+async fn wait_for_new_page(c: &Client, old: Element, what: &str) {
+    for _ in 0..500 {
+        if old.tag_name().await.is_err() {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!("{what} did not lead to a new page {}", where_am_i(c).await);
+}
+
+/// The label of the option chosen in a `<select>`.
+async fn chosen(c: &Client, select: &str) -> String {
+    text_of(c, &format!("{select} option:checked")).await
+}
+
+async fn value_of(c: &Client, css: &str) -> String {
+    find(c, css)
+        .await
+        .prop("value")
+        .await
+        .expect("value")
+        .unwrap_or_default()
+}
+
+/// A pool with two rules and a policy with two entries, reordered, through the row buttons.
+async fn edit_rows(c: Client, base: String) {
+    c.goto(&format!("{base}/admin/login"))
+        .await
+        .expect("open the console");
+    sign_in(&c, "admin", NEW_PASSWORD).await;
+    find(&c, "#dashboard-facts").await;
+
+    // A pool matching any of two rules; each "Add rule" shows the form again, as typed.
+    c.goto(&format!("{base}/admin/configuration/pools/new"))
+        .await
+        .expect("new pool");
+    type_into(&c, "input[name=name]", "Lab").await;
+    choose(&c, "select[name=match_all]", "at least one rule (any)").await;
+    click_and_wait(&c, "button[name=add_row][value=rules]").await;
+    assert!(
+        text_of(&c, "main p.notice").await.contains("Not saved yet"),
+        "{}",
+        where_am_i(&c).await
+    );
+    assert_eq!(value_of(&c, "input[name=name]").await, "Lab");
+    choose(&c, "select[name='rules[0].attribute']", "Name").await;
+    choose(&c, "select[name='rules[0].condition']", "begins with").await;
+    type_into(&c, "input[name='rules[0].value']", "lab-").await;
+    click_and_wait(&c, "button[name=add_row][value=rules]").await;
+    assert_eq!(value_of(&c, "input[name='rules[0].value']").await, "lab-");
+    choose(&c, "select[name='rules[1].attribute']", "Metadata key…").await;
+    type_into(&c, "input[name='rules[1].metadata_key']", "dept").await;
+    choose(&c, "select[name='rules[1].condition']", "equals").await;
+    type_into(&c, "input[name='rules[1].value']", "eng").await;
+    click_and_wait(&c, "form.resource button.save").await;
+    assert_eq!(text_of(&c, "main p.notice").await, "Created.");
+    c.goto(&format!("{base}/admin/configuration/pools/new"))
+        .await
+        .expect("new pool");
+    type_into(&c, "input[name=name]", "Spare").await;
+    click_and_wait(&c, "form.resource button.save").await;
+    assert_eq!(text_of(&c, "main p.notice").await, "Created.");
+    link(&c, "Lab").await.click().await.expect("open the pool");
+    assert_eq!(
+        chosen(&c, "select[name='rules[1].attribute']").await,
+        "Metadata key…"
+    );
+    assert_eq!(
+        value_of(&c, "input[name='rules[1].metadata_key']").await,
+        "dept"
+    );
+    assert_eq!(
+        chosen(&c, "select[name='rules[0].condition']").await,
+        "begins with"
+    );
+    assert_eq!(
+        chosen(&c, "select[name=match_all]").await,
+        "at least one rule (any)"
+    );
+
+    // A policy offering Lab, then Spare; moved up, Spare comes first.
+    c.goto(&format!("{base}/admin/configuration/policies/new"))
+        .await
+        .expect("new policy");
+    type_into(&c, "input[name=name]", "Staff").await;
+    click_and_wait(&c, "button[name=add_row][value=entries]").await;
+    choose(&c, "select[name='entries[0].pool_id']", "Lab").await;
+    click_and_wait(&c, "button[name=add_row][value=entries]").await;
+    choose(&c, "select[name='entries[1].pool_id']", "Spare").await;
+    type_into(&c, "input[name='entries[1].offer']", "2").await;
+    click(&c, "input[name='entries[1].running_only']").await;
+    click_and_wait(&c, "button[name=move_up][value='entries[1]']").await;
+    assert_eq!(
+        chosen(&c, "select[name='entries[0].pool_id']").await,
+        "Spare"
+    );
+    assert_eq!(chosen(&c, "select[name='entries[1].pool_id']").await, "Lab");
+    assert_eq!(value_of(&c, "input[name='entries[0].offer']").await, "2");
+    assert!(
+        find(&c, "input[name='entries[0].running_only']")
+            .await
+            .is_selected()
+            .await
+            .expect("checkbox state"),
+        "the box ticked moves with its row"
+    );
+    let shot = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/artifacts/policy_rows.png");
+    full_page_screenshot(&c, &shot).await;
+    click_and_wait(&c, "form.resource button.save").await;
+    assert_eq!(text_of(&c, "main p.notice").await, "Created.");
+
+    // Stored in that order; moved back down and saved with Enter in the name field.
+    link(&c, "Staff")
+        .await
+        .click()
+        .await
+        .expect("open the policy");
+    assert_eq!(
+        chosen(&c, "select[name='entries[0].pool_id']").await,
+        "Spare"
+    );
+    assert_eq!(chosen(&c, "select[name='entries[1].pool_id']").await, "Lab");
+    click_and_wait(&c, "button[name=move_down][value='entries[0]']").await;
+    assert_eq!(chosen(&c, "select[name='entries[0].pool_id']").await, "Lab");
+    let old = find(&c, "html").await;
+    find(&c, "input[name=name]")
+        .await
+        .send_keys("\u{E007}")
+        .await
+        .expect("press Enter");
+    wait_for_new_page(&c, old, "Enter in the name field").await;
+    assert_eq!(
+        text_of(&c, "main p.notice").await,
+        "Saved.",
+        "{}",
+        where_am_i(&c).await
+    );
+    link(&c, "Staff")
+        .await
+        .click()
+        .await
+        .expect("open the policy");
+    assert_eq!(chosen(&c, "select[name='entries[0].pool_id']").await, "Lab");
+    assert_eq!(
+        chosen(&c, "select[name='entries[1].pool_id']").await,
+        "Spare"
+    );
+    assert_eq!(value_of(&c, "input[name='entries[1].offer']").await, "2");
+}
+
+#[tokio::test]
+async fn row_groups_in_a_real_browser() {
+    let (_dir, data) = common::fresh_data();
+    common::finish_setup(&data, NEW_PASSWORD);
+    let server = common::Server::start(&data, None);
+    let chrome = Chrome::start(None).await;
+    let base = server.base.clone();
+    chrome
+        .with_session(
+            || format!("server log:\n{}", server.logs()),
+            |c| edit_rows(c, base),
         )
         .await;
 }

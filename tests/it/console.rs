@@ -1,7 +1,10 @@
 //! The console over real HTTPS: the wizard, its gate, CSRF, sign-in throttling, licences,
-//! certificates, My options, the audit log and metrics.
+//! certificates, My options, the audit log and metrics, and nested lists edited as row groups
+//! without a browser.
 
-use crate::common::{self, Licensing, Server};
+use serde_json::{Value, json};
+
+use crate::common::{self, Console, Licensing, Server};
 
 const PASSWORD: &str = "Gatehouse-Test-42!";
 
@@ -682,5 +685,322 @@ async fn unattended_setup_runs_the_wizard_steps() {
     assert_eq!(
         out.trim(),
         format!("gatehouse {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+// ---- Row groups -------------------------------------------------------------------------------
+
+const POOLS: &str = "/admin/configuration/pools";
+const POLICIES: &str = "/admin/configuration/policies";
+const PROTOCOL_PLANS: &str = "/admin/configuration/protocol-plans";
+
+/// A configuration list as the API serves it, read with an administrator's token.
+async fn api_list(server: &Server, path: &str) -> Vec<Value> {
+    let http = common::client();
+    let token: Value = http
+        .post(format!("{}/api/v1/tokens", server.base))
+        .json(&json!({"username": "admin", "password": PASSWORD}))
+        .send()
+        .await
+        .expect("POST tokens")
+        .json()
+        .await
+        .expect("a token");
+    let token = token["token"].as_str().expect("token");
+    let list: Value = http
+        .get(format!("{}/api/v1/{path}", server.base))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("GET list")
+        .json()
+        .await
+        .expect("a list");
+    list.as_array().expect("a list").clone()
+}
+
+fn named<'a>(items: &'a [Value], name: &str) -> Option<&'a Value> {
+    items.iter().find(|i| i["name"] == name)
+}
+
+/// The `<select>` named `name` in a page, from its tag to its end.
+fn select_of<'b>(body: &'b str, name: &str) -> &'b str {
+    let start = body
+        .find(&format!("<select name=\"{name}\">"))
+        .unwrap_or_else(|| panic!("no select {name} in {body}"));
+    let end = start + body[start..].find("</select>").expect("the select's end");
+    &body[start..end]
+}
+
+/// Whether the select `name` has the option `value` selected.
+fn chosen(body: &str, name: &str, value: &str) -> bool {
+    select_of(body, name).contains(&format!("<option value=\"{value}\" selected>"))
+}
+
+/// The fields of one policy entry row, as a browser submits them.
+fn entry(i: usize, pool: &str, offer: &str, running: bool) -> Vec<(String, String)> {
+    let at = |k: &str| format!("entries[{i}]{k}");
+    let mut fields = vec![
+        (at(""), String::new()),
+        (at(".pool_id"), pool.to_string()),
+        (at(".offer"), offer.to_string()),
+        (at(".order"), "by_name".to_string()),
+        (at(".protocol_plan"), "default".to_string()),
+        (at(".power_plan"), "default".to_string()),
+        (at(".release_plan"), "default".to_string()),
+    ];
+    if running {
+        fields.push((at(".running_only"), "on".to_string()));
+    }
+    fields
+}
+
+/// Posts a policy form: its name, rows and any further fields (a button).
+async fn post_policy(
+    c: &mut Console,
+    path: &str,
+    rows: &[Vec<(String, String)>],
+    more: &[(&str, &str)],
+) -> common::Answer {
+    let mut fields: Vec<(&str, &str)> = vec![("name", "Staff")];
+    for row in rows {
+        fields.extend(row.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    }
+    fields.extend_from_slice(more);
+    c.post(path, &fields).await
+}
+
+#[tokio::test]
+async fn nested_lists_are_edited_as_rows_and_a_bad_row_saves_nothing() {
+    let (_dir, data) = common::fresh_data();
+    let server = Server::start(&data, None);
+    let mut c = server.console();
+    c.complete_wizard(PASSWORD, None).await;
+
+    // A pool with two rules, each a row; "Add rule" shows the form again, saving nothing.
+    let new_pool = format!("{POOLS}/new");
+    let form = c.get(&new_pool).await;
+    assert!(
+        form.body.contains("name=\"add_row\" value=\"rules\""),
+        "{}",
+        form.body
+    );
+    let a = c
+        .post(
+            &new_pool,
+            &[("name", "Lab"), ("match_all", "off"), ("add_row", "rules")],
+        )
+        .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert!(a.body.contains("Not saved yet"), "{}", a.body);
+    assert!(chosen(&a.body, "rules[0].attribute", "name"), "{}", a.body);
+    assert!(chosen(&a.body, "match_all", "off"), "kept as chosen");
+    assert!(a.body.contains("value=\"Lab\""), "kept as typed");
+    assert!(named(&api_list(&server, "pools").await, "Lab").is_none());
+    let a = c
+        .post(
+            &new_pool,
+            &[
+                ("name", "Lab"),
+                ("match_all", "off"),
+                ("rules[0]", ""),
+                ("rules[0].attribute", "name"),
+                ("rules[0].metadata_key", ""),
+                ("rules[0].condition", "begins_with"),
+                ("rules[0].value", "lab-"),
+                ("rules[1]", ""),
+                ("rules[1].attribute", "metadata"),
+                ("rules[1].metadata_key", "dept"),
+                ("rules[1].condition", "equals"),
+                ("rules[1].value", "eng"),
+            ],
+        )
+        .await;
+    assert_eq!(
+        (a.status, a.location.as_str()),
+        (303, "/admin/configuration/pools?notice=created"),
+        "{}",
+        a.body
+    );
+    let a = c
+        .post(&new_pool, &[("name", "Spare"), ("match_all", "on")])
+        .await;
+    assert_eq!(a.status, 303, "{}", a.body);
+    let pools = api_list(&server, "pools").await;
+    let lab = named(&pools, "Lab").expect("Lab saved");
+    assert_eq!(
+        lab["rules"],
+        json!([
+            {"attribute": "name", "condition": "begins_with", "value": "lab-"},
+            {"attribute": {"metadata": "dept"}, "condition": "equals", "value": "eng"},
+        ])
+    );
+    assert_eq!(lab["match_all"], false);
+    let lab = lab["id"].as_str().expect("id").to_string();
+    let spare = named(&pools, "Spare").expect("Spare saved")["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    // Shown again, each rule is its row.
+    let page = c.get(&format!("{POOLS}/{lab}")).await;
+    assert!(chosen(&page.body, "rules[1].attribute", "metadata"));
+    assert!(
+        page.body
+            .contains("name=\"rules[1].metadata_key\" value=\"dept\"")
+    );
+
+    // A policy: rows added, removed and moved with the buttons; nothing is saved meanwhile.
+    let new_policy = format!("{POLICIES}/new");
+    let a = post_policy(&mut c, &new_policy, &[], &[("add_row", "entries")]).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert!(
+        chosen(&a.body, "entries[0].pool_id", ""),
+        "no pool chosen yet"
+    );
+    assert!(select_of(&a.body, "entries[0].pool_id").contains(">Spare</option>"));
+    let rows = [entry(0, &lab, "1", true), entry(1, &spare, "2", false)];
+    let a = post_policy(&mut c, &new_policy, &rows, &[("add_row", "entries")]).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert!(a.body.contains("name=\"entries[2].pool_id\""), "{}", a.body);
+    let three = [rows[0].clone(), rows[1].clone(), entry(2, "", "1", false)];
+    let a = post_policy(&mut c, &new_policy, &three, &[("remove_row", "entries[2]")]).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert!(!a.body.contains("name=\"entries[2]"), "{}", a.body);
+    let a = post_policy(&mut c, &new_policy, &rows, &[("move_up", "entries[1]")]).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert!(chosen(&a.body, "entries[0].pool_id", &spare), "{}", a.body);
+    assert!(chosen(&a.body, "entries[1].pool_id", &lab), "{}", a.body);
+    assert!(
+        a.body.contains("name=\"entries[0].offer\" value=\"2\""),
+        "what was typed moves with its row"
+    );
+    assert!(
+        a.body
+            .contains("name=\"entries[1].running_only\" value=\"on\" checked"),
+        "{}",
+        a.body
+    );
+    assert!(named(&api_list(&server, "policies").await, "Staff").is_none());
+
+    // A bad row: refused on its row and field, kept as typed, nothing saved.
+    let bad = [entry(0, &spare, "2", false), entry(1, "nope", "0", true)];
+    let a = post_policy(&mut c, &new_policy, &bad, &[]).await;
+    assert_eq!(a.status, 400, "{}", a.body);
+    assert!(
+        a.body
+            .contains("data-field=\"entries[1].pool_id\">there is no pool `nope`<"),
+        "{}",
+        a.body
+    );
+    assert!(
+        a.body
+            .contains("data-field=\"entries[1].offer\">offer at least 1 desktop<"),
+        "{}",
+        a.body
+    );
+    assert!(
+        a.body
+            .contains("entries[1].pool_id: there is no pool `nope`"),
+        "the message above the form names the row and field: {}",
+        a.body
+    );
+    assert!(
+        a.body
+            .contains("<option value=\"nope\" selected>nope (missing)</option>")
+    );
+    assert!(a.body.contains("name=\"entries[1].offer\" value=\"0\""));
+    let typo = [entry(0, &spare, "2", false), entry(1, &lab, "lots", false)];
+    let a = post_policy(&mut c, &new_policy, &typo, &[]).await;
+    assert_eq!(a.status, 400, "{}", a.body);
+    assert!(
+        a.body
+            .contains("data-field=\"entries[1].offer\">`lots` is not a whole number<"),
+        "{}",
+        a.body
+    );
+    assert!(named(&api_list(&server, "policies").await, "Staff").is_none());
+
+    // Saved in the order shown.
+    let moved = [entry(0, &spare, "2", false), entry(1, &lab, "1", true)];
+    let a = post_policy(&mut c, &new_policy, &moved, &[]).await;
+    assert_eq!(
+        (a.status, a.location.as_str()),
+        (303, "/admin/configuration/policies?notice=created"),
+        "{}",
+        a.body
+    );
+    let policies = api_list(&server, "policies").await;
+    let staff = named(&policies, "Staff").expect("saved");
+    let pools_of = |p: &Value| -> Vec<String> {
+        p["entries"]
+            .as_array()
+            .expect("entries")
+            .iter()
+            .map(|e| e["pool_id"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    assert_eq!(pools_of(staff), [spare.clone(), lab.clone()]);
+    assert_eq!(staff["entries"][0]["offer"], 2);
+    assert_eq!(staff["entries"][1]["running_only"], true);
+    let id = staff["id"].as_str().expect("id").to_string();
+
+    // Editing: the stored rows come back; moving one is saved only with Save.
+    let edit = format!("{POLICIES}/{id}");
+    let page = c.get(&edit).await;
+    assert!(
+        chosen(&page.body, "entries[0].pool_id", &spare),
+        "{}",
+        page.body
+    );
+    let a = post_policy(&mut c, &edit, &moved, &[("move_down", "entries[0]")]).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert!(chosen(&a.body, "entries[0].pool_id", &lab));
+    let stored = api_list(&server, "policies").await;
+    assert_eq!(
+        pools_of(named(&stored, "Staff").expect("kept")),
+        [spare.clone(), lab.clone()]
+    );
+    let swapped = [entry(0, &lab, "1", true), entry(1, &spare, "2", false)];
+    let a = post_policy(&mut c, &edit, &swapped, &[]).await;
+    assert_eq!(a.status, 303, "{}", a.body);
+    let stored = api_list(&server, "policies").await;
+    assert_eq!(
+        pools_of(named(&stored, "Staff").expect("kept")),
+        [lab, spare]
+    );
+
+    // A protocol plan: one row per protocol, connection file lines in a textarea.
+    let a = c
+        .post(
+            &format!("{PROTOCOL_PLANS}/new"),
+            &[
+                ("name", "Thin"),
+                ("protocols[0]", ""),
+                ("protocols[0].protocol", "rdp"),
+                ("protocols[0].priority", "1"),
+                (
+                    "protocols[0].file_lines",
+                    "audiomode:i:2\r\nredirectclipboard:i:0\r\n",
+                ),
+                ("protocols[0].command_line", "/f"),
+                ("protocols[0].via_gateway", "on"),
+                ("protocols[1]", ""),
+                ("protocols[1].protocol", "vnc"),
+                ("protocols[1].priority", "0"),
+                ("protocols[1].file_lines", ""),
+                ("protocols[1].command_line", ""),
+            ],
+        )
+        .await;
+    assert_eq!(a.status, 303, "{}", a.body);
+    let plans = api_list(&server, "protocol-plans").await;
+    assert_eq!(
+        named(&plans, "Thin").expect("saved")["protocols"],
+        json!([
+            {"protocol": "rdp", "priority": 1, "command_line": "/f", "via_gateway": true,
+             "file_lines": ["audiomode:i:2", "redirectclipboard:i:0"]},
+            {"protocol": "vnc", "priority": 0, "command_line": "", "via_gateway": false,
+             "file_lines": []},
+        ])
     );
 }

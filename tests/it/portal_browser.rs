@@ -222,12 +222,9 @@ async fn configure(c: &Client, base: &str, directory: &Directory) {
         .expect("policies");
     click(c, "#new").await;
     type_into(c, "input[name=name]", POLICY).await;
-    let entries = format!(
-        "[{{\"pool_id\": \"{pool_id}\", \"offer\": 1, \"running_only\": false, \
-         \"order\": \"by_name\", \"protocol_plan\": \"default\", \"power_plan\": \"default\", \
-         \"release_plan\": \"default\"}}]"
-    );
-    type_into(c, "textarea[name=entries]", &entries).await;
+    click(c, "button[name=add_row][value=entries]").await;
+    choose(c, "select[name='entries[0].pool_id']", POOL).await;
+    choose(c, "select[name='entries[0].order']", "By name").await;
     submit(c).await;
     assert_eq!(notice(c).await, "Created.", "{}", where_am_i(c).await);
     let list = text_of(c, "table.list").await;
@@ -241,10 +238,11 @@ async fn configure(c: &Client, base: &str, directory: &Directory) {
     link(c, &directory.name).await.click().await.expect("open");
     let help = text_of(c, "form.resource p.help").await;
     assert!(help.contains("group(s) found"), "{help}");
-    find(c, "datalist#group_0-list option[value='generated']").await;
-    type_into(c, "input[name=group_0]", "generated").await;
-    choose(c, "select[name=role_0]", "User").await;
-    choose(c, "select[name=policy_0]", POLICY).await;
+    click(c, "button[name=add_row][value=rows]").await;
+    find(c, "datalist#rows-group-list option[value='generated']").await;
+    type_into(c, "input[name='rows[0].group']", "generated").await;
+    choose(c, "select[name='rows[0].role_id']", "User").await;
+    choose(c, "select[name='rows[0].policy_id']", POLICY).await;
     submit(c).await;
     assert_eq!(notice(c).await, "Saved.", "{}", where_am_i(c).await);
     assert_eq!(path(c).await, "/admin/configuration/assignments");
