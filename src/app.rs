@@ -55,7 +55,17 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
     let broker: Arc<Broker> = Arc::new(Broker::new(
         store.clone(),
         BrokerSettings {
-            gateway_url: config.broker.gateway_url.clone(),
+            gateway_url: if config.broker.gateway_url.is_empty() {
+                let host = public_host(&config, config.server.listen);
+                let host = if host.contains(':') {
+                    format!("[{host}]")
+                } else {
+                    host
+                };
+                format!("wss://{host}:{}/tunnel", config.server.listen.port())
+            } else {
+                config.broker.gateway_url.clone()
+            },
             ticket_seconds: i64::from(config.broker.ticket_seconds),
         },
         signing_key,
@@ -89,7 +99,9 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
         .gateway
         .settings(config.trusted_proxies())
         .map_err(AppError::Gateway)?;
-    let gateway = Arc::new(Gateway::new(settings, broker.verifying_key()));
+    let forwarding = config.gateway.forwarding().map_err(AppError::Gateway)?;
+    let gateway =
+        Arc::new(Gateway::new(settings, broker.verifying_key()).with_forwarding(forwarding));
     let listen = config.server.listen;
     let listener = std::net::TcpListener::bind(listen).map_err(|source| AppError::Listen {
         addr: listen,
@@ -165,6 +177,11 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
         Some(acceptor),
         Backend::Local(socket_path.clone()),
     );
+    broker.set_gateway_link(Arc::new(crate::gateway::forward::LocalLink {
+        gateway: gateway.clone(),
+        runtime: runtime.handle().clone(),
+        public_host: public_host(&config, local),
+    }));
     let (front_stop, front_stopped) = tokio::sync::watch::channel(false);
     {
         let _entered = runtime.enter();
@@ -217,6 +234,21 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
     let _ = scheduler_task.await;
     tracing::info!("Gatehouse stopped");
     result.map_err(AppError::Server)
+}
+
+/// The host clients reach forwarded ports on.
+fn public_host(config: &Config, local: SocketAddr) -> String {
+    if !config.gateway.public_host.is_empty() {
+        return config.gateway.public_host.clone();
+    }
+    if let Some(name) = config.server.hostnames.first() {
+        return name.clone();
+    }
+    if local.ip().is_unspecified() {
+        "localhost".into()
+    } else {
+        local.ip().to_string()
+    }
 }
 
 /// The address to print for people: the configured host name when listening on every

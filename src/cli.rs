@@ -77,6 +77,12 @@ struct GatewayArgs {
     /// 22, 3389 and 5900 are always added).
     #[arg(long, default_value = "3389,5900-25900")]
     allowed_ports: String,
+    /// Ports for forwarded-port connections, `A-B`.
+    #[arg(long, default_value = "20001-22000")]
+    port_range: String,
+    /// Seconds a forwarded port waits for its client.
+    #[arg(long, default_value_t = 60)]
+    forward_window: u32,
     /// Seconds between WebSocket pings; 0: none.
     #[arg(long, default_value_t = 30)]
     keepalive: u32,
@@ -345,7 +351,15 @@ fn gateway(args: GatewayArgs) -> Result<()> {
         trusted_proxies: trusted,
         ..Default::default()
     };
+    let range = crate::gateway::forward::parse_range(&args.port_range)
+        .map_err(|e| anyhow::anyhow!("--port-range: {e}"))?;
+    let forwarding = crate::gateway::forward::ForwardSettings {
+        range,
+        window: secs(args.forward_window.max(1)),
+        ..Default::default()
+    };
     let options = crate::gateway::standalone::Options {
+        forwarding,
         listen: args.listen,
         plain_listen: args.plain_listen,
         broker_key: args.broker_key,

@@ -180,6 +180,13 @@ pub struct GatewayConfig {
     pub max_connections: usize,
     /// Seconds allowed for the TLS handshake and the first request head.
     pub handshake_timeout: u32,
+    /// Ports for forwarded-port connections (native clients without WebSocket), `A-B`.
+    pub forward_ports: String,
+    /// Seconds a forwarded port waits for its client before it is given back.
+    pub forward_window: u32,
+    /// The host name or address clients use to reach this gateway's forwarded ports; empty:
+    /// the first of `server.hostnames`, else the listen address.
+    pub public_host: String,
 }
 
 impl Default for GatewayConfig {
@@ -192,6 +199,9 @@ impl Default for GatewayConfig {
             idle_timeout: 0,
             max_connections: 20_000,
             handshake_timeout: 10,
+            forward_ports: "20001-22000".into(),
+            forward_window: 60,
+            public_host: String::new(),
         }
     }
 }
@@ -216,6 +226,16 @@ impl GatewayConfig {
             handshake_timeout: secs(self.handshake_timeout),
             connect_timeout: Duration::from_secs(10),
             trusted_proxies,
+        })
+    }
+
+    /// Where forwarded ports are opened.
+    pub fn forwarding(&self) -> Result<crate::gateway::forward::ForwardSettings, String> {
+        let range = crate::gateway::forward::parse_range(&self.forward_ports)?;
+        Ok(crate::gateway::forward::ForwardSettings {
+            range,
+            window: std::time::Duration::from_secs(u64::from(self.forward_window)),
+            ..Default::default()
         })
     }
 }
@@ -352,7 +372,11 @@ impl Config {
         {
             return Err(invalid("gateway.allowed_ports", e));
         }
+        if let Err(e) = self.gateway.forwarding() {
+            return Err(invalid("gateway.forward_ports", e));
+        }
         for (key, value) in [
+            ("gateway.forward_window", self.gateway.forward_window),
             ("gateway.pong_timeout", self.gateway.pong_timeout),
             ("gateway.handshake_timeout", self.gateway.handshake_timeout),
             (

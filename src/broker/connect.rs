@@ -224,6 +224,7 @@ mod tests {
             file_lines: vec!["audiomode:i:0".into()],
             command_line: "/f".into(),
             via_gateway: false,
+            gateway_method: Default::default(),
         }
     }
 

@@ -31,7 +31,7 @@ use crate::auth::{Directory, DirectoryError, DirectoryUser};
 use crate::model::desktop::{Desktop, PowerState};
 use crate::model::directory::{AuthServer, choose, split_login};
 use crate::model::location::{ClientFacts, Location};
-use crate::model::plan::{DEFAULT_PLAN_ID, ProtocolPlan};
+use crate::model::plan::{DEFAULT_PLAN_ID, GatewayMethod, ProtocolPlan};
 use crate::model::policy::{AssignmentTable, MatchedRow, PickOrder, Policy, PolicyEntry};
 use crate::model::pool::{Membership, Pool};
 use crate::model::role::Role;
@@ -73,8 +73,24 @@ pub enum BrokerError {
     Forbidden,
     #[error("The {kind} `{id}` is missing from the configuration.")]
     Missing { kind: &'static str, id: String },
+    #[error(
+        "The gateway cannot open a connection for you right now ({0}). Try again or tell your administrator."
+    )]
+    Gateway(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// The answer of a [`GatewayLink`]: the public host and port, or why not.
+pub type ForwardFuture<'a> = std::pin::Pin<
+    Box<dyn std::future::Future<Output = std::result::Result<(String, u16), String>> + Send + 'a>,
+>;
+
+/// What the broker asks of its gateway beyond signing tickets: a forwarded port.
+pub trait GatewayLink: Send + Sync {
+    /// Opens a forwarded port for a signed ticket; returns the public host and port the
+    /// client connects to.
+    fn forward(&self, ticket: String) -> ForwardFuture<'_>;
 }
 
 pub type Result<T, E = BrokerError> = std::result::Result<T, E>;
@@ -278,6 +294,7 @@ pub struct Broker {
     membership: RwLock<Option<Arc<Membership>>>,
     taken: Arc<TakenHint>,
     ends: SessionEnds,
+    link: RwLock<Option<Arc<dyn GatewayLink>>>,
 }
 
 impl Broker {
@@ -290,7 +307,13 @@ impl Broker {
             membership: RwLock::new(None),
             taken: Arc::new(TakenHint::default()),
             ends: SessionEnds::default(),
+            link: RwLock::new(None),
         }
+    }
+
+    /// Connects the broker to the gateway that opens forwarded ports.
+    pub fn set_gateway_link(&self, link: Arc<dyn GatewayLink>) {
+        *self.link.write().unwrap_or_else(|p| p.into_inner()) = Some(link);
     }
 
     /// The "session ended" notices gateways act on.
@@ -630,28 +653,49 @@ impl Broker {
         })?;
         let port = desktop.port_or_default();
         let user = username.to_string();
-        let gateway = setting.via_gateway.then(|| {
-            let ticket = Ticket {
+        let ticket = || {
+            Ticket {
                 session: session_id.to_string(),
                 user: user.clone(),
                 host: desktop.address.clone(),
                 port,
                 client: Some(address),
                 expires: Utc::now().timestamp() + self.settings.ticket_seconds,
-            };
-            GatewayDetails {
-                url: self.settings.gateway_url.clone(),
-                ticket: ticket.sign(&self.signing_key),
             }
-        });
-        let mut params = connect::params(
-            setting,
-            &desktop.address,
-            port,
-            &user,
-            desktop.shown_name(),
-            gateway,
-        );
+            .sign(&self.signing_key)
+        };
+        let mut params = match (setting.via_gateway, setting.gateway_method) {
+            (false, _) => connect::params(
+                setting,
+                &desktop.address,
+                port,
+                &user,
+                desktop.shown_name(),
+                None,
+            ),
+            (true, GatewayMethod::Tunnel) => connect::params(
+                setting,
+                &desktop.address,
+                port,
+                &user,
+                desktop.shown_name(),
+                Some(GatewayDetails {
+                    url: self.settings.gateway_url.clone(),
+                    ticket: ticket(),
+                }),
+            ),
+            (true, GatewayMethod::ForwardedPort) => {
+                let link = self
+                    .link
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone()
+                    .ok_or_else(|| BrokerError::Gateway("no gateway is connected".into()))?;
+                let (host, forwarded) =
+                    link.forward(ticket()).await.map_err(BrokerError::Gateway)?;
+                connect::params(setting, &host, forwarded, &user, desktop.shown_name(), None)
+            }
+        };
         params.plans = Some(plans);
         Ok(params)
     }

@@ -40,6 +40,25 @@ impl Default for ForwardSettings {
     }
 }
 
+/// `A-B`, a range of ports (1-65535).
+pub fn parse_range(text: &str) -> Result<(u16, u16), String> {
+    let (a, b) = text
+        .split_once('-')
+        .ok_or_else(|| format!("`{text}` is not a port range like 20001-22000"))?;
+    let port = |s: &str| {
+        s.trim()
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| format!("`{s}` is not a port (1-65535)"))
+    };
+    let (a, b) = (port(a)?, port(b)?);
+    if a > b {
+        return Err(format!("`{text}`: the range's start is after its end"));
+    }
+    Ok((a, b))
+}
+
 /// The answer to a forward request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Forward {
@@ -191,6 +210,76 @@ impl Gateway {
                 .await;
                 tracing::debug!(port, ?result, "forwarded connection ended");
             });
+        }
+    }
+}
+
+/// The built-in gateway as the broker's link: forwards open in this process, on the
+/// gateway's runtime.
+pub struct LocalLink {
+    pub gateway: Arc<Gateway>,
+    pub runtime: tokio::runtime::Handle,
+    /// What clients connect to.
+    pub public_host: String,
+}
+
+impl crate::broker::GatewayLink for LocalLink {
+    fn forward(&self, ticket: String) -> crate::broker::ForwardFuture<'_> {
+        Box::pin(async move {
+            let gateway = self.gateway.clone();
+            let opened = self
+                .runtime
+                .spawn(async move {
+                    gateway
+                        .open_forward(&ticket, IpAddr::from([127, 0, 0, 1]))
+                        .await
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            let forward = opened.map_err(|e| e.to_string())?;
+            Ok((self.public_host.clone(), forward.port))
+        })
+    }
+}
+
+/// Answers `POST /gateway/v1/forwards` (`{"ticket": "…"}` → `{"port": N}`) on a gateway's
+/// port: how a broker asks a standalone gateway for a forwarded port.
+pub async fn answer_request(
+    gateway: &Arc<Gateway>,
+    body: &[u8],
+    requester: IpAddr,
+) -> (u16, String) {
+    #[derive(Deserialize)]
+    struct Request {
+        ticket: String,
+    }
+    let request: Request = match serde_json::from_slice(body) {
+        Ok(r) => r,
+        Err(e) => {
+            return (
+                400,
+                serde_json::json!({"error": "bad_request", "message": format!("expected {{\"ticket\": \"…\"}}: {e}")})
+                    .to_string(),
+            );
+        }
+    };
+    match gateway.open_forward(&request.ticket, requester).await {
+        Ok(forward) => (200, serde_json::json!({"port": forward.port}).to_string()),
+        Err(ForwardError::Exhausted(a, b)) => {
+            tracing::warn!(a, b, "forwarded ports exhausted");
+            (
+                503,
+                serde_json::json!({"error": "no_free_port", "message": "no forwarded port is free right now"})
+                    .to_string(),
+            )
+        }
+        Err(e) => {
+            tracing::warn!(%requester, reason = %e, "forward refused");
+            gateway.refused.fetch_add(1, Ordering::Relaxed);
+            (
+                403,
+                serde_json::json!({"error": "refused", "message": "refused"}).to_string(),
+            )
         }
     }
 }

@@ -185,6 +185,10 @@ impl FrontDoor {
             tunnel::serve(&self.gateway, s, &head, &buf[head.len..], client).await;
             return;
         }
+        if head.path == FORWARDS_PATH {
+            self.forward_request(s, &head, buf, client, deadline).await;
+            return;
+        }
         match &self.backend {
             Backend::Local(socket) => {
                 let origin = Origin {
@@ -209,6 +213,73 @@ impl FrontDoor {
                 let _ = s.write_all(&bare_response("404 Not Found", "")).await;
             }
         }
+        let _ = s.shutdown().await;
+    }
+}
+
+/// Where a broker asks a standalone gateway for a forwarded port.
+pub const FORWARDS_PATH: &str = "/gateway/v1/forwards";
+
+impl FrontDoor {
+    async fn forward_request<S>(
+        &self,
+        mut s: S,
+        head: &Head,
+        mut buf: Vec<u8>,
+        client: SocketAddr,
+        deadline: Instant,
+    ) where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        const MAX_BODY: usize = 8 * 1024;
+        let length = head
+            .header("content-length")
+            .and_then(|l| l.trim().parse::<usize>().ok());
+        let (status, body) = match (head.method.as_str(), length) {
+            ("POST", Some(len)) if len <= MAX_BODY => {
+                let mut body = buf.split_off(head.len);
+                let read = timeout_at(deadline, async {
+                    while body.len() < len {
+                        let mut chunk = [0u8; 1024];
+                        let n = s.read(&mut chunk).await?;
+                        if n == 0 {
+                            return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
+                        }
+                        body.extend_from_slice(&chunk[..n]);
+                    }
+                    Ok(())
+                })
+                .await;
+                match read {
+                    Ok(Ok(())) => {
+                        super::forward::answer_request(&self.gateway, &body[..len], client.ip())
+                            .await
+                    }
+                    _ => return,
+                }
+            }
+            ("POST", _) => (
+                400,
+                r#"{"error":"bad_request","message":"a JSON body of at most 8 KiB with Content-Length is expected"}"#
+                    .to_string(),
+            ),
+            _ => (
+                405,
+                r#"{"error":"method_not_allowed","message":"use POST"}"#.to_string(),
+            ),
+        };
+        let reason = match status {
+            200 => "OK",
+            400 => "Bad Request",
+            403 => "Forbidden",
+            405 => "Method Not Allowed",
+            _ => "Service Unavailable",
+        };
+        let response = format!(
+            "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\nCache-Control: no-store\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = s.write_all(response.as_bytes()).await;
         let _ = s.shutdown().await;
     }
 }

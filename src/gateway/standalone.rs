@@ -38,6 +38,7 @@ pub struct Options {
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
     pub settings: GatewaySettings,
+    pub forwarding: super::forward::ForwardSettings,
 }
 
 /// Reads the broker's public key (PEM, `PUBLIC KEY`).
@@ -94,7 +95,8 @@ pub async fn run(opts: Options) -> Result<(), StandaloneError> {
     );
     let config = tls::server_config_with_alpn(resolver.clone(), &[b"http/1.1"])
         .map_err(|e| StandaloneError::Certificate(e.to_string()))?;
-    let gateway = Arc::new(Gateway::new(opts.settings.clone(), key));
+    let gateway =
+        Arc::new(Gateway::new(opts.settings.clone(), key).with_forwarding(opts.forwarding.clone()));
     let front = FrontDoor::new(
         gateway.clone(),
         Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))),

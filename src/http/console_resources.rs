@@ -314,10 +314,19 @@ static PROTOCOL_ROWS: Rows = Rows {
             "Extra parameters for the client.",
         ),
         field("via_gateway", "Through the gateway", Kind::Check),
+        helped(
+            "gateway_method",
+            "Gateway method",
+            Kind::Select(&[
+                ("tunnel", "WebSocket tunnel"),
+                ("forwarded_port", "Forwarded port"),
+            ]),
+            "A forwarded port suits native clients that cannot use a tunnel.",
+        ),
     ],
     blank: || {
         serde_json::json!({"protocol": "rdp", "priority": 1, "file_lines": [],
-            "command_line": "", "via_gateway": false})
+            "command_line": "", "via_gateway": false, "gateway_method": "tunnel"})
     },
     to_form: same,
     from_form: same,

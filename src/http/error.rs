@@ -130,6 +130,7 @@ impl HttpError {
                 BrokerError::ProtocolNotAllowed(_) => "protocol_not_allowed",
                 BrokerError::Forbidden => "forbidden",
                 BrokerError::Missing { .. } => "configuration_missing",
+                BrokerError::Gateway(_) => "gateway_unavailable",
                 BrokerError::Store(_) => "store_error",
             },
         }
@@ -193,6 +194,7 @@ impl ResponseError for HttpError {
                 | BrokerError::Forbidden => StatusCode::FORBIDDEN,
                 BrokerError::NotYours => StatusCode::NOT_FOUND,
                 BrokerError::DirectoryUnreachable(_)
+                | BrokerError::Gateway(_)
                 | BrokerError::Store(StoreError::InUse { .. }) => StatusCode::SERVICE_UNAVAILABLE,
                 BrokerError::NoDesktopAvailable { .. } | BrokerError::ProtocolNotAllowed(_) => {
                     StatusCode::CONFLICT

@@ -571,6 +571,7 @@ mod tests {
             file_lines: Vec::new(),
             command_line: String::new(),
             via_gateway: false,
+            gateway_method: Default::default(),
         };
         let rdp = crate::broker::connect::params(
             &setting(Protocol::Rdp),

@@ -1050,6 +1050,13 @@ plan_resource!(
                             ("file_lines", array(string())),
                             ("command_line", string()),
                             ("via_gateway", boolean()),
+                            (
+                                "gateway_method",
+                                described(
+                                    one_of(&["tunnel", "forwarded_port"]),
+                                    "With via_gateway: a WebSocket tunnel or a forwarded port.",
+                                ),
+                            ),
                         ],
                     )),
                 ),

@@ -25,6 +25,19 @@ pub struct ProtocolSetting {
     /// Connect through the gateway instead of directly.
     #[serde(default)]
     pub via_gateway: bool,
+    /// How the gateway carries it: a WebSocket tunnel (clients that speak it, or
+    /// `gatehouse tunnel`), or a forwarded port for native clients.
+    #[serde(default)]
+    pub gateway_method: GatewayMethod,
+}
+
+/// How a connection goes through the gateway.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GatewayMethod {
+    #[default]
+    Tunnel,
+    ForwardedPort,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -47,6 +60,7 @@ impl ProtocolPlan {
             file_lines: Vec::new(),
             command_line: String::new(),
             via_gateway: false,
+            gateway_method: GatewayMethod::Tunnel,
         };
         Self {
             id: DEFAULT_PLAN_ID.into(),
