@@ -105,14 +105,17 @@ impl FrontDoor {
     async fn connection(self: &Arc<Self>, tcp: TcpStream, peer: SocketAddr, secure: bool) {
         let _ = tcp.set_nodelay(true);
         let deadline = Instant::now() + self.gateway.settings.handshake_timeout;
-        let (stream, client) = match timeout_at(deadline, self.proxy_header(tcp, peer)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                tracing::info!(%peer, error = %e, "connection refused");
-                return;
-            }
-            Err(_) => return,
-        };
+        // Each handshake step is boxed, so that its buffers are freed before the (long) life of
+        // the connection: an idle tunnel keeps only what it needs.
+        let (stream, client) =
+            match Box::pin(timeout_at(deadline, self.proxy_header(tcp, peer))).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::info!(%peer, error = %e, "connection refused");
+                    return;
+                }
+                Err(_) => return,
+            };
         match (&self.tls, secure) {
             (Some(acceptor), true) => match timeout_at(deadline, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => self.stream(tls, client, true, deadline).await,
@@ -166,7 +169,7 @@ impl FrontDoor {
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let mut buf = Vec::with_capacity(2048);
-        let head = match timeout_at(deadline, read_head(&mut s, &mut buf)).await {
+        let head = match Box::pin(timeout_at(deadline, read_head(&mut s, &mut buf))).await {
             Ok(Ok(head)) => head,
             Ok(Err(HeadError::Closed)) | Err(_) => return,
             Ok(Err(HeadError::TooLarge)) => {
@@ -182,7 +185,9 @@ impl FrontDoor {
             }
         };
         if head.is_tunnel() {
-            tunnel::serve(&self.gateway, s, &head, &buf[head.len..], client).await;
+            let leftover = buf.split_off(head.len);
+            drop(buf);
+            tunnel::serve(&self.gateway, s, head, leftover, client).await;
             return;
         }
         if head.path == FORWARDS_PATH {
@@ -306,12 +311,13 @@ enum HeadError {
 
 async fn read_head<S: AsyncRead + Unpin>(s: &mut S, buf: &mut Vec<u8>) -> Result<Head, HeadError> {
     loop {
-        let mut chunk = [0u8; 2048];
-        let n = s.read(&mut chunk).await.map_err(|_| HeadError::Closed)?;
+        if buf.capacity() - buf.len() < 512 {
+            buf.reserve(2048);
+        }
+        let n = s.read_buf(buf).await.map_err(|_| HeadError::Closed)?;
         if n == 0 {
             return Err(HeadError::Closed);
         }
-        buf.extend_from_slice(&chunk[..n]);
         match Head::parse(buf) {
             Ok(Some(head)) => return Ok(head),
             Ok(None) if buf.len() >= MAX_HEAD => return Err(HeadError::TooLarge),

@@ -112,8 +112,8 @@ pub fn bare_response(status: &str, extra: &str) -> Vec<u8> {
 pub async fn serve<S>(
     gateway: &Arc<Gateway>,
     mut stream: S,
-    head: &Head,
-    leftover: &[u8],
+    head: Head,
+    leftover: Vec<u8>,
     peer: SocketAddr,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -123,7 +123,7 @@ pub async fn serve<S>(
         head.header_all("x-forwarded-for").as_deref(),
         &gateway.settings.trusted_proxies,
     );
-    let key = match handshake_problem(head) {
+    let key = match handshake_problem(&head) {
         Ok(key) => key,
         Err((status, reason)) => {
             tracing::info!(%client, reason, "tunnel request refused");
@@ -185,12 +185,13 @@ pub async fn serve<S>(
     if stream.write_all(response.as_bytes()).await.is_err() || stream.flush().await.is_err() {
         return;
     }
+    drop(head);
     let guard = gateway.register(ticket.clone(), client);
     tracing::info!(%client, user = %ticket.user, session = %ticket.session, %target, "tunnel opened");
     let result = pump::run(
         &mut stream,
         &mut desktop,
-        leftover,
+        &leftover,
         Role::Server,
         gateway.settings.timers,
         &guard.shared,
