@@ -59,8 +59,22 @@ enum Command {
 #[derive(Args)]
 struct GatewayArgs {
     /// Address and port of the TLS port (tunnels on /tunnel).
+    #[arg(long, required_unless_present = "flexvdi_config")]
+    listen: Option<std::net::SocketAddr>,
+    /// Forward portal, console and API requests to this broker (`https://host:port`), adding
+    /// the client's address to X-Forwarded-For.
     #[arg(long)]
-    listen: std::net::SocketAddr,
+    broker: Option<String>,
+    /// Trust the broker's certificate(s) in this PEM file (default: the system's authorities).
+    #[arg(long)]
+    broker_ca: Option<PathBuf>,
+    /// Do not check the broker's certificate (a broker on a trusted private network only).
+    #[arg(long, conflicts_with = "broker_ca")]
+    broker_insecure: bool,
+    /// Read a flexVDI gateway configuration (JSON): ports, certificate, keepalive, and the
+    /// manager(s) to forward to, per user by LDAP when configured. Flags given here win.
+    #[arg(long)]
+    flexvdi_config: Option<PathBuf>,
     /// Optional plain-HTTP port, for use behind a TLS-terminating reverse proxy.
     #[arg(long)]
     plain_listen: Option<std::net::SocketAddr>,
@@ -324,8 +338,23 @@ fn multi_thread_runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 fn gateway(args: GatewayArgs) -> Result<()> {
+    use crate::gateway::client::Trust;
+    use crate::gateway::upstream::Upstream;
     use std::time::Duration;
-    let config = Config::default();
+    let flexvdi = match &args.flexvdi_config {
+        Some(path) => {
+            let (conf, warnings) = crate::gateway::flexvdi::load(path)?;
+            for w in warnings {
+                eprintln!("warning: {w}");
+            }
+            Some(conf)
+        }
+        None => None,
+    };
+    let mut config = Config::default();
+    if flexvdi.as_ref().is_some_and(|f| f.debug) {
+        config.log.level = "debug".into();
+    }
     crate::telemetry::init_logging(&config.log);
     let trusted = if args.trusted_proxies.trim().is_empty() {
         Vec::new()
@@ -333,19 +362,63 @@ fn gateway(args: GatewayArgs) -> Result<()> {
         crate::model::location::Cidr::parse_list(&args.trusted_proxies)
             .map_err(|e| anyhow::anyhow!("--trusted-proxies: {e}"))?
     };
-    let allowed: crate::gateway::PortRanges = args
+    let mut allowed: crate::gateway::PortRanges = args
         .allowed_ports
         .parse()
         .map_err(|e| anyhow::anyhow!("--allowed-ports: {e}"))?;
-    if args.pong_timeout == 0 {
+    let (mut keepalive, mut pong) = (args.keepalive, args.pong_timeout);
+    let (mut listen, mut plain, mut cert, mut key) =
+        (args.listen, args.plain_listen, args.cert, args.key);
+    if let Some(f) = &flexvdi {
+        allowed = format!("{}-{}", f.first_spice_port, f.last_spice_port)
+            .parse()
+            .map_err(|e| anyhow::anyhow!("FirstSpicePort/LastSpicePort: {e}"))?;
+        keepalive = f.keepalive;
+        pong = f.pong_timeout;
+        listen = listen.or(Some(std::net::SocketAddr::new(f.listen_ip, f.ssl_port)));
+        plain = plain.or(f
+            .plain_port
+            .map(|p| std::net::SocketAddr::new(f.listen_ip, p)));
+        if cert.is_none()
+            && let Some((c, k)) = f.certificate_files()
+        {
+            cert = Some(c.to_path_buf());
+            key = Some(k.to_path_buf());
+        }
+    }
+    let listen = listen.context("--listen is required")?;
+    if pong == 0 {
         bail!("--pong-timeout must be at least 1 second");
     }
+    let trust = match (&args.broker_ca, args.broker_insecure) {
+        (Some(ca), _) => Trust::CaFile(ca),
+        (None, true) => Trust::Insecure,
+        (None, false) => Trust::System,
+    };
+    let upstream = match (&flexvdi, &args.broker) {
+        (_, Some(url)) => {
+            Some(Upstream::new(url, trust).map_err(|e| anyhow::anyhow!("--broker: {e}"))?)
+        }
+        (Some(f), None) => {
+            let manager = if f.manager_ip.contains(':') {
+                format!("https://[{}]", f.manager_ip)
+            } else {
+                format!("https://{}", f.manager_ip)
+            };
+            Some(
+                Upstream::new(&manager, trust)
+                    .map_err(|e| anyhow::anyhow!("ManagerIP: {e}"))?
+                    .with_router(std::sync::Arc::new(f.router())),
+            )
+        }
+        (None, None) => None,
+    };
     let secs = |n: u32| Duration::from_secs(u64::from(n));
     let settings = crate::gateway::GatewaySettings {
         allowed_ports: allowed.with_ports([22, 3389, 5900]),
         timers: crate::gateway::Timers {
-            keepalive: (args.keepalive > 0).then(|| secs(args.keepalive)),
-            pong_timeout: secs(args.pong_timeout),
+            keepalive: (keepalive > 0).then(|| secs(keepalive)),
+            pong_timeout: secs(pong),
             idle: (args.idle_timeout > 0).then(|| secs(args.idle_timeout)),
         },
         trusted_proxies: trusted,
@@ -360,12 +433,13 @@ fn gateway(args: GatewayArgs) -> Result<()> {
     };
     let options = crate::gateway::standalone::Options {
         forwarding,
-        listen: args.listen,
-        plain_listen: args.plain_listen,
+        listen,
+        plain_listen: plain,
         broker_key: args.broker_key,
-        cert: args.cert,
-        key: args.key,
+        cert,
+        key,
         settings,
+        upstream: upstream.map(std::sync::Arc::new),
     };
     multi_thread_runtime()?
         .block_on(crate::gateway::standalone::run(options))

@@ -226,7 +226,7 @@ pub async fn listen(client: Arc<TunnelClient>, listener: TcpListener) -> io::Res
 }
 
 /// `host`, `host:port`, `[v6]`, `[v6]:port`.
-fn split_host_port(authority: &str, default_port: u16) -> Option<(String, u16)> {
+pub(crate) fn split_host_port(authority: &str, default_port: u16) -> Option<(String, u16)> {
     if let Some(rest) = authority.strip_prefix('[') {
         let (host, after) = rest.split_once(']')?;
         let port = match after.strip_prefix(':') {
@@ -242,6 +242,13 @@ fn split_host_port(authority: &str, default_port: u16) -> Option<(String, u16)> 
         None if !authority.is_empty() => Some((authority.to_string(), default_port)),
         None => None,
     }
+}
+
+/// A TLS connector that checks servers as `trust` says.
+pub fn tls_connector(trust: Trust<'_>) -> Result<tokio_rustls::TlsConnector, ClientError> {
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(client_config(
+        trust,
+    )?)))
 }
 
 fn client_config(trust: Trust<'_>) -> Result<rustls::ClientConfig, ClientError> {

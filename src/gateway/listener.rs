@@ -37,6 +37,8 @@ const MAX_HEAD: usize = 16 * 1024;
 pub enum Backend {
     /// The console and APIs of this process, on a Unix socket.
     Local(PathBuf),
+    /// A broker (or flexVDI manager) elsewhere, over HTTP(S).
+    Upstream(Arc<super::upstream::Upstream>),
     /// Nothing: a gateway without a broker answers 404.
     None,
 }
@@ -213,6 +215,10 @@ impl FrontDoor {
                             .await;
                     }
                 }
+            }
+            Backend::Upstream(upstream) => {
+                upstream.forward(s, &head, buf, client, secure).await;
+                return;
             }
             Backend::None => {
                 let _ = s.write_all(&bare_response("404 Not Found", "")).await;

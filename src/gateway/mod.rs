@@ -9,6 +9,7 @@
 //! - [`pump`] carries the bytes; [`ws`] is the WebSocket wire format.
 //! - [`client`] is the other end (`gatehouse tunnel`); [`standalone`] runs `gatehouse gateway`.
 //! - [`forward`] opens forwarded ports from a range for native clients.
+//! - [`upstream`] forwards console, portal and API requests to a broker behind the gateway.
 //! - [`flexvdi`] reads a flexVDI gateway configuration file and routes users to their manager.
 //!
 //! It never reads the store: a standalone gateway on another host has only the broker's
@@ -21,6 +22,7 @@ pub mod listener;
 pub mod pump;
 pub mod standalone;
 pub mod tunnel;
+pub mod upstream;
 pub mod ws;
 
 use std::collections::HashMap;

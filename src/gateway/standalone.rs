@@ -39,6 +39,8 @@ pub struct Options {
     pub key: Option<PathBuf>,
     pub settings: GatewaySettings,
     pub forwarding: super::forward::ForwardSettings,
+    /// Where portal, console and API requests go (a broker, or flexVDI managers).
+    pub upstream: Option<Arc<super::upstream::Upstream>>,
 }
 
 /// Reads the broker's public key (PEM, `PUBLIC KEY`).
@@ -100,7 +102,10 @@ pub async fn run(opts: Options) -> Result<(), StandaloneError> {
     let front = FrontDoor::new(
         gateway.clone(),
         Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))),
-        Backend::None,
+        match &opts.upstream {
+            Some(up) => Backend::Upstream(up.clone()),
+            None => Backend::None,
+        },
     );
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let bind = |addr: SocketAddr| async move {
