@@ -984,6 +984,7 @@ async fn nested_lists_are_edited_as_rows_and_a_bad_row_saves_nothing() {
                 ),
                 ("protocols[0].command_line", "/f"),
                 ("protocols[0].via_gateway", "on"),
+                ("protocols[0].gateway_method", "forwarded_port"),
                 ("protocols[1]", ""),
                 ("protocols[1].protocol", "vnc"),
                 ("protocols[1].priority", "0"),
@@ -998,9 +999,10 @@ async fn nested_lists_are_edited_as_rows_and_a_bad_row_saves_nothing() {
         named(&plans, "Thin").expect("saved")["protocols"],
         json!([
             {"protocol": "rdp", "priority": 1, "command_line": "/f", "via_gateway": true,
+             "gateway_method": "forwarded_port",
              "file_lines": ["audiomode:i:2", "redirectclipboard:i:0"]},
             {"protocol": "vnc", "priority": 0, "command_line": "", "via_gateway": false,
-             "file_lines": []},
+             "gateway_method": "tunnel", "file_lines": []},
         ])
     );
 }
