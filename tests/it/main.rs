@@ -9,6 +9,7 @@ mod broker;
 mod browser;
 mod chrome;
 mod console;
+mod display;
 mod flexvdi;
 mod install;
 mod lab;
