@@ -7,7 +7,7 @@
 set -euo pipefail
 
 # Debian packages the tests need. Add to this list (slapd, xrdp, …) when a test needs a server.
-TEST_PACKAGES="chromium chromium-driver fonts-liberation curl ca-certificates slapd ldap-utils"
+TEST_PACKAGES="chromium chromium-driver fonts-liberation curl ca-certificates slapd ldap-utils nginx xvfb x11vnc novnc freerdp2-x11 freerdp2-shadow-x11 winpr-utils"
 
 # Answers for packages that would otherwise prompt ("package question value" lines for
 # debconf-set-selections), e.g. "slapd slapd/no_configuration boolean true".
