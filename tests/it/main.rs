@@ -10,6 +10,7 @@ mod browser;
 mod chrome;
 mod console;
 mod flexvdi;
+mod gateway;
 mod install;
 mod lab;
 mod ldap;
