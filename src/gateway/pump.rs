@@ -172,6 +172,7 @@ where
         ctrl_len: 0,
         to_tcp: None,
         up_closed: false,
+        up_eof: false,
         tcp_write_shut: false,
         out_buf: None,
         out_range: None,
@@ -225,6 +226,9 @@ struct Pump<'a, C> {
     to_tcp: Option<(usize, usize)>,
     /// The client sent its close frame.
     up_closed: bool,
+    /// The client's stream ended after its close frame: nothing more to read, while the
+    /// desktop's answer may still be on its way to it.
+    up_eof: bool,
     tcp_write_shut: bool,
 
     // Desktop → client.
@@ -326,7 +330,9 @@ where
                 if !self.close_queued {
                     self.ping_due = true;
                     progress = true;
-                    if self.pong_deadline.is_none() {
+                    // After its close frame the peer owes no pong (RFC 6455 lets it send
+                    // nothing more); pings still keep proxies on the way from timing out.
+                    if self.pong_deadline.is_none() && !self.up_closed {
                         self.pong_deadline = Some(now + self.timers.pong_timeout);
                     }
                 }
@@ -539,6 +545,9 @@ where
                 progress = true;
                 continue;
             }
+            if self.up_eof {
+                return Ok(progress);
+            }
             let mut buf = self.in_buf.take().unwrap_or_else(pool::take);
             let mut read = ReadBuf::new(&mut buf[..BUF_SIZE]);
             match Pin::new(&mut *self.ws).poll_read(cx, &mut read) {
@@ -558,7 +567,12 @@ where
                     let n = read.filled().len();
                     if n == 0 {
                         pool::give(buf);
-                        self.end = Some(End::ClientGone);
+                        if self.up_closed {
+                            // A clean half-close: keep sending until the desktop is done.
+                            self.up_eof = true;
+                        } else {
+                            self.end = Some(End::ClientGone);
+                        }
                         return Ok(true);
                     }
                     self.in_buf = Some(buf);
@@ -650,6 +664,7 @@ where
             Opcode::Pong => self.pong_deadline = None,
             Opcode::Close => {
                 self.up_closed = true;
+                self.pong_deadline = None;
                 // Answer with our own close once the desktop's direction is done too
                 // (immediately when it already is).
                 if self.down_eof || self.end.is_some() {

@@ -11,6 +11,7 @@ mod chrome;
 mod console;
 mod display;
 mod flexvdi;
+mod gateway;
 mod install;
 mod lab;
 mod ldap;
