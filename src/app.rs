@@ -195,6 +195,9 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
         if let Some(plain) = plain {
             plain.set_nonblocking(true).map_err(AppError::Server)?;
             let plain = tokio::net::TcpListener::from_std(plain).map_err(AppError::Server)?;
+            if let Ok(addr) = plain.local_addr() {
+                println!("Gatehouse plain port: http://{addr}/");
+            }
             runtime.spawn(front.clone().serve(plain, false, front_stopped.clone()));
         }
         // The broker's "session ended" notices close the session's tunnels.

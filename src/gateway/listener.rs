@@ -395,6 +395,7 @@ pub fn console_socket_path() -> io::Result<(PathBuf, tempfile_dir::Dir)> {
         .map(PathBuf::from)
         .filter(|p| p.as_os_str().len() < 60)
         .unwrap_or_else(std::env::temp_dir);
+    tempfile_dir::remove_stale(&base);
     let dir = tempfile_dir::Dir::new_in(&base)?;
     Ok((dir.path().join("console.sock"), dir))
 }
@@ -405,6 +406,36 @@ pub mod tempfile_dir {
     use std::path::{Path, PathBuf};
 
     pub struct Dir(PathBuf);
+
+    /// Removes the folders of Gatehouse processes that no longer run (killed without a
+    /// chance to clean up).
+    pub fn remove_stale(base: &Path) {
+        let Ok(entries) = std::fs::read_dir(base) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(pid) = name
+                .to_str()
+                .and_then(|n| n.strip_prefix("gatehouse-"))
+                .and_then(|rest| rest.split('-').next())
+                .and_then(|pid| pid.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let mine = entry
+                .metadata()
+                .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
+                .ok();
+            let owner_ok = mine.is_some_and(|uid| {
+                std::fs::metadata("/proc/self")
+                    .is_ok_and(|me| std::os::unix::fs::MetadataExt::uid(&me) == uid)
+            });
+            if owner_ok && !Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
 
     impl Dir {
         pub fn new_in(base: &Path) -> std::io::Result<Dir> {

@@ -122,6 +122,10 @@ pub async fn run(opts: Options) -> Result<(), StandaloneError> {
     ))];
     if let Some(addr) = opts.plain_listen {
         let plain = bind(addr).await?;
+        println!(
+            "Gatehouse gateway plain port: ws://{}/tunnel",
+            plain.local_addr().unwrap_or(addr)
+        );
         tasks.push(tokio::spawn(front.clone().serve(
             plain,
             false,

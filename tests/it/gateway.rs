@@ -1700,6 +1700,7 @@ async fn the_appliance_closes_tunnels_when_the_broker_releases_the_desktop() {
                 file_lines: Vec::new(),
                 command_line: String::new(),
                 via_gateway: true,
+                gateway_method: Default::default(),
             }],
         };
         store.put(&plan.id.clone(), &plan).expect("plan");
