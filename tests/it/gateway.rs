@@ -1851,3 +1851,65 @@ async fn the_appliance_believes_a_proxy_v2_header_only_from_a_trusted_proxy() {
     let tls = tls_connect(TcpStream::connect(at).await.expect("connect")).await;
     assert_eq!(address_seen(tls, &token).await, "127.0.0.1");
 }
+
+/// A new certificate (SIGHUP re-reads the files) applies to new connections, and a tunnel
+/// that was open before it keeps carrying bytes.
+#[tokio::test]
+async fn a_reloaded_certificate_keeps_open_tunnels_and_serves_new_ones() {
+    common::install_crypto();
+    let issuer = Issuer::new();
+    let target = Target::start().await;
+    let gw = Gateway::start(&issuer, &["--allowed-ports", "1024-65535"]).await;
+    let ticket = issuer.ticket(target.addr, &[]);
+    let old_ca = gw.cert.to_str().expect("utf8").to_string();
+    let (_before, at) = start_tunnel(&gw.wss_url(), &ticket, &["--ca", &old_ca]).await;
+    let mut open = TcpStream::connect(at).await.expect("connect");
+    let mut data = vec![0u8; 64 * 1024];
+    rand::rng().fill_bytes(&mut data);
+    let mut back = vec![0u8; data.len()];
+    open.write_all(&data).await.expect("write");
+    timeout(WAIT, open.read_exact(&mut back))
+        .await
+        .expect("echo")
+        .expect("read");
+    assert!(back == data, "the tunnel works before the reload");
+
+    // Replace the certificate files and tell the gateway.
+    let keep_old = gw.cert.with_file_name("old.crt");
+    std::fs::copy(&gw.cert, &keep_old).expect("keep the old certificate");
+    let fresh = gatehouse::tls::generate_self_signed(&[]).expect("certificate");
+    std::fs::write(&gw.cert, &fresh.cert_chain_pem).expect("write cert");
+    std::fs::write(gw.cert.with_file_name("gateway.key"), &fresh.key_pem).expect("write key");
+    let mark = gw.proc.mark();
+    let status = Command::new("kill")
+        .args(["-HUP", &gw.proc.child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+    gw.proc
+        .wait_line(mark, "\"certificate reloaded\"", |l| {
+            l.contains("certificate reloaded")
+        })
+        .await;
+
+    // The open tunnel still carries bytes both ways.
+    rand::rng().fill_bytes(&mut data);
+    open.write_all(&data).await.expect("write after the reload");
+    timeout(WAIT, open.read_exact(&mut back))
+        .await
+        .expect("echo after the reload")
+        .expect("read");
+    assert!(back == data, "the open tunnel survived the reload");
+
+    // New connections get the new certificate: trusted with it, refused with the old one.
+    let new_ca = gw.cert.to_str().expect("utf8").to_string();
+    let (_after, at_new) = start_tunnel(&gw.wss_url(), &ticket, &["--ca", &new_ca]).await;
+    echo_check_at(at_new, 1024, "with the new certificate").await;
+    let stale = keep_old.to_str().expect("utf8").to_string();
+    let (_stale, at_stale) = start_tunnel(&gw.wss_url(), &ticket, &["--ca", &stale]).await;
+    let mut refused = TcpStream::connect(at_stale).await.expect("connect");
+    assert!(
+        closes(&mut refused).await,
+        "the old certificate no longer verifies"
+    );
+}
