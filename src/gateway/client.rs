@@ -251,7 +251,9 @@ pub fn tls_connector(trust: Trust<'_>) -> Result<tokio_rustls::TlsConnector, Cli
     )?)))
 }
 
-fn client_config(trust: Trust<'_>) -> Result<rustls::ClientConfig, ClientError> {
+/// A TLS client configuration that checks servers as `trust` says (also used by the gateway's
+/// link to its broker).
+pub(crate) fn client_config(trust: Trust<'_>) -> Result<rustls::ClientConfig, ClientError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()

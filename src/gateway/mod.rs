@@ -7,7 +7,8 @@
 //!   and the first request head, which decides between a tunnel and the HTTP backend.
 //! - [`tunnel`] checks a tunnel request and its ticket and opens the tunnel.
 //! - [`pump`] carries the bytes; [`ws`] is the WebSocket wire format.
-//! - [`client`] is the other end (`gatehouse tunnel`); [`standalone`] runs `gatehouse gateway`.
+//! - [`client`] is the other end (`gatehouse tunnel`); [`standalone`] runs `gatehouse gateway`;
+//!   [`registry`] keeps a standalone gateway in touch with the broker it is registered with.
 //! - [`forward`] opens forwarded ports from a range for native clients.
 //! - [`upstream`] forwards console, portal and API requests to a broker behind the gateway.
 //! - [`flexvdi`] reads a flexVDI gateway configuration file and routes users to their manager.
@@ -20,6 +21,7 @@ pub mod flexvdi;
 pub mod forward;
 pub mod listener;
 pub mod pump;
+pub mod registry;
 pub mod standalone;
 pub mod tunnel;
 pub mod upstream;
@@ -35,7 +37,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use ed25519_dalek::VerifyingKey;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::broker::Ticket;
 use crate::broker::connect::TicketError;
@@ -168,7 +170,7 @@ pub enum Refusal {
 }
 
 /// What a registry entry is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind", content = "port")]
 pub enum Kind {
     /// A WebSocket tunnel.
@@ -179,8 +181,9 @@ pub enum Kind {
     Forwarded(u16),
 }
 
-/// One open tunnel, as the console and the broker see it.
-#[derive(Debug, Clone, Serialize)]
+/// One open tunnel, as the console and the broker see it (standalone gateways send these to
+/// the broker).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TunnelReport {
     pub id: u64,
     #[serde(flatten)]

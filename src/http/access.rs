@@ -31,7 +31,7 @@ pub enum Rule {
 fn api_area(resource: &str) -> Option<Area> {
     Some(match resource {
         "dashboard" => Area::Dashboard,
-        "auth-servers" | "certificate" => Area::Setup,
+        "auth-servers" | "certificate" | "gateways" | "gateway-reports" => Area::Setup,
         "locations" | "roles" | "protocol-plans" | "power-plans" | "release-plans" | "policies"
         | "assignments" | "pools" => Area::Configuration,
         "desktops" | "users" | "sessions" | "test-login" => Area::Resources,
@@ -57,7 +57,8 @@ pub fn rule(method: &Method, path: &str) -> Rule {
     if let Some(rest) = path.strip_prefix("/api/v1/") {
         let resource = rest.split('/').next().unwrap_or_default();
         return match resource {
-            "tokens" | "openapi.json" | "client" => Rule::Open,
+            // Gateways and clients authenticate with their own tokens, in the handlers.
+            "tokens" | "openapi.json" | "client" | "gateway" => Rule::Open,
             r => match api_area(r) {
                 Some(area) => Rule::Area(area, needed(method, path)),
                 None => Rule::LocalOnly,
@@ -204,6 +205,15 @@ mod tests {
         );
         assert_eq!(rule(&Method::POST, "/api/v1/tokens"), Rule::Open);
         assert_eq!(rule(&Method::POST, "/api/v1/client/sign-in"), Rule::Open);
+        assert_eq!(rule(&Method::POST, "/api/v1/gateway/report"), Rule::Open);
+        assert_eq!(
+            rule(&Method::POST, "/api/v1/gateways/g1/token"),
+            Rule::Area(Area::Setup, Access::Edit)
+        );
+        assert_eq!(
+            rule(&get, "/api/v1/gateway-reports"),
+            Rule::Area(Area::Setup, Access::View)
+        );
         assert_eq!(rule(&get, "/admin/me"), Rule::Open);
         assert_eq!(
             rule(&Method::POST, "/admin/wizard/licence"),

@@ -49,6 +49,7 @@ pub fn all_endpoints() -> Vec<Endpoint> {
     all.extend(resource::endpoints::<Policy>());
     all.extend(resource::endpoints::<Pool>());
     all.extend(resource::endpoints::<Desktop>());
+    all.extend(super::gateways::endpoints());
     all
 }
 
@@ -71,6 +72,7 @@ fn all_schemas() -> Vec<(&'static str, Value)> {
     all.extend(resource::schemas::<Policy>());
     all.extend(resource::schemas::<Pool>());
     all.extend(resource::schemas::<Desktop>());
+    all.extend(super::gateways::schemas());
     all
 }
 
@@ -517,7 +519,12 @@ pub fn document() -> Value {
             status.to_string(),
             match body {
                 Some(s) => {
-                    json!({"description": "Done", "content": {"application/json": {"schema": s}}})
+                    // A body that is not JSON (the broker's PEM key) names its media type.
+                    let media = s
+                        .get("contentMediaType")
+                        .and_then(Value::as_str)
+                        .unwrap_or("application/json");
+                    json!({"description": "Done", "content": {media: {"schema": s}}})
                 }
                 None => json!({"description": "Done"}),
             },
@@ -1215,6 +1222,7 @@ mod tests {
             "policies",
             "pools",
             "desktops",
+            "gateways",
         ] {
             for path in [format!("/api/v1/{p}"), format!("/api/v1/{p}/{{id}}")] {
                 assert!(paths.contains_key(&path), "{path}");
@@ -1228,6 +1236,11 @@ mod tests {
             "/api/v1/desktops/import",
             "/api/v1/assignments/{server_id}",
             "/api/v1/openapi.json",
+            "/api/v1/gateways/{id}/token",
+            "/api/v1/gateway-reports",
+            "/api/v1/gateway/key",
+            "/api/v1/gateway/session-ends",
+            "/api/v1/gateway/report",
         ] {
             assert!(paths.contains_key(path), "{path}");
         }

@@ -33,6 +33,7 @@ use super::{AppState, HttpError};
 use crate::model::FieldError;
 use crate::model::desktop::Desktop;
 use crate::model::directory::AuthServer;
+use crate::model::gateway::GatewayRecord;
 use crate::model::location::Location;
 use crate::model::plan::{DEFAULT_PLAN_ID, PowerPlan, ProtocolPlan, ReleasePlan};
 use crate::model::policy::{AssignmentTable, Policy};
@@ -73,6 +74,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     register::<Policy>(cfg);
     register::<Pool>(cfg);
     register::<Desktop>(cfg);
+    register::<GatewayRecord>(cfg);
 }
 
 // ---- Declarations -----------------------------------------------------------------------------
@@ -842,7 +844,7 @@ async fn list_page<R: Screen>(
 }
 
 /// What a form page says above the form.
-enum Said {
+pub(super) enum Said {
     Nothing,
     /// A row-group button changed the form; nothing is saved yet.
     Pending,
@@ -868,7 +870,7 @@ impl Said {
 
 /// The form of a new record (`id` None) or of a stored one: its stored values, or what was
 /// submitted, with the refusals on their fields.
-async fn form_page<R: Screen>(
+pub(super) async fn form_page<R: Screen>(
     state: &AppState,
     who: &Console,
     id: Option<String>,

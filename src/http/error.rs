@@ -55,6 +55,11 @@ pub enum HttpError {
         "Send an administrator's token: `Authorization: Bearer <token>`, from POST /api/v1/tokens."
     )]
     TokenRequired,
+    /// A gateway call without the token of a registered gateway.
+    #[error(
+        "Send this gateway's token: `Authorization: Bearer <token>`, from Setup > Gateways (shown once when the gateway is created or given a new token)."
+    )]
+    GatewayTokenRequired,
     /// `POST /api/v1/tokens` with a wrong user name or password.
     #[error("Wrong user name or password.")]
     SignInFailed,
@@ -98,6 +103,7 @@ impl HttpError {
             HttpError::Conflict(_) => "conflict",
             HttpError::NoSuch { .. } => "not_found",
             HttpError::TokenRequired => "token_required",
+            HttpError::GatewayTokenRequired => "gateway_token_required",
             HttpError::SignInFailed => "sign_in_failed",
             HttpError::Forbidden(_) => "forbidden",
             HttpError::Directory(e) => e.code(),
@@ -173,7 +179,9 @@ impl ResponseError for HttpError {
             HttpError::Invalid { .. } | HttpError::MalformedJson(_) => StatusCode::BAD_REQUEST,
             HttpError::Conflict(_) => StatusCode::CONFLICT,
             HttpError::NoSuch { .. } => StatusCode::NOT_FOUND,
-            HttpError::TokenRequired | HttpError::SignInFailed => StatusCode::UNAUTHORIZED,
+            HttpError::TokenRequired
+            | HttpError::GatewayTokenRequired
+            | HttpError::SignInFailed => StatusCode::UNAUTHORIZED,
             HttpError::Directory(_) => StatusCode::BAD_GATEWAY,
             HttpError::Admin(e) => match e {
                 AdminError::Store(StoreError::InUse { .. }) => StatusCode::SERVICE_UNAVAILABLE,

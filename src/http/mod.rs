@@ -11,6 +11,7 @@ mod client;
 mod console_resources;
 mod error;
 mod forms;
+mod gateways;
 mod ops;
 mod pages;
 mod portal;
@@ -71,6 +72,8 @@ pub struct AppState {
     pub trusted_proxies: Vec<crate::model::location::Cidr>,
     /// The built-in gateway (open tunnels, session ends).
     pub gateway: Arc<crate::gateway::Gateway>,
+    /// The last tunnel report of each standalone gateway.
+    gateway_reports: gateways::Reports,
 }
 
 impl AppState {
@@ -115,6 +118,7 @@ impl AppState {
             clients: crate::broker::ClientSessions::default(),
             trusted_proxies,
             gateway,
+            gateway_reports: gateways::Reports::default(),
         }
     }
 
@@ -154,6 +158,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     pages::configure(cfg);
     setup::configure(cfg);
     system::configure(cfg);
+    // Before the shared resource routes it replaces some of.
+    gateways::configure(cfg);
     api::configure(cfg);
     console_resources::configure(cfg);
 }
@@ -166,6 +172,8 @@ fn open_before_setup(path: &str) -> bool {
         || path == "/admin/login"
         || path == "/admin/logout"
         || path.starts_with("/admin/wizard")
+        // Gateways authenticate with their own tokens, which only exist after setup.
+        || path.starts_with("/api/v1/gateway/")
 }
 
 /// Builds the actix app around the shared state: headers, metrics, the HTTPS redirect for the

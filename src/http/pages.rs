@@ -42,6 +42,7 @@ pub const MENU: &[Area] = &[
         pages: &[
             ("Certificate", "/admin/setup/certificate"),
             ("Authentication Servers", "/admin/setup/auth-servers"),
+            ("Gateways", "/admin/setup/gateways"),
         ],
     },
     Area {
@@ -411,6 +412,27 @@ mod tests {
             ("offer_evaluation", json!(true)),
             ("certificate_action", json!("/admin/wizard/certificate")),
             ("offer_keep", json!(true)),
+            (
+                "gateways",
+                json!([{"name": "DMZ", "edit": "/admin/setup/gateways/g1", "delete": "/admin/setup/gateways/g1/delete", "public_address": "gw.example.com:443", "internal_url": "https://10.0.0.2:8443", "methods": "tunnel", "last_report": "connected, 2 s ago", "tunnels": 1, "bytes_in": "1.0 KiB", "bytes_out": "2.0 KiB"}]),
+            ),
+            (
+                "tunnels",
+                json!([[
+                    "DMZ",
+                    "alice",
+                    "10.0.0.5:3389",
+                    "192.0.2.9",
+                    "tunnel",
+                    "2026-11-21 10:00:00 UTC",
+                    "1.0 KiB",
+                    "2.0 KiB"
+                ]]),
+            ),
+            (
+                "token",
+                json!({"name": "DMZ", "value": "ghgw_sample", "broker": "https://broker.example.com"}),
+            ),
             (
                 "pending",
                 json!({"id": "abc", "created": "2026-11-21", "installation_id": "x", "foreign": true, "encrypted": true, "records": 5, "schema": 1}),

@@ -7,6 +7,7 @@
 mod appliance;
 pub mod desktop;
 pub mod directory;
+pub mod gateway;
 pub mod location;
 pub mod plan;
 pub mod policy;

@@ -17,5 +17,6 @@ mod lab;
 mod ldap;
 mod portal;
 mod portal_browser;
+mod registry;
 mod roles;
 mod slapd;
