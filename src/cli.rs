@@ -78,9 +78,14 @@ struct GatewayArgs {
     /// Optional plain-HTTP port, for use behind a TLS-terminating reverse proxy.
     #[arg(long)]
     plain_listen: Option<std::net::SocketAddr>,
-    /// The broker's public key (PEM), from `gatehouse broker-key export`.
-    #[arg(long)]
-    broker_key: PathBuf,
+    /// The broker's public key (PEM), from `gatehouse broker-key export`. Optional with
+    /// --gateway-token-file: the key then comes from the broker.
+    #[arg(long, required_unless_present = "gateway_token_file")]
+    broker_key: Option<PathBuf>,
+    /// File holding this gateway's token from Setup > Gateways: the gateway then fetches the
+    /// broker's key and session-end notices from --broker and reports its tunnels there.
+    #[arg(long, requires = "broker")]
+    gateway_token_file: Option<PathBuf>,
     /// PEM certificate chain (with --key); without both, one is generated.
     #[arg(long, requires = "key")]
     cert: Option<PathBuf>,
@@ -431,7 +436,27 @@ fn gateway(args: GatewayArgs) -> Result<()> {
         window: secs(args.forward_window.max(1)),
         ..Default::default()
     };
+    let link = match &args.gateway_token_file {
+        Some(file) => {
+            let token = read_secret_line(file, "gateway token")?;
+            let url = args
+                .broker
+                .as_deref()
+                .context("--broker is required with a token")?;
+            let trust = match (&args.broker_ca, args.broker_insecure) {
+                (Some(ca), _) => Trust::CaFile(ca),
+                (None, true) => Trust::Insecure,
+                (None, false) => Trust::System,
+            };
+            Some(
+                crate::gateway::registry::BrokerLink::new(url, &token, trust)
+                    .map_err(|e| anyhow::anyhow!("--broker: {e}"))?,
+            )
+        }
+        None => None,
+    };
     let options = crate::gateway::standalone::Options {
+        link,
         forwarding,
         listen,
         plain_listen: plain,

@@ -20,7 +20,7 @@
 //! | `tls`       | certificates: generation, PEM validation, a resolver that reloads live | the store                |
 //! | `scheduler` | cron expressions and the job loop                                      | what the jobs do         |
 //! | `telemetry` | tracing setup and Prometheus metrics                                   | —                        |
-//! | `gateway`   | the one TLS port: TLS, PROXY v2, WebSocket tunnels checked against broker tickets, port forwarding, flexVDI routing | the store, business rules |
+//! | `gateway`   | the one TLS port: TLS, PROXY v2, WebSocket tunnels checked against broker tickets, forwarded ports, broker forwarding, flexVDI routing, the standalone gateway's link to its broker | the store, business rules |
 //! | `http`      | actix routes per area, tera pages, the one error → response mapping, the role-based access gate | sled |
 
 pub mod admin;

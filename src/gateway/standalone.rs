@@ -30,11 +30,14 @@ pub enum StandaloneError {
 }
 
 /// What `gatehouse gateway` was asked to do.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Options {
     pub listen: SocketAddr,
     pub plain_listen: Option<SocketAddr>,
-    pub broker_key: PathBuf,
+    /// The broker's public key file; without it, the key comes from the registered broker.
+    pub broker_key: Option<PathBuf>,
+    /// Registered with a broker: fetch its key and session-end notices, report tunnels.
+    pub link: Option<super::registry::BrokerLink>,
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
     pub settings: GatewaySettings,
@@ -88,8 +91,28 @@ fn read_pair(cert: &Path, key: &Path) -> Result<CertPem, StandaloneError> {
 }
 
 /// Runs the gateway until SIGINT or SIGTERM.
-pub async fn run(opts: Options) -> Result<(), StandaloneError> {
-    let key = read_broker_key(&opts.broker_key)?;
+pub async fn run(mut opts: Options) -> Result<(), StandaloneError> {
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let key = match (&opts.broker_key, &opts.link) {
+        (Some(path), _) => read_broker_key(path)?,
+        (None, Some(link)) => {
+            println!("Gatehouse gateway: fetching the broker's key...");
+            let waiting = link.wait_for_key(stopped.clone());
+            tokio::select! {
+                key = waiting => key.ok_or_else(|| StandaloneError::Key {
+                    path: PathBuf::from("(broker)"),
+                    reason: "stopped before the broker answered".into(),
+                })?,
+                _ = tokio::signal::ctrl_c() => return Ok(()),
+            }
+        }
+        (None, None) => {
+            return Err(StandaloneError::Key {
+                path: PathBuf::new(),
+                reason: "give --broker-key FILE, or --broker URL with --gateway-token-file".into(),
+            });
+        }
+    };
     let pem = certificate(&opts)?;
     let resolver = Arc::new(
         ReloadingResolver::from_pem(&pem)
@@ -107,7 +130,6 @@ pub async fn run(opts: Options) -> Result<(), StandaloneError> {
             None => Backend::None,
         },
     );
-    let (stop, stopped) = tokio::sync::watch::channel(false);
     let bind = |addr: SocketAddr| async move {
         TcpListener::bind(addr)
             .await
@@ -129,6 +151,13 @@ pub async fn run(opts: Options) -> Result<(), StandaloneError> {
         tasks.push(tokio::spawn(front.clone().serve(
             plain,
             false,
+            stopped.clone(),
+        )));
+    }
+    if let Some(link) = opts.link.take() {
+        tasks.push(tokio::spawn(super::registry::run(
+            gateway.clone(),
+            link,
             stopped.clone(),
         )));
     }

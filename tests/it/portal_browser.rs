@@ -112,9 +112,22 @@ async fn notice(c: &Client) -> String {
     text_of(c, "main p.notice").await
 }
 
-/// Presses the submit button of the page's resource form.
+/// Presses the submit button of the page's resource form and waits for the next page (the
+/// old page's root element goes stale once the browser has navigated).
 async fn submit(c: &Client) {
+    let before = c
+        .find(Locator::Css("html"))
+        .await
+        .expect("the page has a root");
     click(c, "form.resource button[type=submit]").await;
+    // Polls the condition (bounded), as fantoccini's own waits do.
+    for _ in 0..600 {
+        if before.tag_name().await.is_err() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("the form submit did not lead to a new page");
 }
 
 /// What the directory fixture says about itself, as typed into the console.
