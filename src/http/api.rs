@@ -77,7 +77,7 @@ fn all_schemas() -> Vec<(&'static str, Value)> {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn endpoint(
+pub(super) fn endpoint(
     method: Method,
     path: &str,
     tag: &str,

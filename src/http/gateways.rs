@@ -346,23 +346,7 @@ pub fn endpoints() -> Vec<Endpoint> {
             e
         })
         .collect();
-    let e = |method,
-             path: &str,
-             tag: &str,
-             summary: &str,
-             request,
-             response,
-             secured,
-             route: fn() -> actix_web::Route| Endpoint {
-        method,
-        path: path.to_string(),
-        summary: summary.to_string(),
-        tag: tag.to_string(),
-        request,
-        response,
-        secured,
-        route,
-    };
+    let e = super::api::endpoint;
     all.extend([
         e(
             Method::POST,
