@@ -85,8 +85,21 @@ fn read_pair(cert: &Path, key: &Path) -> Result<CertPem, StandaloneError> {
             .map_err(|e| StandaloneError::Certificate(format!("{}: {e}", p.display())))
     };
     let pem = CertPem::new(read(cert)?, read(key)?);
-    tls::validate(&pem, chrono::Utc::now())
-        .map_err(|e| StandaloneError::Certificate(e.to_string()))?;
+    match tls::validate(&pem, chrono::Utc::now()) {
+        Ok(_) => {}
+        // Self-signed certificates made with `openssl req -x509` are often marked as CAs:
+        // strict clients refuse them, clients that pin the certificate do not. Served, with a
+        // warning (the console refuses such uploads).
+        Err(tls::TlsError::NotServerCertificate(why)) if why.contains("CA certificate") => {
+            tracing::warn!(
+                file = %cert.display(),
+                "the certificate is a CA certificate; browsers and strict clients will refuse it"
+            );
+        }
+        Err(e) => return Err(StandaloneError::Certificate(e.to_string())),
+    }
+    // The key must belong to the certificate.
+    tls::certified_key(&pem).map_err(|e| StandaloneError::Certificate(e.to_string()))?;
     Ok(pem)
 }
 
@@ -174,8 +187,8 @@ pub async fn run(mut opts: Options) -> Result<(), StandaloneError> {
             _ = async { match hangup.as_mut() { Some(h) => { h.recv().await; } None => std::future::pending().await } } => {
                 if let (Some(cert), Some(key)) = (&opts.cert, &opts.key) {
                     match read_pair(cert, key).and_then(|pem| {
-                        resolver
-                            .apply(&pem, chrono::Utc::now())
+                        tls::certified_key(&pem)
+                            .map(|k| resolver.set(k))
                             .map_err(|e| StandaloneError::Certificate(e.to_string()))
                     }) {
                         Ok(_) => tracing::info!("certificate reloaded"),

@@ -1913,3 +1913,102 @@ async fn a_reloaded_certificate_keeps_open_tunnels_and_serves_new_ones() {
         "the old certificate no longer verifies"
     );
 }
+
+/// Asks a standalone gateway for a forwarded port; returns the HTTP status and the answer.
+async fn request_forward(gw: &Gateway, ticket: &str) -> (u16, Value) {
+    let answer = reqwest::Client::new()
+        .post(format!("http://{}/gateway/v1/forwards", gw.plain))
+        .json(&json!({ "ticket": ticket }))
+        .send()
+        .await
+        .expect("the gateway answers");
+    let status = answer.status().as_u16();
+    (status, answer.json().await.expect("a JSON answer"))
+}
+
+/// A forwarded port accepts only the ticket's client, reaches only the ticket's desktop, and
+/// is given back when nobody used it within the window.
+#[tokio::test]
+async fn a_forwarded_port_serves_only_the_ticket_s_client_and_is_given_back() {
+    common::install_crypto();
+    let issuer = Issuer::new();
+    let target = Target::start().await;
+    let port = free_port();
+    let range = format!("{port}-{port}");
+    let gw = Gateway::start(
+        &issuer,
+        &[
+            "--allowed-ports",
+            "1024-65535",
+            "--port-range",
+            &range,
+            "--forward-window",
+            "600",
+        ],
+    )
+    .await;
+
+    // A ticket without a client address cannot open a forwarded port; nonsense neither.
+    let unbound = issuer.ticket(target.addr, &[]);
+    assert_eq!(request_forward(&gw, &unbound).await.0, 403);
+    assert_eq!(request_forward(&gw, "GT1.forged.ticket").await.0, 403);
+
+    let ticket = issuer.ticket(target.addr, &["--client-addr", "127.0.0.1"]);
+    let (status, answer) = request_forward(&gw, &ticket).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["port"], json!(port));
+    let forwarded = SocketAddr::from(([127, 0, 0, 1], port));
+
+    // From another address: closed, and nothing reaches the desktop.
+    let mark = gw.proc.mark();
+    let mut other = connect_from("127.0.0.2", forwarded).await;
+    assert!(closes(&mut other).await, "another address is refused");
+    let refused = gw
+        .proc
+        .wait_line(mark, "\"used from another address\"", |l| {
+            l.contains("forwarded port used from another address")
+        })
+        .await;
+    assert!(refused.contains("127.0.0.2"), "{refused}");
+    assert_eq!(target.connections_before_probe().await, 0);
+
+    // From the ticket's client: bytes both ways, several connections.
+    echo_check_at(forwarded, MB, "through the forwarded port").await;
+    echo_check_at(forwarded, 1, "a second connection").await;
+    target.wait_ended(2).await;
+
+    // Nobody connects within the window: the port is given back.
+    let port2 = free_port();
+    let range2 = format!("{port2}-{port2}");
+    let quick = Gateway::start(
+        &issuer,
+        &[
+            "--allowed-ports",
+            "1024-65535",
+            "--port-range",
+            &range2,
+            "--forward-window",
+            "1",
+        ],
+    )
+    .await;
+    let mark = quick.proc.mark();
+    let (status, answer) = request_forward(&quick, &ticket).await;
+    assert_eq!(status, 200, "{answer}");
+    quick
+        .proc
+        .wait_line(mark, "\"nobody used the forwarded port in time\"", |l| {
+            l.contains("nobody used the forwarded port in time")
+        })
+        .await;
+    quick
+        .proc
+        .wait_line(mark, "\"forwarded port closed\"", |l| {
+            l.contains("forwarded port closed")
+        })
+        .await;
+    assert!(
+        std::net::TcpListener::bind(("127.0.0.1", port2)).is_ok(),
+        "the port is free again"
+    );
+}
