@@ -395,11 +395,7 @@ fn gateway(args: GatewayArgs) -> Result<()> {
     if pong == 0 {
         bail!("--pong-timeout must be at least 1 second");
     }
-    let trust = match (&args.broker_ca, args.broker_insecure) {
-        (Some(ca), _) => Trust::CaFile(ca),
-        (None, true) => Trust::Insecure,
-        (None, false) => Trust::System,
-    };
+    let trust = Trust::from_flags(args.broker_ca.as_deref(), args.broker_insecure);
     let upstream = match (&flexvdi, &args.broker) {
         (_, Some(url)) => {
             Some(Upstream::new(url, trust).map_err(|e| anyhow::anyhow!("--broker: {e}"))?)
@@ -420,12 +416,8 @@ fn gateway(args: GatewayArgs) -> Result<()> {
     };
     let secs = |n: u32| Duration::from_secs(u64::from(n));
     let settings = crate::gateway::GatewaySettings {
-        allowed_ports: allowed.with_ports([22, 3389, 5900]),
-        timers: crate::gateway::Timers {
-            keepalive: (keepalive > 0).then(|| secs(keepalive)),
-            pong_timeout: secs(pong),
-            idle: (args.idle_timeout > 0).then(|| secs(args.idle_timeout)),
-        },
+        allowed_ports: allowed.with_protocol_ports(),
+        timers: crate::gateway::Timers::from_secs(keepalive, pong, args.idle_timeout),
         trusted_proxies: trusted,
         ..Default::default()
     };
@@ -443,11 +435,6 @@ fn gateway(args: GatewayArgs) -> Result<()> {
                 .broker
                 .as_deref()
                 .context("--broker is required with a token")?;
-            let trust = match (&args.broker_ca, args.broker_insecure) {
-                (Some(ca), _) => Trust::CaFile(ca),
-                (None, true) => Trust::Insecure,
-                (None, false) => Trust::System,
-            };
             Some(
                 crate::gateway::registry::BrokerLink::new(url, &token, trust)
                     .map_err(|e| anyhow::anyhow!("--broker: {e}"))?,
@@ -475,11 +462,7 @@ fn gateway(args: GatewayArgs) -> Result<()> {
 fn tunnel(args: TunnelArgs) -> Result<()> {
     use crate::gateway::client::{Trust, TunnelClient};
     crate::telemetry::init_logging(&Config::default().log);
-    let trust = match (&args.ca, args.insecure) {
-        (Some(ca), _) => Trust::CaFile(ca),
-        (None, true) => Trust::Insecure,
-        (None, false) => Trust::System,
-    };
+    let trust = Trust::from_flags(args.ca.as_deref(), args.insecure);
     let client = std::sync::Arc::new(TunnelClient::new(&args.gateway, &args.ticket, trust)?);
     multi_thread_runtime()?.block_on(async move {
         let listener = tokio::net::TcpListener::bind(args.listen)

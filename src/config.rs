@@ -214,16 +214,15 @@ impl GatewayConfig {
     ) -> Result<crate::gateway::GatewaySettings, String> {
         use std::time::Duration;
         let allowed: crate::gateway::PortRanges = self.allowed_ports.parse()?;
-        let secs = |n: u32| Duration::from_secs(u64::from(n));
         Ok(crate::gateway::GatewaySettings {
-            allowed_ports: allowed.with_ports([22, 3389, 5900]),
-            timers: crate::gateway::Timers {
-                keepalive: (self.keepalive > 0).then(|| secs(self.keepalive)),
-                pong_timeout: secs(self.pong_timeout),
-                idle: (self.idle_timeout > 0).then(|| secs(self.idle_timeout)),
-            },
+            allowed_ports: allowed.with_protocol_ports(),
+            timers: crate::gateway::Timers::from_secs(
+                self.keepalive,
+                self.pong_timeout,
+                self.idle_timeout,
+            ),
             max_connections: self.max_connections,
-            handshake_timeout: secs(self.handshake_timeout),
+            handshake_timeout: Duration::from_secs(u64::from(self.handshake_timeout)),
             connect_timeout: Duration::from_secs(10),
             trusted_proxies,
         })

@@ -62,6 +62,18 @@ pub enum Trust<'a> {
     Insecure,
 }
 
+impl<'a> Trust<'a> {
+    /// From a `--ca FILE` / `--insecure` pair of flags: the file wins; neither means the
+    /// system's authorities.
+    pub fn from_flags(ca: Option<&'a Path>, insecure: bool) -> Trust<'a> {
+        match (ca, insecure) {
+            (Some(ca), _) => Trust::CaFile(ca),
+            (None, true) => Trust::Insecure,
+            (None, false) => Trust::System,
+        }
+    }
+}
+
 impl TunnelClient {
     /// `gateway` is `wss://host[:port][/tunnel]` or `ws://…`.
     pub fn new(gateway: &str, ticket: &str, trust: Trust<'_>) -> Result<TunnelClient, ClientError> {

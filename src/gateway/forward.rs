@@ -91,7 +91,7 @@ impl Gateway {
     ) -> Result<Forward, ForwardError> {
         // The ticket's client is checked on every accepted connection, not against the
         // requester; only signature, expiry, port and session are checked here.
-        let ticket = self.check_ticket_only(ticket_text)?;
+        let ticket = self.check_ticket(ticket_text, Utc::now())?;
         let client = ticket.client.ok_or(ForwardError::NoClient)?;
         let settings = self.forward_settings.clone();
         let (lo, hi) = settings.range;
@@ -135,13 +135,6 @@ impl Gateway {
             tracing::info!(port, "forwarded port closed");
         });
         Ok(Forward { port })
-    }
-
-    /// Signature, expiry, allowed port and ended sessions (no client check).
-    fn check_ticket_only(&self, text: &str) -> Result<Ticket, Refusal> {
-        let peek = Ticket::verify(text, &self.key(), Utc::now())?;
-        let client = peek.client.unwrap_or(IpAddr::from([0, 0, 0, 0]));
-        self.check(Some(text), client, None, Utc::now())
     }
 
     async fn serve_forward(

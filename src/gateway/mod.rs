@@ -54,6 +54,11 @@ impl PortRanges {
         self.0.iter().any(|&(a, b)| a <= port && port <= b)
     }
 
+    /// Adds the default ports of SSH, RDP and VNC/SPICE, which tunnels may always reach.
+    pub fn with_protocol_ports(self) -> Self {
+        self.with_ports([22, 3389, 5900])
+    }
+
     /// Adds single ports (the protocol ports the plans use).
     pub fn with_ports(mut self, ports: impl IntoIterator<Item = u16>) -> Self {
         for p in ports {
@@ -259,10 +264,7 @@ impl Gateway {
         now: DateTime<Utc>,
     ) -> Result<Ticket, Refusal> {
         let text = ticket.filter(|t| !t.is_empty()).ok_or(Refusal::NoTicket)?;
-        let ticket = Ticket::verify(text, &self.key(), now)?;
-        if !self.settings.allowed_ports.contains(ticket.port) {
-            return Err(Refusal::Port(ticket.port));
-        }
+        let ticket = self.check_ticket(text, now)?;
         let target = target_of(&ticket);
         if let Some(asked) = asked
             && asked != target
@@ -280,6 +282,16 @@ impl Gateway {
                 client,
                 ticket: allowed,
             });
+        }
+        Ok(ticket)
+    }
+
+    /// What holds for a ticket whoever presents it: signature, expiry, allowed port, and a
+    /// session the broker has not ended.
+    fn check_ticket(&self, text: &str, now: DateTime<Utc>) -> Result<Ticket, Refusal> {
+        let ticket = Ticket::verify(text, &self.key(), now)?;
+        if !self.settings.allowed_ports.contains(ticket.port) {
+            return Err(Refusal::Port(ticket.port));
         }
         if self
             .ended

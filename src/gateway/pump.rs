@@ -108,6 +108,18 @@ pub struct Timers {
     pub idle: Option<Duration>,
 }
 
+impl Timers {
+    /// From seconds as configured: 0 turns keepalive pings and the idle cap off.
+    pub fn from_secs(keepalive: u32, pong_timeout: u32, idle: u32) -> Timers {
+        let secs = |n: u32| Duration::from_secs(u64::from(n));
+        Timers {
+            keepalive: (keepalive > 0).then(|| secs(keepalive)),
+            pong_timeout: secs(pong_timeout),
+            idle: (idle > 0).then(|| secs(idle)),
+        }
+    }
+}
+
 /// How a tunnel ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum End {
