@@ -99,6 +99,9 @@ struct GatewayArgs {
     /// Ports for forwarded-port connections, `A-B`.
     #[arg(long, default_value = "20001-22000")]
     port_range: String,
+    /// Threads serving connections, each with its own event loop; 0: one per core.
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
     /// Seconds a forwarded port waits for its client.
     #[arg(long, default_value_t = 60)]
     forward_window: u32,
@@ -419,6 +422,7 @@ fn gateway(args: GatewayArgs) -> Result<()> {
         allowed_ports: allowed.with_protocol_ports(),
         timers: crate::gateway::Timers::from_secs(keepalive, pong, args.idle_timeout),
         trusted_proxies: trusted,
+        threads: args.threads,
         ..Default::default()
     };
     let range = crate::gateway::forward::parse_range(&args.port_range)

@@ -178,6 +178,8 @@ pub struct GatewayConfig {
     pub idle_timeout: u32,
     /// Open client connections at most (console and tunnels together).
     pub max_connections: usize,
+    /// Threads serving client connections, each with its own event loop; 0: one per core.
+    pub threads: usize,
     /// Seconds allowed for the TLS handshake and the first request head.
     pub handshake_timeout: u32,
     /// Ports for forwarded-port connections (native clients without WebSocket), `A-B`.
@@ -198,6 +200,7 @@ impl Default for GatewayConfig {
             pong_timeout: 10,
             idle_timeout: 0,
             max_connections: 20_000,
+            threads: 0,
             handshake_timeout: 10,
             forward_ports: "20001-22000".into(),
             forward_window: 60,
@@ -225,6 +228,7 @@ impl GatewayConfig {
             handshake_timeout: Duration::from_secs(u64::from(self.handshake_timeout)),
             connect_timeout: Duration::from_secs(10),
             trusted_proxies,
+            threads: self.threads,
         })
     }
 

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
 use super::{Gateway, Kind, Refusal, pump, tunnel};
 use crate::broker::Ticket;
@@ -173,7 +173,7 @@ impl Gateway {
                     return;
                 }
             };
-            let Ok((mut conn, peer)) = accepted else {
+            let Ok((conn, peer)) = accepted else {
                 continue;
             };
             if peer.ip().to_canonical() != client.to_canonical() {
@@ -183,9 +183,15 @@ impl Gateway {
             }
             used.store(true, Ordering::Relaxed);
             let _ = conn.set_nodelay(true);
+            let Ok(conn) = conn.into_std() else {
+                continue;
+            };
             let gateway = self.clone();
             let ticket = ticket.clone();
-            tokio::spawn(async move {
+            self.spawn_connection(move || async move {
+                let Ok(mut conn) = TcpStream::from_std(conn) else {
+                    return;
+                };
                 let guard = gateway.register_as(ticket.clone(), client, Kind::Forwarded(port));
                 let mut desktop = match tunnel::connect(&ticket.host, ticket.port, &gateway).await {
                     Ok(d) => d,

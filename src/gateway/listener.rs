@@ -95,8 +95,19 @@ impl FrontDoor {
                 drop(tcp);
                 continue;
             };
+            // The connection moves, whole, to a worker thread's event loop.
+            let tcp = match tcp.into_std() {
+                Ok(tcp) => tcp,
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "connection lost before it was served");
+                    continue;
+                }
+            };
             let front = self.clone();
-            tokio::spawn(async move {
+            self.gateway.spawn_connection(move || async move {
+                let Ok(tcp) = TcpStream::from_std(tcp) else {
+                    return;
+                };
                 front.connections.fetch_add(1, Ordering::Relaxed);
                 front.connection(tcp, peer, secure).await;
                 drop(permit);

@@ -6,7 +6,8 @@
 //! - [`listener`] is the front door: TCP accept, PROXY protocol v2 from trusted proxies, TLS,
 //!   and the first request head, which decides between a tunnel and the HTTP backend.
 //! - [`tunnel`] checks a tunnel request and its ticket and opens the tunnel.
-//! - [`pump`] carries the bytes; [`ws`] is the WebSocket wire format.
+//! - [`pump`] carries the bytes; [`ws`] is the WebSocket wire format; [`workers`] are the
+//!   per-core threads connections live on.
 //! - [`client`] is the other end (`gatehouse tunnel`); [`standalone`] runs `gatehouse gateway`;
 //!   [`registry`] keeps a standalone gateway in touch with the broker it is registered with.
 //! - [`forward`] opens forwarded ports from a range for native clients.
@@ -25,6 +26,7 @@ pub mod registry;
 pub mod standalone;
 pub mod tunnel;
 pub mod upstream;
+pub mod workers;
 pub mod ws;
 
 use std::collections::HashMap;
@@ -32,7 +34,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -138,6 +140,8 @@ pub struct GatewaySettings {
     pub connect_timeout: Duration,
     /// Load balancers whose PROXY v2 header and `X-Forwarded-For` are believed.
     pub trusted_proxies: Vec<Cidr>,
+    /// Worker threads serving connections (0: one per core).
+    pub threads: usize,
 }
 
 impl Default for GatewaySettings {
@@ -153,6 +157,7 @@ impl Default for GatewaySettings {
             handshake_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),
             trusted_proxies: Vec::new(),
+            threads: 0,
         }
     }
 }
@@ -222,6 +227,8 @@ pub struct Gateway {
     next_id: AtomicU64,
     pub refused: AtomicU64,
     pub opened_total: AtomicU64,
+    /// Started on the first connection; `None` if the threads could not be started.
+    workers: OnceLock<Option<workers::Workers>>,
 }
 
 impl Gateway {
@@ -236,6 +243,27 @@ impl Gateway {
             next_id: AtomicU64::new(1),
             refused: AtomicU64::new(0),
             opened_total: AtomicU64::new(0),
+            workers: OnceLock::new(),
+        }
+    }
+
+    /// Runs a client connection's task (built by `make`) on a worker thread: see
+    /// [`workers`]. Without worker threads it runs on the current runtime.
+    pub fn spawn_connection<F, Fut>(&self, make: F)
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let workers = self.workers.get_or_init(|| {
+            workers::Workers::start(self.settings.threads)
+                .inspect_err(|e| tracing::error!(error = %e, "gateway worker threads not started; connections share the main runtime"))
+                .ok()
+        });
+        match workers {
+            Some(w) => w.spawn(make),
+            None => {
+                tokio::spawn(make());
+            }
         }
     }
 
