@@ -548,8 +548,10 @@ pub fn restore_backup(
     restore_verified(store, actor, meta, &records)
 }
 
-/// Replaces the store with records that [`verify_backup`] accepted. The audit trail is the
-/// one thing a restore does not roll back: lines written since the snapshot are kept.
+/// Replaces the store with records that [`verify_backup`] accepted. Two things a restore does
+/// not roll back: the audit trail (lines written since the snapshot are kept) and the
+/// session-end notices (the live ones replace the snapshot's, so their numbering never goes
+/// back and gateways following it miss nothing).
 pub fn restore_verified(
     store: &Store,
     actor: &Actor,
@@ -566,7 +568,15 @@ pub fn restore_verified(
         .into_iter()
         .filter(|r| !in_snapshot.contains(r.key.as_slice()))
         .collect();
-    let merged: Vec<backup::Record> = records.iter().cloned().chain(newer).collect();
+    let ends = crate::broker::EndedSession::TREE;
+    let live_ends = store.export_tree(ends)?;
+    let merged: Vec<backup::Record> = records
+        .iter()
+        .filter(|r| r.tree != ends)
+        .cloned()
+        .chain(newer)
+        .chain(live_ends)
+        .collect();
     store.replace_all(&merged)?;
     let foreign = if meta.installation_id == store.installation_id() {
         String::new()

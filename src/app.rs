@@ -69,7 +69,7 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
             ticket_seconds: i64::from(config.broker.ticket_seconds),
         },
         signing_key,
-    ));
+    )?);
     broker.reload_directories().await?;
     let resolver = Arc::new(ReloadingResolver::from_pem(&CertPem::new(
         cert.cert_chain_pem.clone(),

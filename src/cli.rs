@@ -114,6 +114,10 @@ struct GatewayArgs {
     /// Seconds a tunnel may carry no data before it is closed; 0: no limit.
     #[arg(long, default_value_t = 0)]
     idle_timeout: u32,
+    /// Open client connections at most (tunnels and forwarded requests together); a
+    /// connection beyond it is closed at once, without an answer.
+    #[arg(long, default_value_t = 20_000)]
+    max_connections: usize,
     /// Reverse proxies / load balancers (CIDR, comma-separated) whose PROXY v2 header and
     /// X-Forwarded-For name the client.
     #[arg(long, default_value = "")]
@@ -398,6 +402,9 @@ fn gateway(args: GatewayArgs) -> Result<()> {
     if pong == 0 {
         bail!("--pong-timeout must be at least 1 second");
     }
+    if args.max_connections == 0 {
+        bail!("--max-connections must be at least 1 (20000 by default)");
+    }
     let trust = Trust::from_flags(args.broker_ca.as_deref(), args.broker_insecure);
     let upstream = match (&flexvdi, &args.broker) {
         (_, Some(url)) => {
@@ -422,6 +429,7 @@ fn gateway(args: GatewayArgs) -> Result<()> {
         allowed_ports: allowed.with_protocol_ports(),
         timers: crate::gateway::Timers::from_secs(keepalive, pong, args.idle_timeout),
         trusted_proxies: trusted,
+        max_connections: args.max_connections,
         threads: args.threads,
         ..Default::default()
     };

@@ -173,7 +173,8 @@ impl Record for OpenSessions {
 }
 
 /// A session the broker ended; gateways close its tunnels and refuse its tickets until
-/// `refuse_until` (unix seconds; by then every ticket issued for it has expired).
+/// `refuse_until` (unix seconds; by then every ticket issued for it has expired). Kept in the
+/// store under its number, so the numbering goes on across broker restarts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EndedSession {
     pub seq: u64,
@@ -181,54 +182,109 @@ pub struct EndedSession {
     pub refuse_until: i64,
 }
 
-/// The recent "session ended" notices, for the built-in gateway and for standalone gateways
-/// that poll for them. Bounded: a gateway that falls behind by more than the window gets the
-/// whole window again.
-pub struct SessionEnds {
-    log: Mutex<std::collections::VecDeque<EndedSession>>,
-    latest: tokio::sync::watch::Sender<u64>,
+impl Record for EndedSession {
+    const TREE: &'static str = "session_end_by_seq";
 }
 
-impl Default for SessionEnds {
-    fn default() -> Self {
-        Self {
-            log: Mutex::new(std::collections::VecDeque::new()),
-            latest: tokio::sync::watch::channel(0).0,
-        }
+impl EndedSession {
+    /// The store key: the number, zero-padded so that keys sort as numbers do.
+    pub fn key(seq: u64) -> String {
+        format!("{seq:020}")
     }
 }
 
-impl SessionEnds {
-    const KEEP: usize = 10_000;
+/// The "session ended" notices, for the built-in gateway and for standalone gateways that poll
+/// for them. Each notice is written to the store in the transaction that ends its session, so
+/// a notice exists exactly when its session ended, and its number is never reused: a gateway
+/// that asks for what came after N gets every end after N, whether the broker restarted in
+/// between or not. The store's notices are mirrored in memory for the readers.
+///
+/// Pruned: a notice goes once it is not among the newest [`SessionEnds::KEEP`] and its
+/// tickets expired more than [`SessionEnds::KEEP_SECONDS`] ago. A gateway that falls further
+/// behind than that gets everything kept.
+pub struct SessionEnds {
+    log: Mutex<std::collections::VecDeque<EndedSession>>,
+    /// Held while notices are numbered and saved, so numbers are handed out in order and a
+    /// reader never sees a later number before an earlier one.
+    numbering: Mutex<()>,
+    latest: tokio::sync::watch::Sender<u64>,
+}
 
-    pub fn publish(&self, sessions: Vec<String>, refuse_until: i64) {
-        if sessions.is_empty() {
-            return;
+impl SessionEnds {
+    pub const KEEP: usize = 10_000;
+    pub const KEEP_SECONDS: i64 = 24 * 3600;
+
+    /// The notices kept in `store`; new ones are numbered after the last of them.
+    pub fn load(store: &Store) -> Result<Self, StoreError> {
+        let log: std::collections::VecDeque<EndedSession> = store
+            .list::<EndedSession>()?
+            .into_iter()
+            .map(|(_, e)| e)
+            .collect();
+        let latest = log.back().map_or(0, |e| e.seq);
+        let ends = Self {
+            log: Mutex::new(log),
+            numbering: Mutex::new(()),
+            latest: tokio::sync::watch::channel(latest).0,
+        };
+        ends.prune(store, Utc::now().timestamp())?;
+        Ok(ends)
+    }
+
+    fn log(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<EndedSession>> {
+        self.log.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `change`, which ends sessions in one store transaction and saves a notice for
+    /// each (numbered from the number it is given, keyed with [`EndedSession::key`]), then
+    /// publishes the notices it saved. Blocking: call it on the store's threads.
+    pub fn record<T, E>(
+        &self,
+        store: &Store,
+        change: impl FnOnce(u64) -> Result<(T, Vec<EndedSession>), E>,
+    ) -> Result<T, E> {
+        let _in_order = self.numbering.lock().unwrap_or_else(|p| p.into_inner());
+        let next = *self.latest.borrow() + 1;
+        let (out, ended) = change(next)?;
+        if let Some(last) = ended.last().map(|e| e.seq) {
+            self.log().extend(ended);
+            self.latest.send_replace(last);
+            if let Err(e) = self.prune(store, Utc::now().timestamp()) {
+                tracing::warn!(error = %e, "old session-end notices not pruned; trying again at the next end");
+            }
         }
-        let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
-        let mut seq = log.back().map_or(0, |e| e.seq);
-        for session in sessions {
-            seq += 1;
-            log.push_back(EndedSession {
-                seq,
-                session,
-                refuse_until,
-            });
+        Ok(out)
+    }
+
+    /// Drops the notices the keeping rule no longer holds, from memory and from the store.
+    fn prune(&self, store: &Store, now: i64) -> Result<(), StoreError> {
+        let mut gone = Vec::new();
+        {
+            let mut log = self.log();
+            while log.len() > Self::KEEP
+                && log
+                    .front()
+                    .is_some_and(|e| e.refuse_until < now - Self::KEEP_SECONDS)
+            {
+                if let Some(e) = log.pop_front() {
+                    gone.push(e.seq);
+                }
+            }
         }
-        while log.len() > Self::KEEP {
-            log.pop_front();
+        for seq in gone {
+            store.delete::<EndedSession>(&EndedSession::key(seq))?;
         }
-        drop(log);
-        self.latest.send_replace(seq);
+        Ok(())
     }
 
     /// Notices after `seq`, oldest first.
     pub fn since(&self, seq: u64) -> Vec<EndedSession> {
-        let log = self.log.lock().unwrap_or_else(|p| p.into_inner());
-        log.iter().filter(|e| e.seq > seq).cloned().collect()
+        let log = self.log();
+        let first = log.partition_point(|e| e.seq <= seq);
+        log.range(first..).cloned().collect()
     }
 
-    /// Wakes when a notice is published.
+    /// Wakes when a notice is published; holds the newest notice's number.
     pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
         self.latest.subscribe()
     }
@@ -293,22 +349,23 @@ pub struct Broker {
     directories: RwLock<Vec<(AuthServer, Arc<dyn Directory>)>>,
     membership: RwLock<Option<Arc<Membership>>>,
     taken: Arc<TakenHint>,
-    ends: SessionEnds,
+    ends: Arc<SessionEnds>,
     link: RwLock<Option<Arc<dyn GatewayLink>>>,
 }
 
 impl Broker {
-    pub fn new(store: Store, settings: BrokerSettings, signing_key: SigningKey) -> Self {
-        Self {
+    /// A broker on `store`; reads the session-end notices kept there.
+    pub fn new(store: Store, settings: BrokerSettings, signing_key: SigningKey) -> Result<Self> {
+        Ok(Self {
+            ends: Arc::new(SessionEnds::load(&store)?),
             store,
             settings,
             signing_key,
             directories: RwLock::new(Vec::new()),
             membership: RwLock::new(None),
             taken: Arc::new(TakenHint::default()),
-            ends: SessionEnds::default(),
             link: RwLock::new(None),
-        }
+        })
     }
 
     /// Connects the broker to the gateway that opens forwarded ports.
@@ -700,16 +757,18 @@ impl Broker {
         Ok(params)
     }
 
-    /// Gives a desktop back to its pool; only its holder (or an administrator) may.
+    /// Gives a desktop back to its pool; only its holder (or an administrator) may. Its open
+    /// sessions end, each with a notice for the gateways saved in the same transaction.
     pub async fn release(&self, user: &UserKey, desktop_id: &str) -> Result<Desktop> {
         let user = user.clone();
         let id = desktop_id.to_string();
-        let (released, ended) = self.store.call(move |s| release(s, &user, &id)).await?;
+        let refuse_until = Utc::now().timestamp() + self.settings.ticket_seconds + 1;
+        let ends = self.ends.clone();
+        let released = self
+            .store
+            .call(move |s| ends.record(s, |first| release(s, &user, &id, first, refuse_until)))
+            .await?;
         self.taken.remove(&released.id);
-        self.ends.publish(
-            ended,
-            Utc::now().timestamp() + self.settings.ticket_seconds + 1,
-        );
         Ok(released)
     }
 }
@@ -1032,16 +1091,24 @@ fn assign(
 #[derive(Debug)]
 struct Taken;
 
-/// Releases a desktop and ends its open sessions; returns the desktop and the ended sessions.
-fn release(s: &Store, user: &UserKey, id: &str) -> Result<(Desktop, Vec<String>)> {
+/// Releases a desktop and ends its open sessions, saving a notice for each (numbered from
+/// `first`); returns the desktop and the notices.
+fn release(
+    s: &Store,
+    user: &UserKey,
+    id: &str,
+    first: u64,
+    refuse_until: i64,
+) -> Result<(Desktop, Vec<EndedSession>)> {
     let user_key = user.key();
     let tree = [
         Desktop::TREE,
         HeldDesktops::TREE,
         OpenSessions::TREE,
         DesktopSession::TREE,
+        EndedSession::TREE,
     ];
-    let desktop = s.transact(&tree, |tx| {
+    let released = s.transact(&tree, |tx| {
         let Some(mut desktop) = tx.get::<Desktop, BrokerError>(id)? else {
             return Err(TxError::Abort(BrokerError::NotYours));
         };
@@ -1056,6 +1123,7 @@ fn release(s: &Store, user: &UserKey, id: &str) -> Result<(Desktop, Vec<String>)
         mine.desktops.retain(|d| d != id);
         tx.put(&user_key, &mine)?;
         let open: OpenSessions = tx.get(id)?.unwrap_or_default();
+        let mut ended = Vec::with_capacity(open.ids.len());
         for session_id in &open.ids {
             if let Some(mut session) = tx.get::<DesktopSession, BrokerError>(session_id)?
                 && session.ended.is_none()
@@ -1064,10 +1132,19 @@ fn release(s: &Store, user: &UserKey, id: &str) -> Result<(Desktop, Vec<String>)
                 tx.put(session_id, &session)?;
             }
         }
+        for (seq, session) in (first..).zip(&open.ids) {
+            let end = EndedSession {
+                seq,
+                session: session.clone(),
+                refuse_until,
+            };
+            tx.put(&EndedSession::key(seq), &end)?;
+            ended.push(end);
+        }
         tx.put(id, &OpenSessions::default())?;
-        Ok((desktop, open.ids))
+        Ok((desktop, ended))
     })?;
-    Ok(desktop)
+    Ok(released)
 }
 
 /// The broker's ticket-signing key, made once per installation (restored with backups, so a
@@ -1169,5 +1246,106 @@ impl ClientSessions {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], ClientSession>> {
         self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Saves notices for `sessions` as a release would: in one transaction, then published.
+    fn end(ends: &SessionEnds, store: &Store, sessions: &[&str], refuse_until: i64) {
+        ends.record(store, |first| {
+            let saved = (first..)
+                .zip(sessions)
+                .map(|(seq, session)| EndedSession {
+                    seq,
+                    session: session.to_string(),
+                    refuse_until,
+                })
+                .collect::<Vec<_>>();
+            store
+                .transact(&[EndedSession::TREE], |tx| {
+                    for e in &saved {
+                        tx.put::<_, StoreError>(&EndedSession::key(e.seq), e)?;
+                    }
+                    Ok(())
+                })
+                .map_err(|e| match e {
+                    TxError::Store(e) | TxError::Abort(e) => e,
+                    TxError::Conflict(_) => StoreError::Engine("conflict".into()),
+                })?;
+            Ok::<_, StoreError>(((), saved))
+        })
+        .expect("recorded");
+    }
+
+    fn seqs(ends: &[EndedSession]) -> Vec<u64> {
+        ends.iter().map(|e| e.seq).collect()
+    }
+
+    #[test]
+    fn notice_numbers_go_on_after_a_restart_and_nothing_is_lost() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let soon = Utc::now().timestamp() + 60;
+        {
+            let store = Store::open(dir.path()).expect("store");
+            let ends = SessionEnds::load(&store).expect("load");
+            assert_eq!(*ends.subscribe().borrow(), 0);
+            end(&ends, &store, &["s1", "s2"], soon);
+            end(&ends, &store, &["s3"], soon);
+            assert_eq!(seqs(&ends.since(0)), [1, 2, 3]);
+            assert_eq!(seqs(&ends.since(2)), [3]);
+        }
+        // Restarted: the kept notices are there, and the next one is number 4, so a gateway
+        // that saw 3 before the restart gets it.
+        let store = Store::open(dir.path()).expect("store");
+        let ends = SessionEnds::load(&store).expect("load");
+        assert_eq!(*ends.subscribe().borrow(), 3);
+        assert_eq!(ends.since(1)[0].session, "s2");
+        end(&ends, &store, &["s4"], soon);
+        let after = ends.since(3);
+        assert_eq!(seqs(&after), [4]);
+        assert_eq!(after[0].session, "s4");
+        assert_eq!(*ends.subscribe().borrow(), 4);
+        // A change that fails numbers nothing.
+        let failed = ends.record(&store, |_| {
+            Err::<((), Vec<EndedSession>), _>(StoreError::Engine("no".into()))
+        });
+        assert!(failed.is_err());
+        end(&ends, &store, &["s5"], soon);
+        assert_eq!(seqs(&ends.since(4)), [5]);
+    }
+
+    #[test]
+    fn old_notices_beyond_the_newest_ones_kept_are_pruned_from_memory_and_store() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("store");
+        let ends = SessionEnds::load(&store).expect("load");
+        let long_ago = Utc::now().timestamp() - SessionEnds::KEEP_SECONDS - 10;
+        let many: Vec<String> = (0..SessionEnds::KEEP + 3)
+            .map(|i| format!("old{i}"))
+            .collect();
+        let names: Vec<&str> = many.iter().map(String::as_str).collect();
+        end(&ends, &store, &names, long_ago);
+        // Old, and more than KEEP of them: only the newest KEEP stay.
+        let kept = ends.since(0);
+        assert_eq!(kept.len(), SessionEnds::KEEP);
+        assert_eq!(kept[0].seq, 4);
+        assert_eq!(
+            store.count::<EndedSession>().expect("count"),
+            SessionEnds::KEEP
+        );
+        // Recent ones stay whatever their number.
+        let recent = Utc::now().timestamp() + 60;
+        end(&ends, &store, &["new1", "new2"], recent);
+        let kept = ends.since(0);
+        assert_eq!(kept.len(), SessionEnds::KEEP);
+        assert_eq!(
+            kept.last().map(|e| e.seq),
+            Some(SessionEnds::KEEP as u64 + 5)
+        );
+        let reloaded = SessionEnds::load(&store).expect("load");
+        assert_eq!(seqs(&reloaded.since(0)), seqs(&kept));
     }
 }

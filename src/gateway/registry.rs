@@ -135,6 +135,11 @@ impl BrokerLink {
         })
     }
 
+    /// The broker's address, as given.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
     /// The broker's public key, which tickets are checked with.
     pub async fn fetch_key(&self) -> Result<VerifyingKey, RegistryError> {
         let resp = self
@@ -169,6 +174,47 @@ impl BrokerLink {
             .json()
             .await
             .map_err(|e| RegistryError::Malformed(e.to_string()))
+    }
+
+    /// Asks the broker whether it takes this gateway's token, without waiting for notices.
+    pub async fn check_token(&self) -> Result<(), RegistryError> {
+        let resp = self
+            .client
+            .get(format!("{}{SESSION_ENDS_PATH}?after=0&wait=0", self.base))
+            .bearer_auth(&self.token)
+            .timeout(Duration::from_secs(15))
+            .send()
+            .await
+            .map_err(unreachable)?;
+        checked(resp).await.map(|_| ())
+    }
+
+    /// At start-up: waits until the broker answers and takes the token, retrying with a
+    /// growing pause while it cannot be reached. `Ok(false)` when `stop` turns true first;
+    /// [`RegistryError::Refused`] at once when the broker refuses the token (waiting would not
+    /// help: the token file needs the gateway's current token).
+    pub async fn wait_for_acceptance(
+        &self,
+        mut stop: watch::Receiver<bool>,
+    ) -> Result<bool, RegistryError> {
+        let mut backoff = Backoff::new(self.timings.retry_max);
+        loop {
+            let checked = tokio::select! {
+                r = self.check_token() => r,
+                _ = stopped(&mut stop) => return Ok(false),
+            };
+            match checked {
+                Ok(()) => return Ok(true),
+                Err(RegistryError::Refused) => return Err(RegistryError::Refused),
+                Err(e) => {
+                    let pause = backoff.next();
+                    tracing::warn!(broker = %self.base, error = %e, ?pause, "the broker could not check the gateway token; retrying");
+                    if !sleep_or_stop(pause, &mut stop).await {
+                        return Ok(false);
+                    }
+                }
+            }
+        }
     }
 
     /// Sends the open tunnels.
@@ -318,7 +364,8 @@ async fn follow_ends(gateway: &Gateway, link: &BrokerLink, mut stop: watch::Rece
                 }
                 if answer.latest < seen {
                     tracing::info!(
-                        "the broker's notices start over (it restarted); following from the start"
+                        "the broker's notices start over (another broker, or its store was \
+                         replaced); following from the start"
                     );
                 }
                 seen = answer.latest;

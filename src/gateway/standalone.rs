@@ -1,5 +1,7 @@
 //! `gatehouse gateway`: a gateway on its own host. It needs only the broker's public key (a
-//! PEM file from `gatehouse broker-key export`); it never sees the broker's store.
+//! PEM file from `gatehouse broker-key export`, or fetched from the broker it is registered
+//! with); it never sees the broker's store. Registered with a broker, it starts only once the
+//! broker takes its token: a wrong token ends it at once with what to do.
 //!
 //! The certificate comes from `--cert`/`--key` (re-read on SIGHUP, open tunnels stay up) or is
 //! generated for the listen address when none is given.
@@ -22,6 +24,12 @@ pub enum StandaloneError {
     Key { path: PathBuf, reason: String },
     #[error("the certificate: {0}")]
     Certificate(String),
+    /// The broker refused the gateway (a field not named `source`: the message is shown once).
+    #[error("{broker}: {reason}")]
+    Broker {
+        broker: String,
+        reason: super::registry::RegistryError,
+    },
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -126,6 +134,23 @@ pub async fn run(mut opts: Options) -> Result<(), StandaloneError> {
             });
         }
     };
+    if let Some(link) = &opts.link {
+        println!("Gatehouse gateway: checking the gateway token with the broker...");
+        let accepted = tokio::select! {
+            r = link.wait_for_acceptance(stopped.clone()) => r,
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        };
+        match accepted {
+            Ok(true) => {}
+            Ok(false) => return Ok(()),
+            Err(reason) => {
+                return Err(StandaloneError::Broker {
+                    broker: link.base().to_string(),
+                    reason,
+                });
+            }
+        }
+    }
     let pem = certificate(&opts)?;
     let resolver = Arc::new(
         ReloadingResolver::from_pem(&pem)

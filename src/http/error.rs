@@ -66,6 +66,9 @@ pub enum HttpError {
     /// The signed-in user's role does not reach this console area at the level needed.
     #[error("{0}")]
     Forbidden(String),
+    /// The licence does not allow this (one more gateway, …); nothing was changed.
+    #[error("{0}")]
+    LicenceLimit(String),
     /// An authentication server did not answer as asked.
     #[error("{0}")]
     Directory(#[from] crate::auth::DirectoryError),
@@ -106,6 +109,7 @@ impl HttpError {
             HttpError::GatewayTokenRequired => "gateway_token_required",
             HttpError::SignInFailed => "sign_in_failed",
             HttpError::Forbidden(_) => "forbidden",
+            HttpError::LicenceLimit(_) => "licence_limit",
             HttpError::Directory(e) => e.code(),
             HttpError::Admin(e) => match e {
                 AdminError::Store(_) => "store_error",
@@ -171,7 +175,9 @@ impl ResponseError for HttpError {
             HttpError::NotSignedIn | HttpError::SetupRequired | HttpError::MustChangePassword => {
                 StatusCode::SEE_OTHER
             }
-            HttpError::Csrf | HttpError::Forbidden(_) => StatusCode::FORBIDDEN,
+            HttpError::Csrf | HttpError::Forbidden(_) | HttpError::LicenceLimit(_) => {
+                StatusCode::FORBIDDEN
+            }
             HttpError::BadRequest(_) => StatusCode::BAD_REQUEST,
             HttpError::Locked { .. } => StatusCode::TOO_MANY_REQUESTS,
             HttpError::NotFound => StatusCode::NOT_FOUND,

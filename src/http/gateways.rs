@@ -6,11 +6,9 @@
 //!
 //! A gateway authenticates with its own token (`Authorization: Bearer`), checked against the
 //! stored hash; an administrator's token is not a gateway's. Tokens are made here, shown once
-//! and never logged. Reports live in memory only: a restarted broker shows each gateway again
-//! at its next report. No business rules here and no sled.
-
-use std::collections::HashMap;
-use std::sync::Mutex;
+//! and never logged. Each gateway's last report is kept in the store, so a restarted broker
+//! shows it, with its age, until the gateway reports again; a report older than 30 seconds is
+//! marked stale. The licence's gateway limit is enforced when a gateway is created. No sled.
 
 use actix_web::http::{Method, StatusCode, header};
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -30,12 +28,10 @@ use crate::admin::{self, Actor};
 use crate::gateway::TunnelReport;
 use crate::gateway::registry::{LONG_POLL, ReportBody, SessionEndsAnswer};
 use crate::model::FieldError;
-use crate::model::gateway::{GatewayMethods, GatewayRecord, issue_token};
+use crate::model::gateway::{
+    GatewayMethods, GatewayRecord, LastReport, age_text, issue_token, licence_refusal,
+};
 use crate::store::{Store, StoreError};
-
-/// A gateway that has not reported for this long is shown as not connected (it reports every
-/// few seconds).
-const CONNECTED_WITHIN_SECONDS: i64 = 30;
 
 const BASE: &str = "/admin/setup/gateways";
 
@@ -206,17 +202,29 @@ impl Screen for GatewayRecord {
 }
 
 /// Creates a gateway from a body (`id` optional) with a new token: one save, validated and
-/// audited like every resource. Returns the stored gateway and the token, for showing once.
+/// audited like every resource, refused when the licence allows no more than `max` gateways
+/// (`None`: no limit) and that many are registered. Returns the stored gateway and the token,
+/// for showing once.
 pub fn create(
     s: &Store,
     actor: &Actor,
     mut value: Value,
+    max: Option<u32>,
 ) -> Result<(GatewayRecord, String), HttpError> {
+    // Counting and saving under one lock, so that two creations cannot both take the last
+    // place the licence leaves.
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _creating = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(reason) = licence_refusal(max, s.count::<GatewayRecord>()?) {
+        return Err(HttpError::LicenceLimit(reason));
+    }
     let (token, hash) = issue_token();
     if let Some(map) = value.as_object_mut() {
         map.insert("token_hash".into(), Value::String(hash));
     }
     let saved = resource::save::<GatewayRecord>(s, actor, None, value)?;
+    // A report kept under this id (a gateway deleted and made again) is not this one's.
+    s.delete::<LastReport>(&saved.id)?;
     Ok((saved, token))
 }
 
@@ -251,35 +259,6 @@ pub fn renew_token(
 
 // ---- Reports ----------------------------------------------------------------------------------
 
-/// A gateway's last report, as received.
-#[derive(Debug, Clone, Serialize)]
-pub struct Received {
-    pub received: DateTime<Utc>,
-    pub tunnels: Vec<TunnelReport>,
-}
-
-/// The last report of each standalone gateway, by gateway id (memory only).
-#[derive(Debug, Default)]
-pub struct Reports(Mutex<HashMap<String, Received>>);
-
-impl Reports {
-    fn put(&self, id: &str, received: Received) {
-        self.lock().insert(id.to_string(), received);
-    }
-
-    fn get(&self, id: &str) -> Option<Received> {
-        self.lock().get(id).cloned()
-    }
-
-    fn forget(&self, id: &str) {
-        self.lock().remove(id);
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Received>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
 /// One gateway and what it last reported; the built-in gateway has no id.
 #[derive(Debug, Clone, Serialize)]
 pub struct GatewayStatus {
@@ -287,18 +266,34 @@ pub struct GatewayStatus {
     pub name: String,
     /// When its last report came (now, for the built-in gateway).
     pub received: Option<DateTime<Utc>>,
+    /// Seconds since that report (0 for the built-in gateway; none before the first).
+    pub age_seconds: Option<i64>,
+    /// The last report is older than 30 seconds: the tunnels are as last seen.
+    pub stale: bool,
     /// It reported within the last 30 seconds.
     pub connected: bool,
     pub tunnels: Vec<TunnelReport>,
 }
 
-/// The built-in gateway first, then every registered gateway in name order.
+/// The built-in gateway first, then every registered gateway in name order, each with its
+/// last report (kept in the store, so they survive a restart of the broker).
 async fn statuses(
     state: &AppState,
 ) -> Result<Vec<(Option<GatewayRecord>, GatewayStatus)>, HttpError> {
-    let gateways = state
+    let (gateways, mut reports) = state
         .store
-        .call(|s| Ok::<_, HttpError>(resource::list_all::<GatewayRecord>(s)?))
+        .call(|s| {
+            let gateways = resource::list_all::<GatewayRecord>(s)?;
+            let reports: std::collections::HashMap<String, LastReport> =
+                s.list::<LastReport>()?.into_iter().collect();
+            // Reports of deleted gateways are dropped.
+            for id in reports.keys() {
+                if !gateways.iter().any(|g| &g.id == id) {
+                    s.delete::<LastReport>(id)?;
+                }
+            }
+            Ok::<_, HttpError>((gateways, reports))
+        })
         .await?;
     let now = Utc::now();
     let mut out = vec![(
@@ -307,19 +302,22 @@ async fn statuses(
             id: None,
             name: "Built-in".into(),
             received: Some(now),
+            age_seconds: Some(0),
+            stale: false,
             connected: true,
             tunnels: state.gateway.report(),
         },
     )];
     for g in gateways {
-        let last = state.gateway_reports.get(&g.id);
+        let last = reports.remove(&g.id);
+        let stale = last.as_ref().is_some_and(|r| r.is_stale(now));
         let status = GatewayStatus {
             id: Some(g.id.clone()),
             name: g.name.clone(),
             received: last.as_ref().map(|r| r.received),
-            connected: last
-                .as_ref()
-                .is_some_and(|r| (now - r.received).num_seconds() <= CONNECTED_WITHIN_SECONDS),
+            age_seconds: last.as_ref().map(|r| r.age_seconds(now)),
+            stale,
+            connected: last.is_some() && !stale,
             tunnels: last.map(|r| r.tunnels).unwrap_or_default(),
         };
         out.push((Some(g), status));
@@ -475,15 +473,45 @@ pub fn schemas() -> Vec<(&'static str, Value)> {
         (
             "GatewayStatus",
             object(
-                &["id", "name", "received", "connected", "tunnels"],
+                &[
+                    "id",
+                    "name",
+                    "received",
+                    "age_seconds",
+                    "stale",
+                    "connected",
+                    "tunnels",
+                ],
                 vec![
                     (
                         "id",
                         described(nullable(string()), "null for the built-in gateway."),
                     ),
                     ("name", string()),
-                    ("received", nullable(date_time())),
-                    ("connected", boolean()),
+                    (
+                        "received",
+                        described(
+                            nullable(date_time()),
+                            "When the last report came; null before the first. Kept across \
+                             broker restarts.",
+                        ),
+                    ),
+                    (
+                        "age_seconds",
+                        described(nullable(integer()), "Seconds since the last report."),
+                    ),
+                    (
+                        "stale",
+                        described(
+                            boolean(),
+                            "The last report is older than 30 seconds: the tunnels are as \
+                             last seen.",
+                        ),
+                    ),
+                    (
+                        "connected",
+                        described(boolean(), "It reported within the last 30 seconds."),
+                    ),
                     ("tunnels", array(reference("TunnelReport"))),
                 ],
             ),
@@ -505,8 +533,9 @@ pub fn schemas() -> Vec<(&'static str, Value)> {
                         described(
                             integer(),
                             "The newest notice's number: ask for what comes after it next. \
-                             When `after` was ahead of it (the broker restarted), `ended` holds \
-                             every notice kept.",
+                             Numbers are kept across broker restarts. When `after` was ahead \
+                             of it (another broker, or a store put back from an old copy), \
+                             `ended` holds every notice kept.",
                         ),
                     ),
                     (
@@ -542,8 +571,11 @@ fn json_ok<T: Serialize>(status: StatusCode, value: &T) -> HttpResponse {
 async fn create_api(state: web::Data<AppState>, who: AdminToken, body: web::Bytes) -> ApiResult {
     let value = parse_body(&body)?;
     let actor = who.actor();
-    let (mut saved, token) = state.store.call(move |s| create(s, &actor, value)).await?;
-    state.gateway_reports.forget(&saved.id);
+    let max = state.licence_state().await?.max_gateways();
+    let (mut saved, token) = state
+        .store
+        .call(move |s| create(s, &actor, value, max))
+        .await?;
     saved.redact();
     Ok(HttpResponse::Created()
         .insert_header((header::LOCATION, format!("/api/v1/gateways/{}", saved.id)))
@@ -706,13 +738,14 @@ async fn report(state: web::Data<AppState>, req: HttpRequest, body: web::Bytes) 
     let gateway = calling_gateway(&state, &req).await?;
     let ReportBody { tunnels } = from_json("gateway report", &parse_body(&body)?)?;
     tracing::debug!(gateway = %gateway.id, tunnels = tunnels.len(), "gateway report");
-    state.gateway_reports.put(
-        &gateway.id,
-        Received {
-            received: Utc::now(),
-            tunnels,
-        },
-    );
+    let report = LastReport {
+        received: Utc::now(),
+        tunnels,
+    };
+    state
+        .store
+        .call(move |s| Ok::<_, HttpError>(s.put(&gateway.id, &report)?))
+        .await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -739,6 +772,20 @@ struct GatewayRow {
     tunnels: usize,
     bytes_in: String,
     bytes_out: String,
+}
+
+/// The "Last report" cell: live, never, connected (with the age) or stale (with the age).
+fn last_report_text(registered: bool, status: &GatewayStatus) -> String {
+    match (registered, status.received, status.age_seconds) {
+        (false, _, _) => "live (this server)".to_string(),
+        (true, Some(at), Some(age)) if status.stale => format!(
+            "stale: not connected; last report {} ago ({})",
+            age_text(age),
+            when(at)
+        ),
+        (true, Some(at), Some(age)) => format!("connected, {} ago ({})", age_text(age), when(at)),
+        (true, _, _) => "never: not connected yet".to_string(),
+    }
 }
 
 fn when(t: DateTime<Utc>) -> String {
@@ -774,28 +821,21 @@ async fn render_list(
     token: Option<ShownToken>,
     notice: &str,
 ) -> Result<HttpResponse, HttpError> {
-    let now = Utc::now();
     let mut gateways = Vec::new();
     let mut tunnels: Vec<Vec<String>> = Vec::new();
     for (record, status) in statuses(state).await? {
         let (up, down) = status.tunnels.iter().fold((0u64, 0u64), |(u, d), t| {
             (u.saturating_add(t.bytes_up), d.saturating_add(t.bytes_down))
         });
-        let last_report = match (&record, status.received) {
-            (None, _) => "live (this server)".to_string(),
-            (Some(_), None) => "never: not connected yet".to_string(),
-            (Some(_), Some(at)) if status.connected => {
-                format!(
-                    "connected, {} s ago ({})",
-                    (now - at).num_seconds().max(0),
-                    when(at)
-                )
-            }
-            (Some(_), Some(at)) => format!("not connected since {}", when(at)),
+        let last_report = last_report_text(record.is_some(), &status);
+        let shown_name = if status.stale {
+            format!("{} (stale report)", status.name)
+        } else {
+            status.name.clone()
         };
         for t in &status.tunnels {
             tunnels.push(vec![
-                status.name.clone(),
+                shown_name.clone(),
                 t.user.clone(),
                 t.target.clone(),
                 t.client.to_string(),
@@ -885,16 +925,16 @@ async fn create_submit(
     let created = match forms::form_value(&fields, &form) {
         Ok(value) => {
             let actor = who.actor();
+            let max = state.licence_state().await?.max_gateways();
             state
                 .store
-                .call(move |s| Ok::<_, HttpError>(create(s, &actor, value)))
+                .call(move |s| Ok::<_, HttpError>(create(s, &actor, value, max)))
                 .await?
         }
         Err(errors) => Err(invalid(GatewayRecord::KIND, errors)),
     };
     match created {
         Ok((gateway, token)) => {
-            state.gateway_reports.forget(&gateway.id);
             let shown = ShownToken {
                 name: gateway.name,
                 value: token,
@@ -906,7 +946,9 @@ async fn create_submit(
             let said = Said::Refused(StatusCode::BAD_REQUEST, summary);
             form_page::<GatewayRecord>(&state, &who, None, Some(form), fields, said).await
         }
-        Err(e @ (HttpError::Conflict(_) | HttpError::MalformedJson(_))) => {
+        Err(
+            e @ (HttpError::Conflict(_) | HttpError::MalformedJson(_) | HttpError::LicenceLimit(_)),
+        ) => {
             use actix_web::ResponseError;
             let said = Said::Refused(e.status_code(), e.to_string());
             form_page::<GatewayRecord>(&state, &who, None, Some(form), Vec::new(), said).await
@@ -1011,6 +1053,42 @@ mod tests {
         };
         let names: Vec<&str> = fields.iter().map(|f| f.field.as_str()).collect();
         assert_eq!(names, ["after", "wait"]);
+    }
+
+    #[test]
+    fn a_report_shows_its_age_and_is_marked_stale_after_thirty_seconds() {
+        let now = Utc::now();
+        let status = |age: Option<i64>| {
+            let received = age.map(|a| now - chrono::Duration::seconds(a));
+            let report = received.map(|received| LastReport {
+                received,
+                tunnels: Vec::new(),
+            });
+            GatewayStatus {
+                id: Some("gw".into()),
+                name: "DMZ".into(),
+                received,
+                age_seconds: report.as_ref().map(|r| r.age_seconds(now)),
+                stale: report.as_ref().is_some_and(|r| r.is_stale(now)),
+                connected: report.as_ref().is_some_and(|r| !r.is_stale(now)),
+                tunnels: Vec::new(),
+            }
+        };
+        assert_eq!(
+            last_report_text(true, &status(None)),
+            "never: not connected yet"
+        );
+        let fresh = last_report_text(true, &status(Some(4)));
+        assert!(fresh.starts_with("connected, 4 s ago ("), "{fresh}");
+        let old = last_report_text(true, &status(Some(125)));
+        assert!(
+            old.starts_with("stale: not connected; last report 2 min ago ("),
+            "{old}"
+        );
+        assert_eq!(
+            last_report_text(false, &status(Some(0))),
+            "live (this server)"
+        );
     }
 
     #[test]

@@ -72,8 +72,6 @@ pub struct AppState {
     pub trusted_proxies: Vec<crate::model::location::Cidr>,
     /// The built-in gateway (open tunnels, session ends).
     pub gateway: Arc<crate::gateway::Gateway>,
-    /// The last tunnel report of each standalone gateway.
-    gateway_reports: gateways::Reports,
 }
 
 impl AppState {
@@ -118,7 +116,6 @@ impl AppState {
             clients: crate::broker::ClientSessions::default(),
             trusted_proxies,
             gateway,
-            gateway_reports: gateways::Reports::default(),
         }
     }
 

@@ -4,8 +4,12 @@
 //!
 //! The token itself is shown once, when it is made, and never stored: only its SHA-256 is
 //! (the token is 32 random bytes, so a fast hash is enough; nothing can be guessed from it).
-//! Pure: no I/O.
+//!
+//! Also each gateway's last report of its open tunnels (kept, so a restarted broker shows it
+//! with its age until the gateway reports again) and the licence's limit on how many gateways
+//! may be registered. Pure: no I/O.
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -228,6 +232,69 @@ fn check_url(text: &str) -> Result<(), String> {
     check_host_port(authority)
 }
 
+/// A gateway reports every few seconds; one whose last report is older than this is shown as
+/// stale: not connected, its tunnels as last seen.
+pub const STALE_AFTER_SECONDS: i64 = 30;
+
+/// A standalone gateway's last report, as the broker received it, by gateway id.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LastReport {
+    pub received: DateTime<Utc>,
+    pub tunnels: Vec<crate::gateway::TunnelReport>,
+}
+
+impl Record for LastReport {
+    const TREE: &'static str = "gateway_report_by_id";
+}
+
+impl LastReport {
+    /// Whole seconds since the report came (0 for a clock that went back).
+    pub fn age_seconds(&self, now: DateTime<Utc>) -> i64 {
+        (now - self.received).num_seconds().max(0)
+    }
+
+    /// Older than [`STALE_AFTER_SECONDS`]: the gateway is not (or no longer) in touch.
+    pub fn is_stale(&self, now: DateTime<Utc>) -> bool {
+        self.age_seconds(now) > STALE_AFTER_SECONDS
+    }
+}
+
+/// An age as people say it: "45 s", "3 min", "2 h 5 min", "3 days".
+pub fn age_text(seconds: i64) -> String {
+    let s = seconds.max(0);
+    match s {
+        0..60 => format!("{s} s"),
+        60..3600 => format!("{} min", s / 60),
+        3600..86_400 if (s % 3600) / 60 == 0 => format!("{} h", s / 3600),
+        3600..86_400 => format!("{} h {} min", s / 3600, (s % 3600) / 60),
+        86_400..172_800 => "1 day".into(),
+        _ => format!("{} days", s / 86_400),
+    }
+}
+
+/// Why one more gateway cannot be registered under the licence (`max` gateways allowed,
+/// `None` for no limit; `registered` already are), or `None` when it can.
+pub fn licence_refusal(max: Option<u32>, registered: usize) -> Option<String> {
+    let max = max?;
+    if usize::try_from(max).is_ok_and(|m| registered < m) {
+        return None;
+    }
+    Some(match max {
+        0 => "The licence allows no gateway now (the evaluation is over or the licence has \
+              expired): enter a licence key in System > Licence."
+            .to_string(),
+        1 => format!(
+            "The licence allows 1 gateway and {registered} registered already: delete one in \
+             Setup > Gateways, or enter a licence key that allows more in System > Licence."
+        ),
+        n => format!(
+            "The licence allows {n} gateways and {registered} are registered already: delete \
+             one in Setup > Gateways, or enter a licence key that allows more in System > \
+             Licence."
+        ),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -321,5 +388,46 @@ mod tests {
         };
         assert!(!none.token_matches(""), "an empty hash matches nothing");
         assert_eq!(GatewayMethods::default().describe(), "tunnel");
+    }
+
+    #[test]
+    fn a_report_turns_stale_after_thirty_seconds_and_its_age_reads_as_people_say_it() {
+        let received = chrono::DateTime::parse_from_rfc3339("2030-01-01T12:00:00Z")
+            .expect("time")
+            .with_timezone(&Utc);
+        let report = LastReport {
+            received,
+            tunnels: Vec::new(),
+        };
+        let at = |s: i64| received + chrono::Duration::seconds(s);
+        assert!(!report.is_stale(at(STALE_AFTER_SECONDS)));
+        assert!(report.is_stale(at(STALE_AFTER_SECONDS + 1)));
+        assert_eq!(report.age_seconds(at(-5)), 0, "a clock that went back");
+        assert!(!report.is_stale(at(-5)));
+        for (s, text) in [
+            (0, "0 s"),
+            (59, "59 s"),
+            (60, "1 min"),
+            (3599, "59 min"),
+            (3600, "1 h"),
+            (3600 + 5 * 60, "1 h 5 min"),
+            (86_400, "1 day"),
+            (3 * 86_400 + 7, "3 days"),
+        ] {
+            assert_eq!(age_text(s), text, "{s}");
+        }
+    }
+
+    #[test]
+    fn the_licence_limits_how_many_gateways_may_be_registered() {
+        assert_eq!(licence_refusal(None, 500), None);
+        assert_eq!(licence_refusal(Some(2), 1), None);
+        let full = licence_refusal(Some(2), 2).expect("refused");
+        assert!(full.contains("allows 2 gateways and 2"), "{full}");
+        assert!(full.contains("System > Licence"), "{full}");
+        let one = licence_refusal(Some(1), 1).expect("refused");
+        assert!(one.contains("allows 1 gateway and 1"), "{one}");
+        let none = licence_refusal(Some(0), 0).expect("refused");
+        assert!(none.contains("no gateway"), "{none}");
     }
 }

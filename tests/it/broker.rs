@@ -36,7 +36,8 @@ fn broker(store: &Store, slapd: &Slapd) -> Arc<Broker> {
             ticket_seconds: 60,
         },
         gatehouse::broker::connect::signing_key(&[9u8; 32]),
-    );
+    )
+    .expect("the broker reads its store");
     let server = slapd.auth_server(Security::Ldaps);
     let directory: Arc<dyn Directory> = Arc::new(LdapDirectory::new(server.clone()));
     broker.set_directories(vec![(server, directory)]);

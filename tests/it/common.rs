@@ -100,11 +100,17 @@ impl Server {
     /// Starts `gatehouse serve --data DATA --listen 127.0.0.1:0 [--config CONFIG]` and waits
     /// for its "Gatehouse console:" line.
     pub fn start(data: &Path, config: Option<&Path>) -> Self {
+        Self::start_on(data, config, "127.0.0.1:0")
+    }
+
+    /// As [`Server::start`], listening on `listen` (to come back on the same port after a
+    /// restart).
+    pub fn start_on(data: &Path, config: Option<&Path>, listen: &str) -> Self {
         let stderr = data.with_extension("stderr.log");
         let mut cmd = Command::new(bin());
         cmd.args(["serve", "--data"])
             .arg(data)
-            .args(["--listen", "127.0.0.1:0"]);
+            .args(["--listen", listen]);
         if let Some(c) = config {
             cmd.arg("--config").arg(c);
         }

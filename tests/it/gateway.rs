@@ -40,10 +40,10 @@ use crate::common::{self, Server};
 use crate::slapd::{GENERATED_PASSWORD, Slapd, SlapdOptions};
 
 /// How long to wait for a process line, a port or a counter before the test fails.
-const WAIT: Duration = Duration::from_secs(60);
+pub(crate) const WAIT: Duration = Duration::from_secs(60);
 /// How long one transfer may take before the test fails (100 MB through debug builds).
 const TRANSFER: Duration = Duration::from_secs(600);
-const MB: usize = 1_000_000;
+pub(crate) const MB: usize = 1_000_000;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -69,7 +69,7 @@ fn strip_ansi(line: &str) -> String {
 
 /// A port that was free a moment ago, for listeners that cannot report the port they got
 /// (the gateway's plain port, nginx).
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free port")
@@ -80,15 +80,15 @@ fn free_port() -> u16 {
 
 /// A running `gatehouse` command; its stdout and stderr lines are collected as they come and
 /// can be awaited. Killed on drop.
-struct Proc {
+pub(crate) struct Proc {
     what: String,
-    child: Child,
+    pub(crate) child: Child,
     lines: Arc<Mutex<Vec<String>>>,
     changed: watch::Receiver<usize>,
 }
 
 impl Proc {
-    fn spawn(what: &str, args: &[&str]) -> Proc {
+    pub(crate) fn spawn(what: &str, args: &[&str]) -> Proc {
         let mut child = Command::new(common::bin())
             .args(args)
             .env("RUST_LOG", "info")
@@ -121,11 +121,11 @@ impl Proc {
     }
 
     /// How many lines so far: wait for lines after this mark.
-    fn mark(&self) -> usize {
+    pub(crate) fn mark(&self) -> usize {
         lock(&self.lines).len()
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         lock(&self.lines).join("\n")
     }
 
@@ -138,7 +138,12 @@ impl Proc {
     }
 
     /// The first line after `from` matching `pred`, waiting for it to come.
-    async fn wait_line(&self, from: usize, what: &str, pred: impl Fn(&str) -> bool) -> String {
+    pub(crate) async fn wait_line(
+        &self,
+        from: usize,
+        what: &str,
+        pred: impl Fn(&str) -> bool,
+    ) -> String {
         let mut changed = self.changed.clone();
         let found = timeout(WAIT, async {
             loop {
@@ -164,7 +169,7 @@ impl Proc {
     }
 
     /// SIGKILL: the process and its sockets vanish at once.
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -178,14 +183,14 @@ impl Drop for Proc {
 
 /// A broker installation's data folder: its public key for gateways, and tickets signed with
 /// its key (`gatehouse ticket issue`).
-struct Issuer {
+pub(crate) struct Issuer {
     _dir: tempfile::TempDir,
     data: PathBuf,
-    public_key: PathBuf,
+    pub(crate) public_key: PathBuf,
 }
 
 impl Issuer {
-    fn new() -> Issuer {
+    pub(crate) fn new() -> Issuer {
         let (dir, data) = common::fresh_data();
         let public_key = dir.path().join("broker-key.pem");
         let (ok, out, err) = common::run(&[
@@ -205,7 +210,7 @@ impl Issuer {
     }
 
     /// A ticket for `target`; `extra` are more `ticket issue` flags (`--ttl`, `--client-addr`).
-    fn ticket(&self, target: SocketAddr, extra: &[&str]) -> String {
+    pub(crate) fn ticket(&self, target: SocketAddr, extra: &[&str]) -> String {
         let target = target.to_string();
         let mut args = vec![
             "ticket",
@@ -244,18 +249,18 @@ impl Issuer {
 }
 
 /// A running `gatehouse gateway` with a certificate written for the test (to pass as `--ca`).
-struct Gateway {
-    proc: Proc,
-    tls: SocketAddr,
-    plain: SocketAddr,
-    cert: PathBuf,
+pub(crate) struct Gateway {
+    pub(crate) proc: Proc,
+    pub(crate) tls: SocketAddr,
+    pub(crate) plain: SocketAddr,
+    pub(crate) cert: PathBuf,
     _dir: tempfile::TempDir,
 }
 
 impl Gateway {
     /// Starts the gateway checking `issuer`'s tickets; `extra` are more flags. Waits for its
     /// "Gatehouse gateway:" line.
-    async fn start(issuer: &Issuer, extra: &[&str]) -> Gateway {
+    pub(crate) async fn start(issuer: &Issuer, extra: &[&str]) -> Gateway {
         let dir = tempfile::tempdir().expect("tempdir");
         let pem = gatehouse::tls::generate_self_signed(&[]).expect("certificate");
         let cert = dir.path().join("gateway.crt");
@@ -298,11 +303,11 @@ impl Gateway {
         }
     }
 
-    fn ws_url(&self) -> String {
+    pub(crate) fn ws_url(&self) -> String {
         format!("ws://{}/tunnel", self.plain)
     }
 
-    fn wss_url(&self) -> String {
+    pub(crate) fn wss_url(&self) -> String {
         format!("wss://{}/tunnel", self.tls)
     }
 
@@ -315,7 +320,11 @@ impl Gateway {
 }
 
 /// Runs `gatehouse tunnel` and waits for the address it accepts native clients on.
-async fn start_tunnel(gateway_url: &str, ticket: &str, trust: &[&str]) -> (Proc, SocketAddr) {
+pub(crate) async fn start_tunnel(
+    gateway_url: &str,
+    ticket: &str,
+    trust: &[&str],
+) -> (Proc, SocketAddr) {
     let mut args = vec![
         "tunnel",
         "--gateway",
@@ -343,14 +352,14 @@ async fn start_tunnel(gateway_url: &str, ticket: &str, trust: &[&str]) -> (Proc,
 
 /// An echo "desktop": every connection gets its bytes back and, after the client's half-close,
 /// the end of the stream. Counts the connections it accepted and the ones that ended.
-struct Target {
-    addr: SocketAddr,
+pub(crate) struct Target {
+    pub(crate) addr: SocketAddr,
     accepted: watch::Receiver<Vec<SocketAddr>>,
     ended: watch::Receiver<usize>,
 }
 
 impl Target {
-    async fn start() -> Target {
+    pub(crate) async fn start() -> Target {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (accepted_tx, accepted) = watch::channel(Vec::new());
@@ -373,7 +382,7 @@ impl Target {
         }
     }
 
-    async fn wait_ended(&self, n: usize) {
+    pub(crate) async fn wait_ended(&self, n: usize) {
         let mut ended = self.ended.clone();
         let waited = timeout(WAIT, ended.wait_for(|e| *e >= n)).await;
         assert!(
@@ -385,7 +394,7 @@ impl Target {
 
     /// How many connections reached the target before a probe made now: the probe is
     /// accepted after everything already queued, so nothing in flight is missed.
-    async fn connections_before_probe(&self) -> usize {
+    pub(crate) async fn connections_before_probe(&self) -> usize {
         let probe = TcpStream::connect(self.addr).await.expect("probe");
         let me = probe.local_addr().expect("probe addr");
         let mut accepted = self.accepted.clone();
@@ -418,7 +427,7 @@ async fn echo(mut conn: TcpStream) {
 
 /// Sends `len` bytes through `conn`, half-closes, reads everything the far end sends back
 /// until it closes, and checks it is the same stream (length and SHA-256).
-async fn echo_check<S>(conn: S, len: usize, what: &str)
+pub(crate) async fn echo_check<S>(conn: S, len: usize, what: &str)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -469,13 +478,13 @@ where
     assert_eq!(sent, received, "{what}: SHA-256 of the bytes back");
 }
 
-async fn echo_check_at(addr: SocketAddr, len: usize, what: &str) {
+pub(crate) async fn echo_check_at(addr: SocketAddr, len: usize, what: &str) {
     let conn = TcpStream::connect(addr).await.expect("connect");
     echo_check(conn, len, what).await;
 }
 
 /// Connects from a given loopback source address (127.0.0.2 plays another host).
-async fn connect_from(source: &str, to: SocketAddr) -> TcpStream {
+pub(crate) async fn connect_from(source: &str, to: SocketAddr) -> TcpStream {
     let socket = TcpSocket::new_v4().expect("socket");
     socket
         .bind(format!("{source}:0").parse().expect("addr"))
@@ -486,7 +495,7 @@ async fn connect_from(source: &str, to: SocketAddr) -> TcpStream {
 // ---- Raw HTTP and WebSocket ---------------------------------------------------------------------
 
 /// A WebSocket upgrade request head for `path` with `extra` header lines.
-fn upgrade_head(path: &str, extra: &str) -> String {
+pub(crate) fn upgrade_head(path: &str, extra: &str) -> String {
     format!(
         "GET {path} HTTP/1.1\r\nHost: gateway.test\r\nUpgrade: websocket\r\n\
          Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
@@ -495,7 +504,7 @@ fn upgrade_head(path: &str, extra: &str) -> String {
 }
 
 /// Reads a response head; returns the status and the bytes read past the head.
-async fn read_head<S: AsyncRead + Unpin>(s: &mut S) -> (u16, Vec<u8>) {
+pub(crate) async fn read_head<S: AsyncRead + Unpin>(s: &mut S) -> (u16, Vec<u8>) {
     let mut buf = Vec::new();
     loop {
         if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -521,7 +530,7 @@ async fn read_head<S: AsyncRead + Unpin>(s: &mut S) -> (u16, Vec<u8>) {
 }
 
 /// Reads until the peer closes; true when it did (EOF or reset) within the wait.
-async fn closes<S: AsyncRead + Unpin>(s: &mut S) -> bool {
+pub(crate) async fn closes<S: AsyncRead + Unpin>(s: &mut S) -> bool {
     let mut chunk = [0u8; 4096];
     timeout(WAIT, async {
         loop {
@@ -536,7 +545,7 @@ async fn closes<S: AsyncRead + Unpin>(s: &mut S) -> bool {
 }
 
 /// Sends an upgrade request on `conn`; returns the answer's status.
-async fn upgrade_answer(conn: &mut TcpStream, path: &str, extra: &str) -> u16 {
+pub(crate) async fn upgrade_answer(conn: &mut TcpStream, path: &str, extra: &str) -> u16 {
     conn.write_all(upgrade_head(path, extra).as_bytes())
         .await
         .expect("send the request");
@@ -544,7 +553,7 @@ async fn upgrade_answer(conn: &mut TcpStream, path: &str, extra: &str) -> u16 {
 }
 
 /// As [`upgrade_answer`], checking that the gateway closes the connection after a refusal.
-async fn upgrade_status(mut conn: TcpStream, path: &str, extra: &str) -> u16 {
+pub(crate) async fn upgrade_status(mut conn: TcpStream, path: &str, extra: &str) -> u16 {
     let status = upgrade_answer(&mut conn, path, extra).await;
     if status != 101 {
         assert!(
@@ -607,7 +616,7 @@ fn client_frame(opcode: u8, fin: bool, payload: &[u8]) -> Vec<u8> {
 
 /// A WebSocket client of another implementation (tungstenite) on `conn`, offering the
 /// `binary` subprotocol; checks the gateway agreed to it.
-async fn tungstenite_client(
+pub(crate) async fn tungstenite_client(
     conn: TcpStream,
     url: &str,
 ) -> tokio_tungstenite::WebSocketStream<TcpStream> {
@@ -1496,7 +1505,7 @@ impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
     }
 }
 
-async fn tls_connect<S>(conn: S) -> tokio_rustls::client::TlsStream<S>
+pub(crate) async fn tls_connect<S>(conn: S) -> tokio_rustls::client::TlsStream<S>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -1523,7 +1532,7 @@ where
 }
 
 /// `upgrade_status` over TLS.
-async fn tls_upgrade_status<S>(mut tls: S, path: &str) -> u16
+pub(crate) async fn tls_upgrade_status<S>(mut tls: S, path: &str) -> u16
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -1538,7 +1547,7 @@ where
 }
 
 /// One HTTP/1.1 request on an open stream (`Connection: close`); returns status and body.
-async fn http_request<S>(
+pub(crate) async fn http_request<S>(
     mut s: S,
     method: &str,
     path: &str,
@@ -1614,7 +1623,7 @@ fn proxy_v2_header(source: SocketAddr, destination: SocketAddr) -> Vec<u8> {
 
 /// The address the console sees for a request: the test-login report's `client.address`
 /// (it falls back to the caller's address when none is given).
-async fn address_seen<S>(s: S, token: &str) -> String
+pub(crate) async fn address_seen<S>(s: S, token: &str) -> String
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -1634,13 +1643,13 @@ where
         .to_string()
 }
 
-fn port_of(base: &str) -> SocketAddr {
+pub(crate) fn port_of(base: &str) -> SocketAddr {
     base.trim_start_matches("https://")
         .parse()
         .unwrap_or_else(|_| panic!("host:port in {base}"))
 }
 
-async fn admin_token(server: &Server, password: &str) -> String {
+pub(crate) async fn admin_token(server: &Server, password: &str) -> String {
     let r = common::client()
         .post(format!("{}/api/v1/tokens", server.base))
         .json(&json!({"username": "admin", "password": password}))
@@ -1653,7 +1662,7 @@ async fn admin_token(server: &Server, password: &str) -> String {
 }
 
 /// Waits for a line in a server's log file (the fixture writes stderr to a file).
-async fn wait_log(server: &Server, what: &str, pred: impl Fn(&str) -> bool) -> String {
+pub(crate) async fn wait_log(server: &Server, what: &str, pred: impl Fn(&str) -> bool) -> String {
     for _ in 0..600 {
         if let Some(line) = server.logs().lines().map(strip_ansi).find(|l| pred(l)) {
             return line;

@@ -20,3 +20,4 @@ mod portal_browser;
 mod registry;
 mod roles;
 mod slapd;
+mod standalone;

@@ -2,7 +2,7 @@
 //! API and the console (the token shown once, refused when wrong), the gateway API (key,
 //! session-end notices, tunnel reports, bad bodies), and the registry link run in-process as a
 //! gateway would: its tunnel shows in the console, and releasing the desktop on the broker
-//! closes it on the gateway.
+//! closes it on the gateway. The licence's limit on how many gateways may be registered.
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -625,4 +625,128 @@ async fn before_setup_the_gateway_api_answers_for_itself_not_with_the_wizard() {
     )
     .await;
     assert_eq!(r.body["error"], "setup_required", "{}", r.text);
+}
+
+#[tokio::test]
+async fn the_licence_limits_how_many_gateways_can_be_registered() {
+    let vendor = common::Licensing::new();
+    let (dir, data) = common::fresh_data();
+    let config = vendor.config_file(dir.path(), "");
+    common::finish_setup(&data, PASSWORD);
+    let code = common::installation_code(&data);
+    let key = vendor.issue("S-GW2", &code, &["--gateways", "2"]);
+    let server = Server::start(&data, Some(&config));
+    let client = common::client();
+    let admin = admin_token(&client, &server).await;
+    let create = |name: &str| {
+        let body = json!({"name": name, "public_address": "gw.example.com",
+            "internal_url": "https://10.0.0.2:8443", "methods": {"tunnel": true}});
+        let (client, server, admin) = (&client, &server, &admin);
+        async move {
+            send(
+                client,
+                server,
+                Method::POST,
+                "/api/v1/gateways",
+                Some(admin),
+                Some(body),
+            )
+            .await
+        }
+    };
+    let names = || async {
+        let r = send(
+            &client,
+            &server,
+            Method::GET,
+            "/api/v1/gateways",
+            Some(&admin),
+            None,
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        let mut names: Vec<String> = r
+            .body
+            .as_array()
+            .expect("list")
+            .iter()
+            .map(|g| g["name"].as_str().expect("name").to_string())
+            .collect();
+        names.sort();
+        names
+    };
+
+    // The evaluation allows one gateway: the second is refused, and nothing is saved.
+    let r = create("DMZ 1").await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let r = create("DMZ 2").await;
+    assert_eq!(r.status, 403, "{}", r.text);
+    assert_eq!(r.body["error"], "licence_limit", "{}", r.text);
+    let message = r.body["message"].as_str().expect("message");
+    assert!(message.contains("allows 1 gateway"), "{message}");
+    assert!(message.contains("System > Licence"), "{message}");
+    assert!(r.body.get("token").is_none(), "{}", r.text);
+    assert_eq!(names().await, ["DMZ 1"]);
+
+    // A licence for two: one more, then the console's form is refused the same way.
+    let mut console = server.console();
+    console.sign_in("admin", PASSWORD).await;
+    console.get("/admin/system/licence").await;
+    let a = console
+        .post_multipart(
+            "/admin/system/licence",
+            &[("key", key.trim()), ("agree", "yes")],
+            &[],
+        )
+        .await;
+    assert!(a.body.contains("Licence S-GW2 activated"), "{}", a.body);
+    let r = create("DMZ 2").await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    console.get("/admin/setup/gateways/new").await;
+    let refused = console
+        .post(
+            "/admin/setup/gateways/new",
+            &[
+                ("name", "DMZ 3"),
+                ("public_address", "gw3.example.com"),
+                ("internal_url", "https://10.0.0.3:8443"),
+                ("methods.tunnel", "on"),
+            ],
+        )
+        .await;
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    assert!(
+        refused.body.contains("allows 2 gateways and 2"),
+        "{}",
+        refused.body
+    );
+    assert!(!refused.body.contains("id=\"token\""), "{}", refused.body);
+    let r = create("DMZ 3").await;
+    assert_eq!(r.status, 403, "{}", r.text);
+    assert_eq!(r.body["error"], "licence_limit", "{}", r.text);
+    assert_eq!(names().await, ["DMZ 1", "DMZ 2"]);
+
+    // Deleting one makes room again.
+    let list = send(
+        &client,
+        &server,
+        Method::GET,
+        "/api/v1/gateways",
+        Some(&admin),
+        None,
+    )
+    .await;
+    let first = list.body[0]["id"].as_str().expect("id").to_string();
+    let r = send(
+        &client,
+        &server,
+        Method::DELETE,
+        &format!("/api/v1/gateways/{first}"),
+        Some(&admin),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    let r = create("DMZ 3").await;
+    assert_eq!(r.status, 201, "{}", r.text);
 }
