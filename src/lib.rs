@@ -18,6 +18,7 @@
 //! | `broker`    | the rules: sign-in → location → assignment → role and policy → offer; atomic assign, release; connection files and gateway tickets | HTTP types, sled, ldap3 |
 //! | `backup`    | the snapshot file format: header, checksum, encryption, rotation       | sled                     |
 //! | `tls`       | certificates: generation, PEM validation, a resolver that reloads live | the store                |
+//! | `openstack` | the OpenStack client: Keystone login and token renewal, the catalog, Nova/Glance/Neutron/Cinder reads, server create and power actions, typed errors | the store, HTTP routes |
 //! | `scheduler` | cron expressions and the job loop                                      | what the jobs do         |
 //! | `telemetry` | tracing setup and Prometheus metrics                                   | —                        |
 //! | `gateway`   | the one TLS port: TLS, PROXY v2, WebSocket tunnels checked against broker tickets, forwarded ports, broker forwarding, flexVDI routing, the standalone gateway's link to its broker | the store, business rules |
@@ -34,6 +35,7 @@ pub mod gateway;
 pub mod http;
 pub mod licence;
 pub mod model;
+pub mod openstack;
 pub mod scheduler;
 pub mod store;
 pub mod telemetry;

@@ -5,6 +5,7 @@
 //! location matching) live next to the types they concern.
 
 mod appliance;
+pub mod center;
 pub mod desktop;
 pub mod directory;
 pub mod gateway;

@@ -15,6 +15,8 @@ mod gateway;
 mod install;
 mod lab;
 mod ldap;
+mod openstack;
+mod openstack_fake;
 mod portal;
 mod portal_browser;
 mod registry;

@@ -1,0 +1,562 @@
+//! The OpenStack client against a real OpenStack: the lab of `up.sh` (Keystone, Nova with the
+//! fake virt driver, Glance, Neutron, Placement on 127.0.0.1; see the lab's README). The
+//! fixture starts it once per test binary (idempotent: quick when it is already up) and fails
+//! the tests when it cannot. Where the lab cannot go (pagination, token expiry, TLS, a
+//! missing service), `openstack_fake` stands in.
+//!
+//! Servers made here are named `gh-test-<random>-…` and deleted at the end, even when a test
+//! fails.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use gatehouse::model::center::Center;
+use gatehouse::model::desktop::PowerState;
+use gatehouse::openstack::{
+    Cloud, Error, NewServer, PowerAction, Server, Timeouts, test_connection, test_connection_with,
+};
+
+use crate::common::install_crypto;
+
+/// Where the lab keeps its state (venv, databases, logs); `GATEHOUSE_OS_LAB` overrides.
+const LAB_DIR: &str = "/tmp/gatehouse-oslab";
+/// The lab's bring-up script; `GATEHOUSE_OS_LAB_UP` overrides.
+const LAB_UP: &str = "/work/shared/labs/openstack/up.sh";
+const KEYSTONE: &str = "http://127.0.0.1:5000/v3";
+
+/// Runs the lab's `up.sh` once for the whole test binary; panics with its output's end when it
+/// fails.
+fn lab() -> Center {
+    static UP: OnceLock<Result<(), String>> = OnceLock::new();
+    let up = UP.get_or_init(|| {
+        let script = std::env::var("GATEHOUSE_OS_LAB_UP").unwrap_or_else(|_| LAB_UP.to_string());
+        let dir = std::env::var("GATEHOUSE_OS_LAB").unwrap_or_else(|_| LAB_DIR.to_string());
+        let out = Command::new(PathBuf::from(&script))
+            .env("OS_LAB", &dir)
+            .output()
+            .map_err(|e| format!("{script} cannot run: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let tail: Vec<&str> = text.lines().rev().take(30).collect();
+            Err(format!(
+                "{script} failed ({}):\n{}",
+                out.status,
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            ))
+        }
+    });
+    if let Err(e) = up {
+        panic!("the OpenStack lab did not start: {e}");
+    }
+    install_crypto();
+    center()
+}
+
+/// vdi-user of domain vdi, in vdi-project of domain vdi.
+fn center() -> Center {
+    Center {
+        id: "lab".into(),
+        name: "Lab cloud".into(),
+        auth_url: KEYSTONE.into(),
+        project_domain: "vdi".into(),
+        project: "vdi-project".into(),
+        user_domain: "vdi".into(),
+        username: "vdi-user".into(),
+        password: "secret".into(),
+        ..Center::default()
+    }
+}
+
+fn unique(prefix: &str) -> String {
+    format!(
+        "gh-test-{}-{prefix}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    )
+}
+
+/// Deletes what a test made when it ends, passed or not (from a thread of its own: `Drop`
+/// cannot wait for the test's runtime).
+struct Cleanup {
+    center: Center,
+    servers: Vec<String>,
+    networks: Vec<String>,
+}
+
+impl Cleanup {
+    fn new(center: &Center) -> Self {
+        Cleanup {
+            center: center.clone(),
+            servers: Vec::new(),
+            networks: Vec::new(),
+        }
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if self.servers.is_empty() && self.networks.is_empty() {
+            return;
+        }
+        let center = self.center.clone();
+        let servers = std::mem::take(&mut self.servers);
+        let networks = std::mem::take(&mut self.networks);
+        let done = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async {
+                let cloud = Cloud::new(&center).expect("cloud");
+                for id in servers {
+                    if let Err(e) = cloud.delete_server(&id).await {
+                        eprintln!("cleanup: server {id} not deleted: {e}");
+                    }
+                }
+                for id in networks {
+                    if let Err(e) = raw::delete_network(&center, &id).await {
+                        eprintln!("cleanup: network {id} not deleted: {e}");
+                    }
+                }
+            });
+        });
+        let _ = done.join();
+    }
+}
+
+/// Calls the lab outside the client under test, to set up what the client only reads.
+mod raw {
+    use gatehouse::model::center::Center;
+    use serde_json::{Value, json};
+
+    async fn token(center: &Center) -> Result<String, String> {
+        let body = json!({"auth": {
+            "identity": {"methods": ["password"], "password": {"user": {
+                "name": center.username, "domain": {"name": center.user_domain},
+                "password": center.password}}},
+            "scope": {"project": {"name": center.project, "domain": {"name": center.project_domain}}}
+        }});
+        let resp = reqwest::Client::new()
+            .post(format!("{}/auth/tokens", super::KEYSTONE))
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        resp.headers()
+            .get("X-Subject-Token")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+            .ok_or_else(|| format!("no token: HTTP {}", resp.status()))
+    }
+
+    pub async fn create_network(center: &Center, name: &str) -> Result<String, String> {
+        let resp = reqwest::Client::new()
+            .post("http://127.0.0.1:9696/v2.0/networks")
+            .header("X-Auth-Token", token(center).await?)
+            .json(&json!({"network": {"name": name}}))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let body: Value = resp.json().await.map_err(|e| e.to_string())?;
+        body["network"]["id"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| format!("no network made: {body}"))
+    }
+
+    pub async fn delete_network(center: &Center, id: &str) -> Result<(), String> {
+        reqwest::Client::new()
+            .delete(format!("http://127.0.0.1:9696/v2.0/networks/{id}"))
+            .header("X-Auth-Token", token(center).await?)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(())
+    }
+}
+
+/// Reads the server until `done` says so; fails at the deadline or when it goes to ERROR.
+async fn wait_for(
+    cloud: &Cloud,
+    id: &str,
+    what: &str,
+    done: impl Fn(Option<&Server>) -> bool,
+) -> Option<Server> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let server = cloud.server(id).await.expect("the server can be read");
+        if done(server.as_ref()) {
+            return server;
+        }
+        if let Some(s) = &server {
+            assert_ne!(
+                s.status, "ERROR",
+                "{what}: the server failed: {:?}",
+                s.fault
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not reached within 120 s; last seen {server:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Creates the server and waits until it is ACTIVE. The lab's Nova (SQLite, two busy cores)
+/// now and then fails a build, leaving the server in ERROR or in BUILD for good (see the
+/// lab's README, "SQLite and Nova"): such a server is deleted and the build tried once more.
+async fn create_active(cloud: &Cloud, new: &NewServer, cleanup: &mut Cleanup) -> Server {
+    for attempt in 1..=2 {
+        let id = cloud
+            .create_server(new)
+            .await
+            .expect("Nova takes the request");
+        cleanup.servers.push(id.clone());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let last = loop {
+            let server = cloud.server(&id).await.expect("the server can be read");
+            match server {
+                Some(s) if s.status == "ACTIVE" && s.task_state.is_none() => return s,
+                Some(s) if s.status == "ERROR" => break Some(s),
+                other if Instant::now() > deadline => break other,
+                _ => tokio::time::sleep(Duration::from_millis(250)).await,
+            }
+        };
+        assert!(
+            attempt < 2,
+            "the server did not become ACTIVE twice; last seen {last:?}"
+        );
+        eprintln!("the lab failed a build ({last:?}); deleting it and trying once more");
+        cloud
+            .delete_server(&id)
+            .await
+            .expect("the failed server is deleted");
+    }
+    unreachable!("the loop returns or fails")
+}
+
+/// Deletes the server and waits until Nova no longer knows it. The lab's Nova now and then
+/// fails a delete under load (the server goes to ERROR with a RemoteError from the conductor's
+/// SQLite): the delete is then sent once more, as an administrator would.
+async fn delete_until_gone(cloud: &Cloud, id: &str) {
+    for attempt in 1..=2 {
+        cloud.delete_server(id).await.expect("delete");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let last = loop {
+            match cloud.server(id).await.expect("the server can be read") {
+                None => return,
+                Some(s) if s.status == "ERROR" => break Some(s),
+                other if Instant::now() > deadline => break other,
+                _ => tokio::time::sleep(Duration::from_millis(250)).await,
+            }
+        };
+        assert!(
+            attempt < 2,
+            "the server was not deleted twice; last seen {last:?}"
+        );
+        eprintln!("the lab failed a delete ({last:?}); deleting once more");
+    }
+}
+
+/// Settled in `status`: no task under way.
+fn settled(status: &'static str) -> impl Fn(Option<&Server>) -> bool {
+    move |s| s.is_some_and(|s| s.status == status && s.task_state.is_none())
+}
+
+#[tokio::test]
+async fn lab_login_catalog_and_inventory() {
+    let center = lab();
+    let mut cleanup = Cleanup::new(&center);
+    let network_name = unique("net");
+    let network = raw::create_network(&center, &network_name)
+        .await
+        .expect("a network is made for the listing");
+    cleanup.networks.push(network.clone());
+
+    let cloud = Cloud::new(&center).expect("cloud");
+    let token = cloud
+        .login()
+        .await
+        .expect("vdi-user logs in to vdi-project");
+    assert!(!token.project_id.is_empty());
+    assert!(token.expires_at > chrono::Utc::now());
+    let endpoints = &token.endpoints;
+    assert_eq!(endpoints.compute, "http://127.0.0.1:8774/v2.1");
+    assert_eq!(endpoints.image, "http://127.0.0.1:9292");
+    assert_eq!(endpoints.network, "http://127.0.0.1:9696");
+    assert_eq!(endpoints.volume, None, "the lab runs no Cinder");
+
+    let inventory = cloud.inventory().await.expect("inventory");
+    let flavors: Vec<&str> = inventory.flavors.iter().map(|f| f.name.as_str()).collect();
+    for name in ["m1.tiny", "m1.small", "m1.medium", "vdi.standard"] {
+        assert!(flavors.contains(&name), "{name} in {flavors:?}");
+    }
+    let tiny = inventory
+        .flavors
+        .iter()
+        .find(|f| f.name == "m1.tiny")
+        .expect("m1.tiny");
+    assert_eq!((tiny.vcpus, tiny.ram_mb, tiny.disk_gb), (1, 512, 1));
+    let cirros = inventory
+        .images
+        .iter()
+        .find(|i| i.name == "fake-cirros")
+        .expect("the fake-cirros image");
+    assert_eq!(cirros.status, "active");
+    assert_eq!(cirros.visibility, "public");
+    assert!(
+        inventory
+            .zones
+            .iter()
+            .any(|z| z.name == "nova" && z.available),
+        "{:?}",
+        inventory.zones
+    );
+    assert!(
+        inventory
+            .security_groups
+            .iter()
+            .any(|g| g.name == "default"),
+        "{:?}",
+        inventory.security_groups
+    );
+    let net = inventory
+        .networks
+        .iter()
+        .find(|n| n.id == network)
+        .expect("the project's network is listed");
+    assert_eq!(net.name, network_name);
+    assert!(inventory.volume_types.is_empty());
+    assert!(inventory.warnings.is_empty(), "{:?}", inventory.warnings);
+
+    let summary = test_connection(&center).await.expect("the test passes");
+    assert_eq!(summary.project_id, token.project_id);
+    assert!(summary.flavors >= 4);
+    assert!(summary.images >= 1);
+    assert_eq!(summary.volume_url, None);
+    assert!(
+        summary.warnings.iter().any(|w| w.contains("block storage")),
+        "{:?}",
+        summary.warnings
+    );
+    assert!(
+        summary.warnings.iter().any(|w| w.contains("plain http")),
+        "{:?}",
+        summary.warnings
+    );
+}
+
+#[tokio::test]
+async fn lab_server_create_stop_start_reboot_suspend_delete() {
+    let center = lab();
+    let mut cleanup = Cleanup::new(&center);
+    let cloud = Cloud::new(&center).expect("cloud");
+    let flavors = cloud.flavors().await.expect("flavors");
+    let tiny = flavors
+        .iter()
+        .find(|f| f.name == "m1.tiny")
+        .expect("m1.tiny");
+    let images = cloud.images().await.expect("images");
+    let cirros = images
+        .iter()
+        .find(|i| i.name == "fake-cirros")
+        .expect("fake-cirros");
+
+    let name = unique("pc");
+    let mut new = NewServer::new(&name, &tiny.id, &cirros.id);
+    new.availability_zone = Some("nova".into());
+    new.metadata.insert("gatehouse-pool".into(), "lab".into());
+    let server = create_active(&cloud, &new, &mut cleanup).await;
+    let id = server.id.clone();
+    assert_eq!(server.name, name);
+    assert_eq!(server.power_state, PowerState::Running);
+    assert_eq!(server.availability_zone.as_deref(), Some("nova"));
+    assert_eq!(server.image_id.as_deref(), Some(cirros.id.as_str()));
+    assert_eq!(server.flavor_name.as_deref(), Some("m1.tiny"));
+    assert_eq!(server.metadata["gatehouse-pool"], "lab");
+    assert!(server.addresses.is_empty(), "created without a network");
+
+    // The listing has it, with its flavor id filled in from the flavor list.
+    let inventory = cloud.inventory().await.expect("inventory");
+    let listed = inventory
+        .servers
+        .iter()
+        .find(|s| s.id == id)
+        .expect("listed");
+    assert_eq!(listed.flavor_id.as_deref(), Some(tiny.id.as_str()));
+    let fields = inventory.desktop_fields(listed);
+    assert_eq!(fields.image, "fake-cirros");
+    assert_eq!(fields.flavor, "m1.tiny");
+    assert_eq!(fields.address, None);
+
+    cloud.power(&id, PowerAction::Stop).await.expect("stop");
+    let s = wait_for(&cloud, &id, "SHUTOFF after stop", settled("SHUTOFF")).await;
+    assert_eq!(s.expect("exists").power_state, PowerState::Stopped);
+
+    // Stopping a stopped server: Nova's own refusal comes through.
+    match cloud.power(&id, PowerAction::Stop).await {
+        Err(Error::Cloud {
+            status: 409,
+            message,
+            ..
+        }) => assert!(message.contains("vm_state stopped"), "{message}"),
+        other => panic!("expected Nova's conflict, got {other:?}"),
+    }
+
+    cloud.power(&id, PowerAction::Start).await.expect("start");
+    let s = wait_for(&cloud, &id, "ACTIVE after start", settled("ACTIVE")).await;
+    assert_eq!(s.expect("exists").power_state, PowerState::Running);
+
+    cloud.power(&id, PowerAction::Reboot).await.expect("reboot");
+    wait_for(&cloud, &id, "ACTIVE after reboot", settled("ACTIVE")).await;
+    cloud
+        .power(&id, PowerAction::HardReboot)
+        .await
+        .expect("hard reboot");
+    wait_for(&cloud, &id, "ACTIVE after hard reboot", settled("ACTIVE")).await;
+
+    cloud
+        .power(&id, PowerAction::Suspend)
+        .await
+        .expect("suspend");
+    let s = wait_for(&cloud, &id, "SUSPENDED", settled("SUSPENDED")).await;
+    assert_eq!(s.expect("exists").power_state, PowerState::Suspended);
+    cloud.power(&id, PowerAction::Resume).await.expect("resume");
+    wait_for(&cloud, &id, "ACTIVE after resume", settled("ACTIVE")).await;
+
+    // Nova logged every action, in order (newest first).
+    let actions: Vec<String> = cloud
+        .instance_actions(&id)
+        .await
+        .expect("actions")
+        .into_iter()
+        .map(|a| a.action)
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "resume", "suspend", "reboot", "reboot", "start", "stop", "create"
+        ],
+        "the failed second stop is refused before it is logged"
+    );
+
+    delete_until_gone(&cloud, &id).await;
+    cloud
+        .delete_server(&id)
+        .await
+        .expect("deleting a deleted server is done already");
+    cleanup.servers.clear();
+}
+
+#[tokio::test]
+async fn lab_wrong_password_is_a_credentials_error() {
+    let mut center = lab();
+    center.password = "not-the-password".into();
+    let err = test_connection(&center).await.expect_err("refused");
+    assert_eq!(err.code(), "credentials", "{err}");
+    match &err {
+        Error::Credentials { user, domain, .. } => {
+            assert_eq!((user.as_str(), domain.as_str()), ("vdi-user", "vdi"));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(!err.to_string().contains("not-the-password"));
+
+    // A user in the wrong domain is the same refusal.
+    let mut center = lab();
+    center.user_domain = "Default".into();
+    let err = test_connection(&center).await.expect_err("refused");
+    assert_eq!(err.code(), "credentials", "{err}");
+}
+
+#[tokio::test]
+async fn lab_wrong_project_or_domain_is_a_scope_error_listing_the_right_ones() {
+    for (project, domain) in [
+        ("no-such-project", "vdi"),
+        ("vdi-project", "Default"),
+        ("admin", "Default"),
+    ] {
+        let mut center = lab();
+        center.project = project.into();
+        center.project_domain = domain.into();
+        let err = test_connection(&center).await.expect_err("refused");
+        match &err {
+            Error::Scope {
+                project: p,
+                domain: d,
+                available,
+                ..
+            } => {
+                assert_eq!((p.as_str(), d.as_str()), (project, domain));
+                assert_eq!(available, &["vdi-project"], "{err}");
+            }
+            other => panic!("{project}@{domain}: expected a scope error, got {other:?}"),
+        }
+        assert!(
+            err.to_string()
+                .contains("the user can work in: vdi-project"),
+            "{err}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn bad_urls_and_unreachable_ports_are_named() {
+    let center = lab();
+
+    let mut c = center.clone();
+    c.auth_url = "ftp://127.0.0.1/v3".into();
+    let err = test_connection(&c).await.expect_err("refused");
+    assert_eq!(err.code(), "bad_url", "{err}");
+    assert!(err.to_string().contains("https://"), "{err}");
+
+    // Nova's port is not Keystone: it answers, but not to a login.
+    let mut c = center.clone();
+    c.auth_url = "http://127.0.0.1:8774".into();
+    let err = test_connection(&c).await.expect_err("refused");
+    assert_eq!(err.code(), "bad_url", "{err}");
+    assert!(
+        err.to_string().contains("it is not Keystone's v3 address"),
+        "{err}"
+    );
+
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let mut c = center.clone();
+    c.auth_url = format!("http://127.0.0.1:{port}/v3");
+    let err = test_connection(&c).await.expect_err("refused");
+    match &err {
+        Error::Unreachable { url, detail, .. } => {
+            assert_eq!(url, &format!("http://127.0.0.1:{port}/v3/auth/tokens"));
+            assert!(detail.contains("refused"), "{detail}");
+        }
+        other => panic!("{other:?}"),
+    }
+
+    let mut c = center.clone();
+    c.auth_url = "http://no-such-host.invalid:5000/v3".into();
+    let timeouts = Timeouts {
+        connect: Duration::from_secs(10),
+        request: Duration::from_secs(20),
+    };
+    let err = test_connection_with(&c, timeouts)
+        .await
+        .expect_err("refused");
+    match &err {
+        Error::Unreachable { detail, .. } => {
+            assert!(detail.contains("does not resolve"), "{detail}")
+        }
+        other => panic!("{other:?}"),
+    }
+}
