@@ -7,7 +7,9 @@
 set -euo pipefail
 
 # Debian packages the tests need. Add to this list (slapd, xrdp, …) when a test needs a server.
-TEST_PACKAGES="chromium chromium-driver fonts-liberation curl ca-certificates slapd ldap-utils nginx xvfb x11vnc novnc freerdp2-x11 freerdp2-shadow-x11 winpr-utils"
+# The OpenStack lab (tests/openstack/up.sh) needs python3-venv, python3-dev and build-essential
+# (its venv, and uWSGI, which pip compiles) and rabbitmq-server (Nova's message bus).
+TEST_PACKAGES="chromium chromium-driver fonts-liberation curl ca-certificates slapd ldap-utils nginx xvfb x11vnc novnc freerdp2-x11 freerdp2-shadow-x11 winpr-utils python3 python3-venv python3-dev build-essential rabbitmq-server"
 
 # Answers for packages that would otherwise prompt ("package question value" lines for
 # debconf-set-selections), e.g. "slapd slapd/no_configuration boolean true".
@@ -51,5 +53,20 @@ install_packages() {
         apt-get -o DPkg::Lock::Timeout=600 -y --no-install-recommends install $missing
 }
 
+# A real OpenStack (Keystone, Nova, Glance, Placement, Neutron) on loopback for the OpenStack
+# tests: about 3 minutes the first time (PyPI), seconds when it is already up. The tests run
+# the same idempotent script once more themselves.
+start_openstack_lab() {
+    local log="${GATEHOUSE_OS_LAB:-/tmp/gatehouse-oslab}.log"
+    echo "tests/run.sh: starting the OpenStack lab (log: $log)" >&2
+    if ! OS_LAB="${GATEHOUSE_OS_LAB:-/tmp/gatehouse-oslab}" OS_LAB_NO_APT=1 \
+        tests/openstack/up.sh >"$log" 2>&1; then
+        tail -n 40 "$log" >&2
+        echo "tests/run.sh: the OpenStack lab did not start (full log: $log)" >&2
+        exit 1
+    fi
+}
+
 install_packages
+start_openstack_lab
 exec cargo test --locked "$@"

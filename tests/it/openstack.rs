@@ -24,7 +24,7 @@ use crate::common::install_crypto;
 /// Where the lab keeps its state (venv, databases, logs); `GATEHOUSE_OS_LAB` overrides.
 const LAB_DIR: &str = "/tmp/gatehouse-oslab";
 /// The lab's bring-up script; `GATEHOUSE_OS_LAB_UP` overrides.
-const LAB_UP: &str = "/work/shared/labs/openstack/up.sh";
+const LAB_UP: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/openstack/up.sh");
 const KEYSTONE: &str = "http://127.0.0.1:5000/v3";
 
 /// Runs the lab's `up.sh` once for the whole test binary; panics with its output's end when it
