@@ -45,6 +45,8 @@ pub enum AppError {
     Server(std::io::Error),
 }
 
+/// How often the inventory job looks for centers due a refresh.
+const INVENTORY_SCHEDULE: &str = "*/15 * * * * *";
 /// Runs the appliance until SIGINT or SIGTERM.
 pub async fn serve(config: Config) -> Result<(), AppError> {
     let config = Arc::new(config);
@@ -140,6 +142,16 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
         broker.clone(),
         gateway.clone(),
     ));
+
+    // Centers are inventoried when their interval (or their retry delay) has passed; the job
+    // looks every 15 seconds.
+    {
+        let centers = state.centers.clone();
+        scheduler.add("inventory", INVENTORY_SCHEDULE, move || {
+            let centers = centers.clone();
+            async move { centers.refresh_due().await }
+        })?;
+    }
 
     let factory_state = state.clone();
     let mut server = HttpServer::new(move || http::app(factory_state.clone()))

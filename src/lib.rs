@@ -18,6 +18,7 @@
 //! | `broker`    | the rules: sign-in → location → assignment → role and policy → offer; atomic assign, release; connection files and gateway tickets | HTTP types, sled, ldap3 |
 //! | `backup`    | the snapshot file format: header, checksum, encryption, rotation       | sled                     |
 //! | `tls`       | certificates: generation, PEM validation, a resolver that reloads live | the store                |
+//! | `centers`   | centers at work: one cloud connection per center, inventory refresh into desktops with retry, actions on a desktop's machine | HTTP types |
 //! | `openstack` | the OpenStack client: Keystone login and token renewal, the catalog, Nova/Glance/Neutron/Cinder reads, server create and power actions, typed errors | the store, HTTP routes |
 //! | `scheduler` | cron expressions and the job loop                                      | what the jobs do         |
 //! | `telemetry` | tracing setup and Prometheus metrics                                   | —                        |
@@ -29,6 +30,7 @@ pub mod app;
 pub mod auth;
 pub mod backup;
 pub mod broker;
+pub mod centers;
 pub mod cli;
 pub mod config;
 pub mod gateway;

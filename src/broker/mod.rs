@@ -904,6 +904,11 @@ fn free_in_entry(
             taken.insert(id);
             continue;
         }
+        // A machine still being created, failed, or without an address cannot be used yet.
+        if d.address.is_empty() || matches!(d.power_state, PowerState::Building | PowerState::Error)
+        {
+            continue;
+        }
         if !entry.running_only || d.power_state == PowerState::Running {
             free.push(d);
             if early_stop && free.len() >= limit {

@@ -31,7 +31,7 @@ pub enum Rule {
 fn api_area(resource: &str) -> Option<Area> {
     Some(match resource {
         "dashboard" => Area::Dashboard,
-        "auth-servers" | "certificate" | "gateways" | "gateway-reports" => Area::Setup,
+        "auth-servers" | "certificate" | "centers" | "gateways" | "gateway-reports" => Area::Setup,
         "locations" | "roles" | "protocol-plans" | "power-plans" | "release-plans" | "policies"
         | "assignments" | "pools" => Area::Configuration,
         "desktops" | "users" | "sessions" | "test-login" => Area::Resources,
@@ -44,6 +44,7 @@ fn api_area(resource: &str) -> Option<Area> {
 fn needed(method: &Method, path: &str) -> Access {
     let acts_on_read = path.starts_with("/admin/system/backups/files/")
         || (path.starts_with("/api/v1/auth-servers/") && path.ends_with("/test"));
+    // (Center tests and refreshes are POSTs: Edit already.)
     if (method == Method::GET || method == Method::HEAD) && !acts_on_read {
         Access::View
     } else {

@@ -50,6 +50,7 @@ pub fn all_endpoints() -> Vec<Endpoint> {
     all.extend(resource::endpoints::<Pool>());
     all.extend(resource::endpoints::<Desktop>());
     all.extend(super::gateways::endpoints());
+    all.extend(super::centers::endpoints());
     all
 }
 
@@ -73,6 +74,7 @@ fn all_schemas() -> Vec<(&'static str, Value)> {
     all.extend(resource::schemas::<Pool>());
     all.extend(resource::schemas::<Desktop>());
     all.extend(super::gateways::schemas());
+    all.extend(super::centers::schemas());
     all
 }
 

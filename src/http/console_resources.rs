@@ -75,6 +75,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     register::<Pool>(cfg);
     register::<Desktop>(cfg);
     register::<GatewayRecord>(cfg);
+    register::<crate::model::center::Center>(cfg);
 }
 
 // ---- Declarations -----------------------------------------------------------------------------
@@ -674,6 +675,18 @@ impl Screen for Desktop {
     fn blank() -> Value {
         serde_json::json!({"name": "", "display_name": "", "address": "", "port": null,
             "protocol": "rdp", "os": ""})
+    }
+    /// Actions on the machine of a desktop a center inventories (`http::centers`).
+    fn buttons() -> &'static [(&'static str, &'static str)] {
+        &[
+            ("Start", "actions/start"),
+            ("Shut down", "actions/shutdown"),
+            ("Reboot", "actions/reboot"),
+            ("Hard reboot", "actions/hard_reboot"),
+            ("Suspend", "actions/suspend"),
+            ("Resume", "actions/resume"),
+            ("Delete the machine", "actions/delete"),
+        ]
     }
 }
 

@@ -72,6 +72,9 @@ pub enum HttpError {
     /// An authentication server did not answer as asked.
     #[error("{0}")]
     Directory(#[from] crate::auth::DirectoryError),
+    /// A center's cloud did not answer as asked (the cloud's own message is in it).
+    #[error("{0}")]
+    Cloud(#[from] crate::openstack::Error),
 }
 
 /// What a user reads for a broker refusal. An unknown user reads exactly what a wrong password
@@ -111,6 +114,7 @@ impl HttpError {
             HttpError::Forbidden(_) => "forbidden",
             HttpError::LicenceLimit(_) => "licence_limit",
             HttpError::Directory(e) => e.code(),
+            HttpError::Cloud(_) => "cloud_error",
             HttpError::Admin(e) => match e {
                 AdminError::Store(_) => "store_error",
                 AdminError::Licence(_) => "licence_refused",
@@ -165,6 +169,10 @@ impl HttpError {
         if let HttpError::Invalid { fields, .. } = self {
             body["fields"] = serde_json::json!(fields);
         }
+        if let HttpError::Cloud(e) = self {
+            // What failed: credentials, scope, tls, unreachable, … (see `openstack::Error`).
+            body["cloud"] = serde_json::json!(e.code());
+        }
         builder.json(body)
     }
 }
@@ -188,7 +196,7 @@ impl ResponseError for HttpError {
             HttpError::TokenRequired
             | HttpError::GatewayTokenRequired
             | HttpError::SignInFailed => StatusCode::UNAUTHORIZED,
-            HttpError::Directory(_) => StatusCode::BAD_GATEWAY,
+            HttpError::Directory(_) | HttpError::Cloud(_) => StatusCode::BAD_GATEWAY,
             HttpError::Admin(e) => match e {
                 AdminError::Store(StoreError::InUse { .. }) => StatusCode::SERVICE_UNAVAILABLE,
                 AdminError::Store(_) | AdminError::Auth(_) => StatusCode::INTERNAL_SERVER_ERROR,

@@ -7,6 +7,7 @@
 
 mod access;
 mod api;
+mod centers;
 mod client;
 mod console_resources;
 mod error;
@@ -72,6 +73,8 @@ pub struct AppState {
     pub trusted_proxies: Vec<crate::model::location::Cidr>,
     /// The built-in gateway (open tunnels, session ends).
     pub gateway: Arc<crate::gateway::Gateway>,
+    /// The cloud centers' connections and inventory.
+    pub centers: Arc<crate::centers::Centers>,
 }
 
 impl AppState {
@@ -91,6 +94,7 @@ impl AppState {
     ) -> Self {
         let sec = &config.security;
         let trusted_proxies = config.trusted_proxies();
+        let centers = Arc::new(crate::centers::Centers::new(store.clone(), broker.clone()));
         Self {
             sessions: Sessions::new(std::time::Duration::from_secs(
                 u64::from(sec.session_idle_minutes) * 60,
@@ -116,6 +120,7 @@ impl AppState {
             clients: crate::broker::ClientSessions::default(),
             trusted_proxies,
             gateway,
+            centers,
         }
     }
 
@@ -157,6 +162,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     system::configure(cfg);
     // Before the shared resource routes it replaces some of.
     gateways::configure(cfg);
+    centers::configure(cfg);
     api::configure(cfg);
     console_resources::configure(cfg);
 }

@@ -42,6 +42,7 @@ pub const MENU: &[Area] = &[
         pages: &[
             ("Certificate", "/admin/setup/certificate"),
             ("Authentication Servers", "/admin/setup/auth-servers"),
+            ("Centers", "/admin/setup/centers"),
             ("Gateways", "/admin/setup/gateways"),
         ],
     },

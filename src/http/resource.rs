@@ -679,7 +679,7 @@ fn protocol() -> Value {
     one_of(&["rdp", "vnc", "spice", "ssh"])
 }
 
-fn id_field() -> Value {
+pub(super) fn id_field() -> Value {
     described(
         string(),
         "Chosen by the server on create unless given; never changes.",
@@ -1341,6 +1341,13 @@ impl Resource for Desktop {
                 ("last_released", nullable(date_time())),
                 ("deletable", boolean()),
                 ("created", date_time()),
+                (
+                    "server_id",
+                    described(
+                        string(),
+                        "The machine's id in its center's cloud; empty for static desktops.",
+                    ),
+                ),
             ],
         )
     }
@@ -1453,6 +1460,7 @@ mod tests {
         same_keys(&ReleasePlan::default_plan());
         same_keys(&Policy::default_policy());
         same_keys(&Pool::new("p"));
+        same_keys(&crate::model::center::Center::default());
         let input = DesktopInput {
             name: "d".into(),
             display_name: String::new(),

@@ -184,6 +184,10 @@ pub struct Desktop {
     #[serde(default)]
     pub deletable: bool,
     pub created: DateTime<Utc>,
+    /// The machine's id in its center's cloud (Nova's server id): what links the desktop to
+    /// its server across inventories. Empty for static desktops.
+    #[serde(default)]
+    pub server_id: String,
 }
 
 impl Record for Desktop {
@@ -217,6 +221,7 @@ impl Desktop {
             last_released: None,
             deletable: false,
             created: now,
+            server_id: String::new(),
         }
     }
 
@@ -244,6 +249,7 @@ impl Desktop {
     /// building or failed machine is not offered). This is the "available" of pool counts.
     pub fn is_available(&self) -> bool {
         self.assigned_user.is_none()
+            && !self.address.is_empty()
             && matches!(self.power_state, PowerState::Running | PowerState::Unknown)
     }
 
@@ -257,6 +263,11 @@ impl Desktop {
             self.port,
             &self.os,
         );
+        // A cloud machine may have no address yet (still building, or no network): it is
+        // kept, and not offered until its center reports one.
+        if self.address.is_empty() && self.center != STATIC_CENTER {
+            errors.retain(|e| e.field != "address");
+        }
         if self.center.trim().is_empty() {
             errors.push(FieldError::new(
                 "center",

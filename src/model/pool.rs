@@ -1021,6 +1021,7 @@ mod tests {
             assigned_at: None,
             last_released: None,
             deletable: false,
+            server_id: String::new(),
             created: Utc::now(),
         }
     }

@@ -93,6 +93,7 @@ impl DesktopFields {
             assigned_at: None,
             last_released: None,
             deletable: false,
+            server_id: self.server_id.clone(),
             created: self.created.unwrap_or(now),
         };
         self.apply(&mut desktop);

@@ -105,6 +105,7 @@ fn desktops() -> Vec<Desktop> {
                 assigned_at: assigned.then_some(now),
                 last_released: None,
                 deletable: center != "static",
+                server_id: String::new(),
                 created: now,
             }
         })

@@ -7,6 +7,7 @@ mod api;
 mod backup;
 mod broker;
 mod browser;
+mod centers;
 mod chrome;
 mod console;
 mod display;

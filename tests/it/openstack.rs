@@ -29,7 +29,7 @@ const KEYSTONE: &str = "http://127.0.0.1:5000/v3";
 
 /// Runs the lab's `up.sh` once for the whole test binary; panics with its output's end when it
 /// fails.
-fn lab() -> Center {
+pub(crate) fn lab() -> Center {
     static UP: OnceLock<Result<(), String>> = OnceLock::new();
     let up = UP.get_or_init(|| {
         let script = std::env::var("GATEHOUSE_OS_LAB_UP").unwrap_or_else(|_| LAB_UP.to_string());
@@ -76,7 +76,7 @@ fn center() -> Center {
     }
 }
 
-fn unique(prefix: &str) -> String {
+pub(crate) fn unique(prefix: &str) -> String {
     format!(
         "gh-test-{}-{prefix}",
         &uuid::Uuid::new_v4().simple().to_string()[..8]
@@ -85,14 +85,14 @@ fn unique(prefix: &str) -> String {
 
 /// Deletes what a test made when it ends, passed or not (from a thread of its own: `Drop`
 /// cannot wait for the test's runtime).
-struct Cleanup {
+pub(crate) struct Cleanup {
     center: Center,
-    servers: Vec<String>,
+    pub(crate) servers: Vec<String>,
     networks: Vec<String>,
 }
 
 impl Cleanup {
-    fn new(center: &Center) -> Self {
+    pub(crate) fn new(center: &Center) -> Self {
         Cleanup {
             center: center.clone(),
             servers: Vec::new(),
@@ -184,7 +184,7 @@ mod raw {
 }
 
 /// Reads the server until `done` says so; fails at the deadline or when it goes to ERROR.
-async fn wait_for(
+pub(crate) async fn wait_for(
     cloud: &Cloud,
     id: &str,
     what: &str,
@@ -214,7 +214,7 @@ async fn wait_for(
 /// Creates the server and waits until it is ACTIVE. The lab's Nova (SQLite, two busy cores)
 /// now and then fails a build, leaving the server in ERROR or in BUILD for good (see the
 /// lab's README, "SQLite and Nova"): such a server is deleted and the build tried once more.
-async fn create_active(cloud: &Cloud, new: &NewServer, cleanup: &mut Cleanup) -> Server {
+pub(crate) async fn create_active(cloud: &Cloud, new: &NewServer, cleanup: &mut Cleanup) -> Server {
     for attempt in 1..=2 {
         let id = cloud
             .create_server(new)
@@ -247,7 +247,7 @@ async fn create_active(cloud: &Cloud, new: &NewServer, cleanup: &mut Cleanup) ->
 /// Deletes the server and waits until Nova no longer knows it. The lab's Nova now and then
 /// fails a delete under load (the server goes to ERROR with a RemoteError from the conductor's
 /// SQLite): the delete is then sent once more, as an administrator would.
-async fn delete_until_gone(cloud: &Cloud, id: &str) {
+pub(crate) async fn delete_until_gone(cloud: &Cloud, id: &str) {
     for attempt in 1..=2 {
         cloud.delete_server(id).await.expect("delete");
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -268,7 +268,7 @@ async fn delete_until_gone(cloud: &Cloud, id: &str) {
 }
 
 /// Settled in `status`: no task under way.
-fn settled(status: &'static str) -> impl Fn(Option<&Server>) -> bool {
+pub(crate) fn settled(status: &'static str) -> impl Fn(Option<&Server>) -> bool {
     move |s| s.is_some_and(|s| s.status == status && s.task_state.is_none())
 }
 
