@@ -351,7 +351,12 @@ pub struct Broker {
     taken: Arc<TakenHint>,
     ends: Arc<SessionEnds>,
     link: RwLock<Option<Arc<dyn GatewayLink>>>,
+    on_assigned: RwLock<Option<OnAssigned>>,
 }
+
+/// Called with the pool's id after a desktop of that pool was assigned (provisioning checks
+/// whether the pool must grow). It must return at once: it runs inside the sign-in.
+pub type OnAssigned = Arc<dyn Fn(&str) + Send + Sync>;
 
 impl Broker {
     /// A broker on `store`; reads the session-end notices kept there.
@@ -365,7 +370,13 @@ impl Broker {
             membership: RwLock::new(None),
             taken: Arc::new(TakenHint::default()),
             link: RwLock::new(None),
+            on_assigned: RwLock::new(None),
         })
+    }
+
+    /// Sets what runs after each assignment, with the pool's id (see [`OnAssigned`]).
+    pub fn set_on_assigned(&self, hook: OnAssigned) {
+        *self.on_assigned.write().unwrap_or_else(|p| p.into_inner()) = Some(hook);
     }
 
     /// Connects the broker to the gateway that opens forwarded ports.
@@ -647,6 +658,16 @@ impl Broker {
             .store
             .call(move |s| assign(s, &membership, &taken, &decision, &wanted, address))
             .await?;
+        let hook = self
+            .on_assigned
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(hook) = hook
+            && !entry.pool_id.is_empty()
+        {
+            hook(&entry.pool_id);
+        }
         let params = self
             .params_for(&desktop, &entry, &session_id, &username, address)
             .await?;

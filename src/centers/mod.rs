@@ -14,6 +14,7 @@
 //! [`merge`] decides what a refresh writes; `openstack` does the talking.
 
 pub mod merge;
+pub mod provision;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -145,6 +146,11 @@ pub struct Centers {
     /// Servers being created (by server id): a listing that does not show them yet does not
     /// make their desktops gone.
     pub(crate) building: Mutex<HashSet<String>>,
+    /// Pools with a provisioning run going, each with whether another check was asked for
+    /// meanwhile (the run then looks again).
+    provisioning: Mutex<HashMap<String, bool>>,
+    /// Checks the licence before provisioning; none: provisioning is allowed.
+    verifier: Mutex<Option<crate::licence::Verifier>>,
 }
 
 /// Removes a center from the "refreshing" set when its refresh ends.
@@ -169,7 +175,14 @@ impl Centers {
             backoff: Mutex::new(HashMap::new()),
             refreshing: Mutex::new(HashSet::new()),
             building: Mutex::new(HashSet::new()),
+            provisioning: Mutex::new(HashMap::new()),
+            verifier: Mutex::new(None),
         }
+    }
+
+    /// Makes provisioning ask the licence in force (checked with `verifier`) first.
+    pub fn set_verifier(&self, verifier: crate::licence::Verifier) {
+        *lock(&self.verifier) = Some(verifier);
     }
 
     pub fn store(&self) -> &Store {
@@ -321,7 +334,13 @@ impl Centers {
             .into_iter()
             .map(|(_, d)| d)
             .collect();
-        let building = lock(&self.building).clone();
+        let building = {
+            let mut building = lock(&self.building);
+            // Listed now: the inventory takes over.
+            let listed: HashSet<&str> = inventory.servers.iter().map(|s| s.id.as_str()).collect();
+            building.retain(|id| !listed.contains(id.as_str()));
+            building.clone()
+        };
         let plan = merge::plan(&center.id, &desktops, inventory, &building, now);
         let mut refreshed = Refreshed {
             center: center.id.clone(),

@@ -594,6 +594,114 @@ impl Screen for Pool {
                 "No rules: every desktop (of the parent pool).",
             ),
             field("description", "Description", Kind::Text),
+            helped(
+                "provisioning.enabled",
+                "Provisioning: enabled",
+                Kind::Check,
+                "Create new machines in a cloud center when the pool runs low.",
+            ),
+            field(
+                "provisioning.start_below",
+                "Provisioning: start when unassigned desktops drop below",
+                Kind::Number,
+            ),
+            helped(
+                "provisioning.stop_at",
+                "Provisioning: stop when the pool's desktops reach",
+                Kind::Number,
+                "Machines being created count, so a burst of sign-ins never overshoots.",
+            ),
+            field("provisioning.center", "Provisioning: center", Kind::Choice),
+            helped(
+                "provisioning.name",
+                "Provisioning: machine name",
+                Kind::Text,
+                "{SEQUENCE} is replaced by the machine's number, e.g. vdi-{SEQUENCE}.",
+            ),
+            helped(
+                "provisioning.display_name",
+                "Provisioning: display name",
+                Kind::Text,
+                "May use {SEQUENCE}; empty: the machine name.",
+            ),
+            field(
+                "provisioning.sequence_start",
+                "Provisioning: first number",
+                Kind::Number,
+            ),
+            helped(
+                "provisioning.sequence_width",
+                "Provisioning: digits",
+                Kind::Number,
+                "Numbers are zero-padded to this width (3: 001).",
+            ),
+            helped(
+                "provisioning.availability_zone",
+                "Provisioning: availability zone",
+                Kind::Text,
+                "Empty: the cloud's default.",
+            ),
+            field(
+                "provisioning.flavor",
+                "Provisioning: flavor (id)",
+                Kind::Text,
+            ),
+            field("provisioning.image", "Provisioning: image (id)", Kind::Text),
+            field(
+                "provisioning.new_volume.enabled",
+                "Provisioning: create a new volume",
+                Kind::Check,
+            ),
+            field(
+                "provisioning.new_volume.size_gb",
+                "Provisioning: volume size (GB)",
+                Kind::Number,
+            ),
+            helped(
+                "provisioning.new_volume.volume_type",
+                "Provisioning: volume type",
+                Kind::Text,
+                "Empty: the cloud's default.",
+            ),
+            field(
+                "provisioning.new_volume.delete_on_termination",
+                "Provisioning: delete the volume with the instance",
+                Kind::Check,
+            ),
+            helped(
+                "provisioning.networks",
+                "Provisioning: networks (ids)",
+                Kind::Lines,
+                "One network id per line; none: no network.",
+            ),
+            helped(
+                "provisioning.security_groups",
+                "Provisioning: security groups",
+                Kind::Lines,
+                "One per line; none: the project's default group.",
+            ),
+            helped(
+                "provisioning.metadata",
+                "Provisioning: metadata",
+                Kind::Lines,
+                "One key=value per line.",
+            ),
+            field(
+                "provisioning.deletable",
+                "Provisioning: initialize newly provisioned desktops as deletable",
+                Kind::Check,
+            ),
+            helped(
+                "provisioning.join_domain",
+                "Provisioning: join to domain",
+                Kind::Text,
+                "Empty: none. Names must then be valid computer names: at most 15 letters, digits or -.",
+            ),
+            field(
+                "provisioning.failure_limit",
+                "Provisioning: turn off after this many failures in a row",
+                Kind::Number,
+            ),
         ]
     }
     fn columns() -> &'static [&'static str] {
@@ -605,6 +713,17 @@ impl Screen for Pool {
         pool
     }
     fn options(s: &Store, key: &str) -> Result<Vec<(String, String)>, StoreError> {
+        if key == "provisioning.center" {
+            let mut out = vec![(String::new(), "(choose a center)".to_string())];
+            let mut centers: Vec<(String, String)> = s
+                .list::<crate::model::center::Center>()?
+                .into_iter()
+                .map(|(_, c)| (c.id, c.name))
+                .collect();
+            centers.sort_by_key(|a| a.1.to_lowercase());
+            out.extend(centers);
+            return Ok(out);
+        }
         if key != "parent" {
             return Ok(Vec::new());
         }
@@ -970,18 +1089,26 @@ async fn submit<R: Screen>(
     let saved = match forms::form_value(&fields, &form) {
         Ok(value) => {
             let (actor, path_id) = (who.actor(), id.clone());
+            let licence = state.licence_state().await?;
             state
                 .store
                 .call(move |s| {
-                    Ok::<_, HttpError>(resource::save::<R>(s, &actor, path_id.as_deref(), value))
+                    Ok::<_, HttpError>(resource::save_licensed::<R>(
+                        s,
+                        &actor,
+                        path_id.as_deref(),
+                        value,
+                        Some(&licence),
+                    ))
                 })
                 .await?
         }
         Err(errors) => Err(resource::invalid(R::KIND, errors)),
     };
     match saved {
-        Ok(_) => {
+        Ok(record) => {
             resource::apply_effect(state, R::EFFECT).await;
+            record.after_save(state);
             let notice = if id.is_some() { "saved" } else { "created" };
             Ok(see_other(&format!("{}?notice={notice}", base::<R>())))
         }

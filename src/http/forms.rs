@@ -284,6 +284,12 @@ pub fn shown(kind: Kind, v: &Value) -> String {
             .map(|i| i.as_str().map_or_else(|| i.to_string(), str::to_string))
             .collect::<Vec<_>>()
             .join("\n"),
+        // A map of texts, one `key=value` per line.
+        (Kind::Lines, Value::Object(map)) => map
+            .iter()
+            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+            .collect::<Vec<_>>()
+            .join("\n"),
         (_, Value::String(s)) => s.clone(),
         (_, Value::Bool(b)) => b.to_string(),
         (_, other) => other.to_string(),

@@ -95,6 +95,8 @@ impl AppState {
         let sec = &config.security;
         let trusted_proxies = config.trusted_proxies();
         let centers = Arc::new(crate::centers::Centers::new(store.clone(), broker.clone()));
+        centers.set_verifier(verifier.clone());
+        centers.watch_assignments();
         Self {
             sessions: Sessions::new(std::time::Duration::from_secs(
                 u64::from(sec.session_idle_minutes) * 60,

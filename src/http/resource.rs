@@ -24,6 +24,8 @@ use serde_json::{Value, json};
 use super::{AppState, HttpError};
 use crate::admin::{self, Actor, AdminError};
 use crate::auth::DirectoryError;
+use crate::licence::{Capability, LicenceState};
+use crate::model::center::Center;
 use crate::model::desktop::{Desktop, DesktopInput, name_key};
 use crate::model::directory::AuthServer;
 use crate::model::location::{ALL_LOCATION_NAME, Location};
@@ -267,6 +269,12 @@ pub trait Resource: Record + Serialize + Clone + Send + Sync + 'static {
     fn build(input: Self::Input, id: &str, old: Option<&Self>) -> Self;
     /// Every problem with saving this record as the store stands.
     fn check(&self, s: &Store, old: Option<&Self>) -> Result<Vec<FieldError>, StoreError>;
+    /// What the licence in force refuses in saving this record (`old` is the stored one).
+    fn licence_problems(&self, _old: Option<&Self>, _licence: &LicenceState) -> Vec<FieldError> {
+        Vec::new()
+    }
+    /// Work started once the record is saved (never waited for).
+    fn after_save(&self, _state: &AppState) {}
     /// Why it cannot be deleted (built in, used elsewhere), if so.
     fn refuse_delete(&self, _s: &Store) -> Result<Option<String>, StoreError> {
         Ok(None)
@@ -317,7 +325,18 @@ pub fn save<R: Resource>(
     s: &Store,
     actor: &Actor,
     id: Option<&str>,
+    value: Value,
+) -> Result<R, HttpError> {
+    save_licensed(s, actor, id, value, None)
+}
+
+/// [`save`], also refusing what the licence in force does not allow (when given).
+pub fn save_licensed<R: Resource>(
+    s: &Store,
+    actor: &Actor,
+    id: Option<&str>,
     mut value: Value,
+    licence: Option<&LicenceState>,
 ) -> Result<R, HttpError> {
     let _one_at_a_time = config_write_lock();
     let body_id = value
@@ -362,7 +381,10 @@ pub fn save<R: Resource>(
     }
     let input: R::Input = from_json(R::KIND, &value)?;
     let record = R::build(input, &id, old.as_ref());
-    let errors = record.check(s, old.as_ref())?;
+    let mut errors = record.check(s, old.as_ref())?;
+    if let Some(licence) = licence {
+        errors.extend(record.licence_problems(old.as_ref(), licence));
+    }
     if !errors.is_empty() {
         return Err(invalid(R::KIND, errors));
     }
@@ -452,11 +474,13 @@ async fn create<R: Resource>(
 ) -> ApiResult {
     let value = parse_body(&body)?;
     let actor = who.actor();
+    let licence = state.licence_state().await?;
     let mut saved = state
         .store
-        .call(move |s| save::<R>(s, &actor, None, value))
+        .call(move |s| save_licensed::<R>(s, &actor, None, value, Some(&licence)))
         .await?;
     apply_effect(&state, R::EFFECT).await;
+    saved.after_save(&state);
     saved.redact();
     let location = format!("/api/v1/{}/{}", R::PATH, saved.id());
     Ok(HttpResponse::Created()
@@ -473,11 +497,13 @@ async fn update<R: Resource>(
 ) -> ApiResult {
     let value = parse_body(&body)?;
     let (actor, id) = (who.actor(), path.into_inner());
+    let licence = state.licence_state().await?;
     let mut saved = state
         .store
-        .call(move |s| save::<R>(s, &actor, Some(&id), value))
+        .call(move |s| save_licensed::<R>(s, &actor, Some(&id), value, Some(&licence)))
         .await?;
     apply_effect(&state, R::EFFECT).await;
+    saved.after_save(&state);
     saved.redact();
     Ok(json_ok(StatusCode::OK, &saved))
 }
@@ -1194,13 +1220,46 @@ impl Resource for Pool {
     fn label(&self) -> &str {
         &self.name
     }
-    fn build(mut input: Self, id: &str, _old: Option<&Self>) -> Self {
+    fn build(mut input: Self, id: &str, old: Option<&Self>) -> Self {
         input.id = id.to_string();
+        // The status is the runs' to keep, not the body's.
+        let fresh = crate::model::provisioning::Provisioning::default();
+        input
+            .provisioning
+            .keep_status(old.map_or(&fresh, |o| &o.provisioning));
         input
     }
     fn check(&self, s: &Store, _old: Option<&Self>) -> Result<Vec<FieldError>, StoreError> {
         let pools: Vec<Pool> = s.list::<Pool>()?.into_iter().map(|(_, p)| p).collect();
-        Ok(self.validate(&pools))
+        let mut errors = self.validate(&pools);
+        let center = self.provisioning.center.trim();
+        if self.provisioning.enabled && !center.is_empty() && s.get::<Center>(center)?.is_none() {
+            errors.push(FieldError::new(
+                "provisioning.center",
+                format!("there is no center `{center}`: choose one under Setup > Centers"),
+            ));
+        }
+        Ok(errors)
+    }
+    fn licence_problems(&self, old: Option<&Self>, licence: &LicenceState) -> Vec<FieldError> {
+        let turning_on = self.provisioning.enabled && !old.is_some_and(|o| o.provisioning.enabled);
+        if turning_on && !licence.allows(Capability::Provisioning) {
+            return vec![FieldError::new(
+                "provisioning.enabled",
+                "the licence in force does not allow provisioning: leave it off, or activate a licence that allows it under System > Licence",
+            )];
+        }
+        Vec::new()
+    }
+    fn after_save(&self, state: &AppState) {
+        if self.provisioning.enabled {
+            let (centers, id) = (state.centers.clone(), self.id.clone());
+            tokio::spawn(async move {
+                if let Err(e) = centers.provision_check(&id).await {
+                    tracing::warn!(pool = %id, error = %e, "provisioning after the pool was saved failed");
+                }
+            });
+        }
     }
     fn refuse_delete(&self, s: &Store) -> Result<Option<String>, StoreError> {
         if let Some(child) = s
@@ -1250,9 +1309,88 @@ impl Resource for Pool {
                 ),
                 ("match_all", boolean()),
                 ("description", string()),
+                ("provisioning", provisioning_schema()),
             ],
         )
     }
+}
+
+/// A pool's provisioning settings and status.
+fn provisioning_schema() -> Value {
+    described(
+        object(
+            &[],
+            vec![
+                ("enabled", boolean()),
+                (
+                    "start_below",
+                    described(
+                        integer(),
+                        "Provision while fewer desktops than this are unassigned.",
+                    ),
+                ),
+                (
+                    "stop_at",
+                    described(
+                        integer(),
+                        "Never more desktops than this in the pool (being created included).",
+                    ),
+                ),
+                ("center", described(string(), "The center's id.")),
+                (
+                    "name",
+                    described(
+                        string(),
+                        "The machine name, with {SEQUENCE} for its number.",
+                    ),
+                ),
+                ("display_name", string()),
+                ("sequence_start", integer()),
+                ("sequence_width", integer()),
+                ("availability_zone", string()),
+                ("flavor", described(string(), "Flavor id.")),
+                ("image", described(string(), "Image id.")),
+                (
+                    "new_volume",
+                    object(
+                        &[],
+                        vec![
+                            ("enabled", boolean()),
+                            ("size_gb", integer()),
+                            ("volume_type", string()),
+                            ("delete_on_termination", boolean()),
+                        ],
+                    ),
+                ),
+                (
+                    "networks",
+                    described(array(string()), "Network ids; none: no network."),
+                ),
+                ("security_groups", array(string())),
+                ("metadata", map_of(string())),
+                ("deletable", boolean()),
+                ("join_domain", string()),
+                ("failure_limit", integer()),
+                (
+                    "failures",
+                    described(integer(), "Status: failures in a row (read-only)."),
+                ),
+                (
+                    "disabled_reason",
+                    described(
+                        nullable(string()),
+                        "Status: the cloud's error when provisioning turned itself off (read-only).",
+                    ),
+                ),
+                ("last_run", nullable(date_time())),
+                (
+                    "last_result",
+                    described(string(), "Status: what the last run did (read-only)."),
+                ),
+            ],
+        ),
+        "Growing the pool with new machines in a cloud center.",
+    )
 }
 
 impl Resource for Desktop {

@@ -4,6 +4,7 @@
 //! Nothing here does I/O: validation, parsing (CSV, CIDR) and pure evaluation (pool rules,
 //! location matching) live next to the types they concern.
 
+pub mod alert;
 mod appliance;
 pub mod center;
 pub mod desktop;
@@ -13,6 +14,7 @@ pub mod location;
 pub mod plan;
 pub mod policy;
 pub mod pool;
+pub mod provisioning;
 pub mod role;
 
 pub use appliance::*;

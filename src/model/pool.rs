@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use super::FieldError;
 use super::desktop::Desktop;
 use super::new_id;
+use super::provisioning::Provisioning;
 use crate::store::Record;
 
 /// The most memory one compiled regular expression of a rule may take.
@@ -60,6 +61,9 @@ pub struct Pool {
     pub match_all: bool,
     #[serde(default)]
     pub description: String,
+    /// Growing the pool with new machines in a cloud center.
+    #[serde(default)]
+    pub provisioning: Provisioning,
 }
 
 fn default_match_all() -> bool {
@@ -80,6 +84,7 @@ impl Pool {
             rules: Vec::new(),
             match_all: true,
             description: String::new(),
+            provisioning: Provisioning::default(),
         }
     }
 
@@ -122,7 +127,34 @@ impl Pool {
                 errors.push(FieldError::new(format!("rules[{i}].{field}"), reason));
             }
         }
+        errors.extend(self.provisioning.validate());
+        if errors.is_empty()
+            && self.provisioning.enabled
+            && let Some(reason) = self.provisioned_name_problem(pools)
+        {
+            errors.push(FieldError::new("provisioning.name", reason));
+        }
         errors
+    }
+
+    /// Why machines named by the provisioning settings would not be members of this pool (as
+    /// it would be saved into `pools`), if so: the pool would never see what it creates and
+    /// would create without end.
+    pub fn provisioned_name_problem(&self, pools: &[Pool]) -> Option<String> {
+        let mut all: Vec<Pool> = pools.iter().filter(|p| p.id != self.id).cloned().collect();
+        all.push(self.clone());
+        let chain = chain(&all, &self.id)?;
+        let p = &self.provisioning;
+        for n in p.sample_numbers() {
+            let desktop = p.placeholder(n, chrono::Utc::now());
+            if !evaluate_one(&chain, &desktop) {
+                return Some(format!(
+                    "a machine named `{}` would not belong to this pool (its rules, or its parent's, leave it out): the pool would never count what it creates; change the name or the rules",
+                    desktop.name
+                ));
+            }
+        }
+        None
     }
 
     /// [`Pool::validate`] as a `Result`.
@@ -1034,6 +1066,7 @@ mod tests {
             rules,
             match_all,
             description: String::new(),
+            provisioning: Default::default(),
         }
     }
 
@@ -1359,6 +1392,39 @@ mod tests {
                 .reason
                 .starts_with("pool `Pool grandchild`: the pools would contain each other")
         );
+    }
+
+    #[test]
+    fn provisioned_names_must_belong_to_the_pool() {
+        let mut p = pool(
+            "p",
+            None,
+            true,
+            vec![rule(Attribute::Name, Condition::BeginsWith, "vdi-")],
+        );
+        p.provisioning = Provisioning {
+            enabled: true,
+            center: "c".into(),
+            flavor: "f".into(),
+            image: "i".into(),
+            name: "desk-{SEQUENCE}".into(),
+            ..Provisioning::default()
+        };
+        let errors = p.validate(&[]);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].field, "provisioning.name");
+        assert!(
+            errors[0]
+                .reason
+                .contains("`desk-001` would not belong to this pool"),
+            "{errors:?}"
+        );
+        p.provisioning.name = "vdi-{SEQUENCE}".into();
+        assert!(p.validate(&[]).is_empty());
+        // Turned off, the settings may stay as they are.
+        p.provisioning.name = "desk-{SEQUENCE}".into();
+        p.provisioning.enabled = false;
+        assert!(p.validate(&[]).is_empty());
     }
 
     #[test]

@@ -120,6 +120,7 @@ fn pool(id: String, parent: Option<String>, match_all: bool, rules: Vec<Rule>) -
         rules,
         match_all,
         description: String::new(),
+        provisioning: Default::default(),
     }
 }
 

@@ -19,6 +19,7 @@ mod ldap;
 mod openstack;
 mod openstack_fake;
 mod portal;
+mod provisioning;
 mod portal_browser;
 mod registry;
 mod roles;

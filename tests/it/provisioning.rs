@@ -1,0 +1,486 @@
+//! Pool provisioning against the real OpenStack lab: a check creates machines up to the
+//! thresholds, named in sequence, and never past `stop_at`, even under 50 concurrent
+//! sign-ins; a cloud that refuses turns provisioning off after `failure_limit` failures, with
+//! its message on the pool, an audit line and an alert; turning it on again works; a licence
+//! without provisioning refuses enabling it.
+//!
+//! Machines are named `gh-test-<random>-…` and deleted at the end, passed or not. The lab's
+//! Nova is slow and may fail builds under load: provisioning promises the desktop with its
+//! server id, so that is what is asserted, never ACTIVE.
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::common::{self, Licensing, Server};
+use crate::openstack::{lab, unique};
+use crate::slapd::{GENERATED_PASSWORD, Slapd, SlapdOptions};
+use gatehouse::broker::{Broker, BrokerSettings};
+use gatehouse::centers::Centers;
+use gatehouse::centers::provision::Provisioned;
+use gatehouse::model::AuditEntry;
+use gatehouse::model::Protocol;
+use gatehouse::model::alert::Alert;
+use gatehouse::model::center::Center;
+use gatehouse::model::desktop::{Desktop, DesktopInput, PowerState};
+use gatehouse::model::directory::Security;
+use gatehouse::model::location::ClientFacts;
+use gatehouse::model::pool::{Attribute, Condition, Pool, Rule};
+use gatehouse::model::provisioning::Provisioning;
+use gatehouse::openstack::Cloud;
+use gatehouse::store::Store;
+
+/// Deletes every lab server whose name starts with the prefix when the test ends.
+struct ByPrefix {
+    center: Center,
+    prefix: String,
+}
+
+impl Drop for ByPrefix {
+    fn drop(&mut self) {
+        let (center, prefix) = (self.center.clone(), self.prefix.clone());
+        let done = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async {
+                let cloud = Cloud::new(&center).expect("cloud");
+                match cloud.servers().await {
+                    Ok(servers) => {
+                        for s in servers.iter().filter(|s| s.name.starts_with(&prefix)) {
+                            if let Err(e) = cloud.delete_server(&s.id).await {
+                                eprintln!("cleanup: server {} not deleted: {e}", s.name);
+                            }
+                        }
+                    }
+                    Err(e) => eprintln!("cleanup: servers not listed: {e}"),
+                }
+            });
+        });
+        let _ = done.join();
+    }
+}
+
+/// The lab's m1.tiny flavor id and fake-cirros image id.
+async fn flavor_and_image(center: &Center) -> (String, String) {
+    let cloud = Cloud::new(center).expect("cloud");
+    let flavor = cloud
+        .flavors()
+        .await
+        .expect("flavors")
+        .into_iter()
+        .find(|f| f.name == "m1.tiny")
+        .expect("m1.tiny");
+    let image = cloud
+        .images()
+        .await
+        .expect("images")
+        .into_iter()
+        .find(|i| i.name == "fake-cirros")
+        .expect("fake-cirros");
+    (flavor.id, image.id)
+}
+
+/// A pool of the machines named `<prefix>-…`, provisioning them in the lab.
+fn pool(prefix: &str, flavor: &str, image: &str) -> Pool {
+    let mut pool = Pool::new(format!("Provisioned {prefix}"));
+    pool.rules = vec![Rule::new(
+        Attribute::Name,
+        Condition::BeginsWith,
+        format!("{prefix}-"),
+    )];
+    pool.provisioning = Provisioning {
+        enabled: true,
+        start_below: 2,
+        stop_at: 4,
+        center: "lab".into(),
+        name: format!("{prefix}-{{SEQUENCE}}"),
+        sequence_start: 1,
+        sequence_width: 3,
+        availability_zone: "nova".into(),
+        flavor: flavor.into(),
+        image: image.into(),
+        ..Provisioning::default()
+    };
+    pool
+}
+
+fn broker(store: &Store) -> Arc<Broker> {
+    Arc::new(
+        Broker::new(
+            store.clone(),
+            BrokerSettings {
+                gateway_url: "wss://gateway.example/tunnel".into(),
+                ticket_seconds: 60,
+            },
+            gatehouse::broker::connect::signing_key(&[7u8; 32]),
+        )
+        .expect("broker"),
+    )
+}
+
+/// The stored desktops whose name starts with `prefix`, by name.
+fn desktops(store: &Store, prefix: &str) -> Vec<Desktop> {
+    let mut out: Vec<Desktop> = store
+        .list::<Desktop>()
+        .expect("desktops")
+        .into_iter()
+        .map(|(_, d)| d)
+        .filter(|d| d.name.starts_with(prefix))
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
+}
+
+fn names(desktops: &[Desktop]) -> Vec<String> {
+    desktops.iter().map(|d| d.name.clone()).collect()
+}
+
+fn assign_all(store: &Store, prefix: &str) {
+    for mut d in desktops(store, prefix) {
+        d.assigned_user = Some(format!("slapd/{}", d.name));
+        store.put(&d.id, &d).expect("assign");
+    }
+}
+
+/// Runs checks until one was not turned away by a run already going (so every run started
+/// before it has ended).
+async fn settle(centers: &Centers, pool: &str) -> Provisioned {
+    loop {
+        let p = centers.provision_check(pool).await.expect("check");
+        if !p.busy {
+            return p;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_check_creates_up_to_the_thresholds_in_sequence_and_never_past_stop_at() {
+    let center = lab();
+    let prefix = unique("prov");
+    let _cleanup = ByPrefix {
+        center: center.clone(),
+        prefix: prefix.clone(),
+    };
+    let (flavor, image) = flavor_and_image(&center).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path()).expect("store");
+    store.put(&center.id, &center).expect("center");
+    let pool = pool(&prefix, &flavor, &image);
+    assert!(pool.validate(&[]).is_empty(), "{:?}", pool.validate(&[]));
+    store.put(&pool.id, &pool).expect("pool");
+    let centers = Arc::new(Centers::new(store.clone(), broker(&store)));
+
+    // Empty pool: 0 unassigned < 2, so two machines, in order.
+    let first = centers.provision_check(&pool.id).await.expect("check");
+    assert_eq!(
+        first.created,
+        [format!("{prefix}-001"), format!("{prefix}-002")],
+        "{first:?}"
+    );
+    let made = desktops(&store, &prefix);
+    assert_eq!(names(&made), first.created);
+    for d in &made {
+        assert!(!d.server_id.is_empty(), "{d:?}");
+        assert!(d.deletable && d.center == "lab", "{d:?}");
+        assert_eq!(d.power_state, PowerState::Building);
+    }
+    // Two unassigned: nothing to do.
+    let again = centers.provision_check(&pool.id).await.expect("check");
+    assert!(again.created.is_empty(), "{again:?}");
+
+    // Both taken: two more, up to stop_at and not one past it.
+    assign_all(&store, &prefix);
+    let more = centers.provision_check(&pool.id).await.expect("check");
+    assert_eq!(
+        more.created,
+        [format!("{prefix}-003"), format!("{prefix}-004")],
+        "{more:?}"
+    );
+    assign_all(&store, &prefix);
+    let full = centers.provision_check(&pool.id).await.expect("check");
+    assert!(full.created.is_empty(), "{full:?}");
+    assert_eq!(desktops(&store, &prefix).len(), 4);
+
+    // The inventory takes the machines over and keeps them (assigned, same desktops).
+    centers.refresh("lab").await.expect("refresh");
+    let after = desktops(&store, &prefix);
+    assert_eq!(
+        names(&after),
+        (1..=4)
+            .map(|n| format!("{prefix}-{n:03}"))
+            .collect::<Vec<_>>()
+    );
+    assert!(after.iter().all(|d| d.assigned_user.is_some()));
+    let stored: Pool = store.get(&pool.id).expect("read").expect("pool");
+    assert_eq!(stored.provisioning.failures, 0);
+    assert!(stored.provisioning.last_run.is_some());
+}
+
+#[tokio::test]
+async fn fifty_concurrent_sign_ins_never_overshoot_stop_at_nor_share_a_desktop() {
+    let center = lab();
+    let prefix = unique("rush");
+    let _cleanup = ByPrefix {
+        center: center.clone(),
+        prefix: prefix.clone(),
+    };
+    let (flavor, image) = flavor_and_image(&center).await;
+    let slapd = Slapd::start_with(&SlapdOptions {
+        generated_users: 50,
+        ..SlapdOptions::default()
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path()).expect("store");
+    store.put(&center.id, &center).expect("center");
+    // The Lab policy and assignments, on a pool of this test's machines: two ready desktops
+    // (so 2 unassigned: no provisioning yet), growing to 4.
+    let seeded = crate::lab::seed(&store, "slapd", 0, &[("generated", "user")]);
+    let mut pool = pool(&prefix, &flavor, &image);
+    pool.id = seeded.id.clone();
+    store.put(&pool.id, &pool).expect("pool");
+    for i in 1..=2 {
+        let d = Desktop::from_input(
+            DesktopInput {
+                name: format!("{prefix}-ready-{i}"),
+                display_name: String::new(),
+                address: format!("10.9.0.{i}"),
+                port: None,
+                protocol: Protocol::Rdp,
+                os: String::new(),
+            },
+            chrono::Utc::now(),
+        );
+        store.put(&d.id, &d).expect("desktop");
+    }
+    let broker = broker(&store);
+    let server = slapd.auth_server(Security::Ldaps);
+    let directory: Arc<dyn gatehouse::auth::Directory> =
+        Arc::new(gatehouse::auth::LdapDirectory::new(server.clone()));
+    broker.set_directories(vec![(server, directory)]);
+    let centers = Arc::new(Centers::new(store.clone(), broker.clone()));
+    centers.watch_assignments();
+
+    let address: IpAddr = "192.0.2.10".parse().expect("ip");
+    let mut tasks = Vec::new();
+    for i in 1..=50 {
+        let broker = broker.clone();
+        tasks.push(tokio::spawn(async move {
+            let user = format!("user{i:05}");
+            let facts = ClientFacts::from_address(address);
+            let decision = broker
+                .sign_in(&user, GENERATED_PASSWORD, None, &facts)
+                .await
+                .expect("signed in");
+            let offer = broker.offer(&decision).await.expect("offer");
+            let first = offer.desktops.first()?;
+            match broker.connect(&decision, &first.id, address).await {
+                Ok((desktop, _)) => Some((user, desktop.id)),
+                Err(_) => None,
+            }
+        }));
+    }
+    let mut given: Vec<(String, String)> = Vec::new();
+    for t in tasks {
+        if let Some(g) = t.await.expect("task") {
+            given.push(g);
+        }
+    }
+    settle(&centers, &pool.id).await;
+
+    // Only the two ready desktops can be connected to (new machines have no address yet),
+    // each to one user.
+    let ids: HashSet<&str> = given.iter().map(|(_, d)| d.as_str()).collect();
+    assert_eq!(ids.len(), given.len(), "a desktop given twice: {given:?}");
+    assert_eq!(given.len(), 2, "{given:?}");
+    // Both taken: provisioning filled the pool up to stop_at, and never past it.
+    let all = desktops(&store, &prefix);
+    assert_eq!(all.len(), 4, "{:?}", names(&all));
+    let made: Vec<&Desktop> = all.iter().filter(|d| !d.server_id.is_empty()).collect();
+    assert_eq!(
+        made.iter().map(|d| d.name.as_str()).collect::<Vec<_>>(),
+        [format!("{prefix}-001"), format!("{prefix}-002")]
+    );
+    let cloud = Cloud::new(&center).expect("cloud");
+    let servers = cloud.servers().await.expect("servers");
+    assert_eq!(
+        servers
+            .iter()
+            .filter(|s| s.name.starts_with(&prefix))
+            .count(),
+        2,
+        "the cloud holds exactly the machines provisioned"
+    );
+}
+
+#[tokio::test]
+async fn repeated_refusals_turn_provisioning_off_with_the_cloud_s_message_until_turned_on() {
+    let center = lab();
+    let prefix = unique("fail");
+    let _cleanup = ByPrefix {
+        center: center.clone(),
+        prefix: prefix.clone(),
+    };
+    let (flavor, image) = flavor_and_image(&center).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path()).expect("store");
+    store.put(&center.id, &center).expect("center");
+    let mut pool = pool(&prefix, "no-such-flavor", &image);
+    pool.provisioning.failure_limit = 2;
+    pool.provisioning.start_below = 1;
+    store.put(&pool.id, &pool).expect("pool");
+    let centers = Arc::new(Centers::new(store.clone(), broker(&store)));
+
+    let first = centers.provision_check(&pool.id).await.expect("check");
+    assert_eq!(first.failed.len(), 1, "{first:?}");
+    assert!(!first.turned_off);
+    let read = |store: &Store| -> Pool { store.get(&pool.id).expect("read").expect("pool") };
+    assert_eq!(read(&store).provisioning.failures, 1);
+    assert!(read(&store).provisioning.enabled);
+    assert!(desktops(&store, &prefix).is_empty(), "the placeholder goes");
+
+    let second = centers.provision_check(&pool.id).await.expect("check");
+    assert!(second.turned_off, "{second:?}");
+    let off = read(&store).provisioning;
+    assert!(!off.enabled);
+    let reason = off.disabled_reason.clone().expect("the cloud's message");
+    assert!(reason.contains("no-such-flavor"), "{reason}");
+    assert_eq!(reason, second.failed[0]);
+    let audit: Vec<AuditEntry> = store
+        .list::<AuditEntry>()
+        .expect("audit")
+        .into_iter()
+        .map(|(_, a)| a)
+        .collect();
+    let line = audit
+        .iter()
+        .find(|a| a.action == "pool.provisioning_disabled")
+        .expect("an audit line");
+    assert!(line.detail.contains(&reason) && !line.ok, "{line:?}");
+    let alerts: Vec<Alert> = store
+        .list::<Alert>()
+        .expect("alerts")
+        .into_iter()
+        .map(|(_, a)| a)
+        .collect();
+    assert_eq!(alerts.len(), 1);
+    assert_eq!(alerts[0].subject, pool.id);
+    assert!(alerts[0].message.contains(&reason));
+
+    // Off: checks create nothing.
+    let idle = centers.provision_check(&pool.id).await.expect("check");
+    assert!(
+        idle.created.is_empty() && idle.failed.is_empty(),
+        "{idle:?}"
+    );
+
+    // The administrator fixes the flavor and turns it on again (as a save does).
+    let mut fixed = read(&store);
+    let old = fixed.provisioning.clone();
+    fixed.provisioning.flavor = flavor;
+    fixed.provisioning.enabled = true;
+    fixed.provisioning.keep_status(&old);
+    assert_eq!(
+        (
+            fixed.provisioning.failures,
+            &fixed.provisioning.disabled_reason
+        ),
+        (0, &None)
+    );
+    store.put(&fixed.id, &fixed).expect("pool");
+    let on = centers.provision_check(&pool.id).await.expect("check");
+    assert_eq!(on.created, [format!("{prefix}-001")], "{on:?}");
+    assert_eq!(desktops(&store, &prefix).len(), 1);
+}
+
+const PASSWORD: &str = "Provisioning-Test-Password-1";
+
+async fn send(server: &Server, method: Method, path: &str, token: &str, body: Value) -> Value {
+    let r = common::client()
+        .request(method, format!("{}{path}", server.base))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .expect("request");
+    let status = r.status().as_u16();
+    let body: Value = r.json().await.unwrap_or(Value::Null);
+    json!({"status": status, "body": body})
+}
+
+#[tokio::test]
+async fn a_licence_without_provisioning_refuses_enabling_it() {
+    let (dir, data) = common::fresh_data();
+    let vendor = Licensing::new();
+    let config = vendor.config_file(dir.path(), "");
+    let code = {
+        let store = Store::open(&data).expect("store");
+        gatehouse::admin::installation_code(&store)
+    };
+    let key = vendor.issue("S-NOPROV", &code, &["--no-provisioning"]);
+    let key_file = dir.path().join("licence.key");
+    std::fs::write(&key_file, key).expect("key");
+    let password_file = dir.path().join("password");
+    std::fs::write(&password_file, format!("{PASSWORD}\n")).expect("password");
+    let (ok, _, err) = common::run(&[
+        "setup",
+        "--config",
+        config.to_str().expect("utf8"),
+        "--data",
+        data.to_str().expect("utf8"),
+        "--admin-password-file",
+        password_file.to_str().expect("utf8"),
+        "--licence-file",
+        key_file.to_str().expect("utf8"),
+        "--accept-licence",
+    ]);
+    assert!(ok, "setup: {err}");
+    let server = Server::start(&data, Some(&config));
+    let r = common::client()
+        .post(format!("{}/api/v1/tokens", server.base))
+        .json(&json!({"username": "admin", "password": PASSWORD}))
+        .send()
+        .await
+        .expect("token");
+    let token: Value = r.json().await.expect("json");
+    let token = token["token"].as_str().expect("token").to_string();
+
+    let center = send(
+        &server,
+        Method::POST,
+        "/api/v1/centers",
+        &token,
+        json!({"id": "lab", "name": "Lab", "auth_url": "http://127.0.0.1:5000/v3",
+            "region": "RegionOne", "project_domain": "vdi", "project": "vdi-project",
+            "user_domain": "vdi", "username": "vdi-user", "password": "secret",
+            "interface": "public", "ca_pem": null, "insecure": false,
+            "refresh_interval_secs": 300}),
+    )
+    .await;
+    assert_eq!(center["status"], 201, "{center}");
+    let mut body = serde_json::to_value(pool("gh-licence", "f", "i")).expect("json");
+    body.as_object_mut().expect("object").remove("id");
+    let refused = send(&server, Method::POST, "/api/v1/pools", &token, body.clone()).await;
+    assert_eq!(refused["status"], 400, "{refused}");
+    let fields = refused["body"]["fields"].as_array().expect("fields");
+    assert_eq!(fields.len(), 1, "{refused}");
+    assert_eq!(fields[0]["field"], "provisioning.enabled");
+    assert!(
+        fields[0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("does not allow provisioning")),
+        "{refused}"
+    );
+    // Off, the same pool is saved, with its settings kept.
+    body["provisioning"]["enabled"] = json!(false);
+    let saved = send(&server, Method::POST, "/api/v1/pools", &token, body).await;
+    assert_eq!(saved["status"], 201, "{saved}");
+    assert_eq!(saved["body"]["provisioning"]["stop_at"], 4);
+    assert_eq!(saved["body"]["provisioning"]["enabled"], false);
+}
