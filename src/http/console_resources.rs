@@ -746,15 +746,37 @@ impl Screen for Pool {
                     c.assigned.to_string(),
                     c.unassigned.to_string(),
                     c.available.to_string(),
+                    provisioning_status(&p.provisioning),
                 ]
             })
             .collect();
         Ok((
-            ["Total", "Assigned", "Unassigned", "Available"]
-                .map(String::from)
-                .to_vec(),
+            [
+                "Total",
+                "Assigned",
+                "Unassigned",
+                "Available",
+                "Provisioning",
+            ]
+            .map(String::from)
+            .to_vec(),
             rows,
         ))
+    }
+}
+
+/// "off", "turned off: <the cloud's error>", or "on (N–M): <last result>".
+fn provisioning_status(p: &crate::model::provisioning::Provisioning) -> String {
+    match (&p.disabled_reason, p.enabled) {
+        (Some(reason), false) => format!("turned off after failures: {reason}"),
+        (_, false) => "off".into(),
+        (_, true) if p.last_result.is_empty() => {
+            format!("on (below {} up to {})", p.start_below, p.stop_at)
+        }
+        (_, true) => format!(
+            "on (below {} up to {}): {}",
+            p.start_below, p.stop_at, p.last_result
+        ),
     }
 }
 

@@ -1,5 +1,6 @@
 //! Operations endpoints and the dashboard: `GET /healthz`, `GET /metrics`, and
-//! Dashboard > Overview.
+//! Dashboard > Overview with the alerts that wait for an administrator (acknowledged at
+//! `POST /admin/system/alerts/{key}/ack`, audited).
 
 use actix_web::{HttpResponse, web};
 
@@ -8,11 +9,16 @@ use super::session::Console;
 use super::setup::describe_certificate;
 use super::{AppState, HttpError};
 use crate::admin;
+use crate::model::alert::Alert;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(healthz))
         .route("/metrics", web::get().to(metrics))
-        .route("/admin", web::get().to(dashboard));
+        .route("/admin", web::get().to(dashboard))
+        .route(
+            "/admin/system/alerts/{key}/ack",
+            web::post().to(acknowledge),
+        );
 }
 
 /// 200 once the server answers at all: the store was opened and migrated before it listened.
@@ -55,7 +61,58 @@ async fn dashboard(state: web::Data<AppState>, who: Console) -> Result<HttpRespo
         ("Memory", memory),
         ("Last scheduled backup", last_backup),
     ];
+    let alerts: Vec<serde_json::Value> = state
+        .store
+        .call(|s| s.list::<Alert>())
+        .await?
+        .into_iter()
+        .rev()
+        .filter(|(_, a)| !a.acknowledged)
+        .map(|(key, a)| {
+            serde_json::json!({"key": key, "at": a.at.format("%Y-%m-%d %H:%M UTC").to_string(),
+                "kind": a.kind, "message": a.message})
+        })
+        .collect();
     let mut page = Page::new(&state, Some(&who), "dashboard.html", "Dashboard", "/admin").await?;
-    page.set("facts", &facts);
+    page.set("facts", &facts).set("alerts", &alerts);
     page.render(&state)
+}
+
+#[derive(serde::Deserialize)]
+struct CsrfOnly {
+    #[serde(default)]
+    csrf: String,
+}
+
+async fn acknowledge(
+    state: web::Data<AppState>,
+    who: Console,
+    path: web::Path<String>,
+    form: web::Form<CsrfOnly>,
+) -> Result<HttpResponse, HttpError> {
+    who.check_csrf(&form.csrf)?;
+    let key = path.into_inner();
+    let actor = who.actor();
+    state
+        .store
+        .call(move |s| {
+            let Some(mut alert) = s.get::<Alert>(&key)? else {
+                return Err(HttpError::NoSuch {
+                    kind: "alert",
+                    id: key,
+                });
+            };
+            alert.acknowledged = true;
+            s.put(&key, &alert)?;
+            admin::audit(
+                s,
+                &actor,
+                "alert.acknowledged",
+                format!("{}: {}", alert.kind, alert.message),
+                true,
+            )?;
+            Ok(())
+        })
+        .await?;
+    Ok(super::pages::see_other("/admin"))
 }

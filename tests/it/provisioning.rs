@@ -484,3 +484,43 @@ async fn a_licence_without_provisioning_refuses_enabling_it() {
     assert_eq!(saved["body"]["provisioning"]["stop_at"], 4);
     assert_eq!(saved["body"]["provisioning"]["enabled"], false);
 }
+
+#[tokio::test]
+async fn an_alert_shows_on_the_dashboard_until_an_administrator_acknowledges_it() {
+    let (_dir, data) = common::fresh_data();
+    common::finish_setup(&data, PASSWORD);
+    let message = "Provisioning of pool Lab turned itself off: flavor not found";
+    {
+        let store = Store::open(&data).expect("store");
+        let key = store.next_key().expect("key");
+        let alert = Alert {
+            at: chrono::Utc::now(),
+            kind: "provisioning".into(),
+            subject: "lab".into(),
+            message: message.into(),
+            acknowledged: false,
+        };
+        store.put(&key, &alert).expect("alert");
+    }
+    let server = Server::start(&data, None);
+    let mut console = server.console();
+    console.sign_in("admin", PASSWORD).await;
+    let page = console.get("/admin").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains(message), "{}", page.body);
+    let at = page
+        .body
+        .find("/admin/system/alerts/")
+        .expect("an acknowledge button");
+    let action: String = page.body[at..].chars().take_while(|c| *c != '"').collect();
+    // Without the form's CSRF token nothing changes.
+    let r = console.post_raw(&action, &[("csrf", "forged")]).await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(console.get("/admin").await.body.contains(message));
+    let r = console.post(&action, &[]).await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    let page = console.get("/admin").await;
+    assert!(!page.body.contains(message), "{}", page.body);
+    let audit = console.get("/admin/system/audit").await.body;
+    assert!(audit.contains("alert.acknowledged"), "{audit}");
+}
