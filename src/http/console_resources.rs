@@ -108,6 +108,28 @@ pub trait Screen: Resource {
     fn buttons() -> &'static [(&'static str, &'static str)] {
         &[]
     }
+    /// Tables shown under a stored record's form (a desktop's history).
+    fn details(_s: &Store, _id: &str) -> Result<Vec<DetailView>, StoreError> {
+        Ok(Vec::new())
+    }
+}
+
+/// A table under a record's form: a title, columns, rows of text, and a line when empty.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct DetailView {
+    pub id: String,
+    pub title: String,
+    pub columns: Vec<String>,
+    pub rows: Vec<Vec<String>>,
+    pub empty: String,
+}
+
+/// A secret made just now (an agent token), shown once above the form.
+#[derive(Debug, Clone, Serialize)]
+pub struct ShownSecret {
+    pub title: String,
+    pub value: String,
+    pub help: String,
 }
 
 fn base<R: Screen>() -> String {
@@ -675,6 +697,12 @@ impl Screen for Desktop {
         serde_json::json!({"name": "", "display_name": "", "address": "", "port": null,
             "protocol": "rdp", "os": ""})
     }
+    fn buttons() -> &'static [(&'static str, &'static str)] {
+        &[("Issue agent token", "agent-token")]
+    }
+    fn details(s: &Store, id: &str) -> Result<Vec<DetailView>, StoreError> {
+        super::agent::desktop_details(s, id)
+    }
 }
 
 // ---- Views (what the templates read) ----------------------------------------------------------
@@ -850,6 +878,8 @@ pub(super) enum Said {
     Pending,
     /// The form was refused; nothing was saved.
     Refused(StatusCode, String),
+    /// A secret was made: shown once, with a notice.
+    Shown(ShownSecret, String),
 }
 
 impl Said {
@@ -864,6 +894,10 @@ impl Said {
                 page
             }
             Said::Refused(status, text) => page.error(status, text),
+            Said::Shown(secret, notice) => {
+                page.set("secret", &secret).set("notice", &notice);
+                page
+            }
         }
     }
 }
@@ -880,9 +914,13 @@ pub(super) async fn form_page<R: Screen>(
 ) -> Result<HttpResponse, HttpError> {
     let base = base::<R>();
     let lookup = id.clone();
-    let (source, fields) = state
+    let (source, fields, details) = state
         .store
         .call(move |s| {
+            let details = match &lookup {
+                Some(id) => R::details(s, id)?,
+                None => Vec::new(),
+            };
             let source = match &lookup {
                 Some(id) => {
                     let mut record = s.get::<R>(id)?.ok_or_else(|| HttpError::NoSuch {
@@ -897,7 +935,7 @@ pub(super) async fn form_page<R: Screen>(
             let declared = R::fields();
             let values = submitted.unwrap_or_else(|| forms::form_of(&declared, &source));
             let fields = forms::field_views(&declared, &values, &errors, |key| R::options(s, key))?;
-            Ok::<_, HttpError>((source, fields))
+            Ok::<_, HttpError>((source, fields, details))
         })
         .await?;
     let (title, action, submit) = match &id {
@@ -919,7 +957,7 @@ pub(super) async fn form_page<R: Screen>(
             .collect();
     }
     let mut page = Page::new(state, Some(who), "resource_form.html", &title, &base).await?;
-    page.set("view", &view);
+    page.set("view", &view).set("details", &details);
     said.apply(page, submit).render(state)
 }
 

@@ -6,12 +6,14 @@
 //! names sled, and it holds no business rules.
 
 mod access;
+mod agent;
 mod api;
 mod client;
 mod console_resources;
 mod error;
 mod forms;
 mod gateways;
+mod jobs;
 mod ops;
 mod pages;
 mod portal;
@@ -19,6 +21,7 @@ mod resource;
 mod session;
 mod setup;
 mod signin;
+mod stats;
 mod system;
 mod wizard;
 
@@ -155,6 +158,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     pages::configure(cfg);
     setup::configure(cfg);
     system::configure(cfg);
+    jobs::configure(cfg);
+    stats::configure(cfg);
+    agent::configure(cfg);
     // Before the shared resource routes it replaces some of.
     gateways::configure(cfg);
     api::configure(cfg);

@@ -8,11 +8,14 @@ mod appliance;
 pub mod desktop;
 pub mod directory;
 pub mod gateway;
+pub mod history;
 pub mod location;
 pub mod plan;
 pub mod policy;
 pub mod pool;
 pub mod role;
+pub mod stats;
+pub mod timer;
 
 pub use appliance::*;
 
