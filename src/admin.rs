@@ -43,6 +43,8 @@ pub enum AdminError {
     WizardOrder(String),
     #[error("The account `{0}` does not exist.")]
     NoSuchAccount(String),
+    #[error(transparent)]
+    Schedule(#[from] crate::scheduler::ScheduleError),
 }
 
 pub type Result<T, E = AdminError> = std::result::Result<T, E>;
@@ -598,6 +600,77 @@ pub fn restore_verified(
 }
 
 /// The scheduled backup job: a snapshot into the configured folder, then rotation.
+/// Sets a job's schedule in place of the configured one (`Some("")`: off), or puts the
+/// configured one back (`None`). A schedule that cannot be read is refused with the reason and
+/// nothing is saved. Kept in the store, so it outlives restarts; audited either way.
+pub fn set_job_schedule(
+    store: &Store,
+    scheduler: &crate::scheduler::Scheduler,
+    actor: &Actor,
+    name: &str,
+    text: Option<&str>,
+) -> Result<crate::scheduler::JobStatus> {
+    use crate::model::history::JobSchedule;
+    use crate::scheduler::{ScheduleError, parse_schedule};
+    if scheduler.status(name).is_none() {
+        return Err(ScheduleError::UnknownJob(name.to_string()).into());
+    }
+    let text = text.map(str::trim);
+    if let Some(t) = text
+        && let Err(e) = parse_schedule(t)
+    {
+        audit(
+            store,
+            actor,
+            "job.schedule",
+            format!("{name}: refused `{t}`: {e}"),
+            false,
+        )?;
+        return Err(e.into());
+    }
+    match text {
+        Some(t) => store.put(
+            name,
+            &JobSchedule {
+                schedule: t.to_string(),
+                set_by: actor.name.clone(),
+                set_at: Utc::now(),
+            },
+        )?,
+        None => {
+            store.delete::<JobSchedule>(name)?;
+        }
+    }
+    let status = scheduler.set_schedule(name, text)?;
+    let detail = match text {
+        None => format!(
+            "{name}: back to the configured schedule `{}`",
+            status.schedule
+        ),
+        Some("") => format!("{name}: turned off"),
+        Some(t) => format!("{name}: schedule `{t}`"),
+    };
+    audit(store, actor, "job.schedule", detail, true)?;
+    Ok(status)
+}
+
+/// Puts the registered jobs on the schedules set in the console, and the others back on their
+/// configured ones (at start, and after a backup was restored). A stored schedule this build
+/// cannot read is skipped with a warning.
+pub fn apply_job_schedules(store: &Store, scheduler: &crate::scheduler::Scheduler) -> Result<()> {
+    use crate::model::history::JobSchedule;
+    let set: std::collections::HashMap<String, JobSchedule> =
+        store.list::<JobSchedule>()?.into_iter().collect();
+    for job in scheduler.statuses() {
+        let text = set.get(&job.name).map(|s| s.schedule.as_str());
+        if let Err(e) = scheduler.set_schedule(&job.name, text) {
+            tracing::warn!(job = %job.name, "the schedule set in the console is not used: {e}");
+            let _ = scheduler.set_schedule(&job.name, None);
+        }
+    }
+    Ok(())
+}
+
 pub fn scheduled_backup(store: &Store, config: &Config) -> Result<String> {
     let passphrase = match &config.backup.passphrase_file {
         Some(path) => Some(

@@ -9,6 +9,8 @@ use std::sync::Arc;
 use actix_web::{HttpServer, web};
 
 use crate::admin::{self, AdminError};
+use crate::broker::control::DesktopControl;
+use crate::broker::stats::Provisioner;
 use crate::broker::{Broker, BrokerError, BrokerSettings};
 use crate::config::Config;
 use crate::gateway::Gateway;
@@ -81,19 +83,30 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
     let pages = Pages::new(config.server.templates_dir.clone())
         .map_err(|e| AppError::Templates(e.to_string()))?;
 
+    let metrics = Arc::new(Metrics::new());
     let scheduler = Scheduler::new();
+    // One set of cloud connections for the console, the jobs and the broker's hooks.
+    let centers = Arc::new(crate::centers::Centers::new(store.clone(), broker.clone()));
+    register_jobs(
+        &scheduler,
+        &store,
+        &config,
+        &broker,
+        &metrics,
+        centers.clone(),
+        centers.clone(),
+    )?;
+    // Centers are inventoried when their interval (or their retry delay) has passed; the job
+    // looks every 15 seconds.
     {
-        let (store, config) = (store.clone(), config.clone());
-        scheduler.add("backup", &config.backup.schedule.clone(), move || {
-            let (store, config) = (store.clone(), config.clone());
-            async move {
-                store
-                    .call(move |s| admin::scheduled_backup(s, &config))
-                    .await
-                    .map_err(|e| e.to_string())
-            }
+        let centers = centers.clone();
+        scheduler.add("inventory", INVENTORY_SCHEDULE, move || {
+            let centers = centers.clone();
+            async move { centers.refresh_due().await }
         })?;
     }
+    // Schedules set in the console win over the configured ones.
+    admin::apply_job_schedules(&store, &scheduler)?;
 
     // The gateway's front door owns the public ports; the console listens on a private Unix
     // socket behind it.
@@ -135,23 +148,14 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
         pages,
         resolver.clone(),
         verifier,
-        Arc::new(Metrics::new()),
+        metrics.clone(),
         scheduler.clone(),
         wizard_done,
         local.port(),
         broker.clone(),
         gateway.clone(),
+        centers,
     ));
-
-    // Centers are inventoried when their interval (or their retry delay) has passed; the job
-    // looks every 15 seconds.
-    {
-        let centers = state.centers.clone();
-        scheduler.add("inventory", INVENTORY_SCHEDULE, move || {
-            let centers = centers.clone();
-            async move { centers.refresh_due().await }
-        })?;
-    }
 
     let factory_state = state.clone();
     let mut server = HttpServer::new(move || http::app(factory_state.clone()))
@@ -249,6 +253,85 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
     let _ = scheduler_task.await;
     tracing::info!("Gatehouse stopped");
     result.map_err(AppError::Server)
+}
+
+/// Registers the scheduled jobs, each on its configured schedule: `backup`, `pool_stats`
+/// (counts every pool, feeds `/metrics`, runs the provisioning check), `pool_history_stats`
+/// and `plan_timers` (the plans' due timers, through `control`). Centers add `inventory`
+/// here, on their refresh interval.
+pub fn register_jobs(
+    scheduler: &Scheduler,
+    store: &Store,
+    config: &Arc<Config>,
+    broker: &Arc<Broker>,
+    metrics: &Arc<Metrics>,
+    control: Arc<dyn DesktopControl>,
+    provisioner: Arc<dyn Provisioner>,
+) -> Result<(), AppError> {
+    {
+        let (store, config) = (store.clone(), config.clone());
+        scheduler.add("backup", &config.backup.schedule.clone(), move || {
+            let (store, config) = (store.clone(), config.clone());
+            async move {
+                store
+                    .call(move |s| admin::scheduled_backup(s, &config))
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+        })?;
+    }
+    {
+        let (broker, metrics) = (broker.clone(), metrics.clone());
+        scheduler.add("pool_stats", &config.jobs.pool_stats, move || {
+            let (broker, metrics, provisioner) =
+                (broker.clone(), metrics.clone(), provisioner.clone());
+            async move {
+                let stats = broker.count_pools().await.map_err(|e| e.to_string())?;
+                metrics.set_pools(&stats);
+                let provisioning = provisioner.check(&stats).await?;
+                let mut said = format!("{} pool(s) counted", stats.len());
+                if !provisioning.is_empty() {
+                    said.push_str("; ");
+                    said.push_str(&provisioning);
+                }
+                Ok(said)
+            }
+        })?;
+    }
+    {
+        let (broker, days) = (broker.clone(), config.jobs.history_days);
+        scheduler.add(
+            "pool_history_stats",
+            &config.jobs.pool_history_stats,
+            move || {
+                let broker = broker.clone();
+                async move {
+                    let (added, dropped) = broker
+                        .sample_pool_history(days)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    Ok(format!(
+                        "{added} sample(s) added, {dropped} older than {days} days dropped"
+                    ))
+                }
+            },
+        )?;
+    }
+    {
+        let broker = broker.clone();
+        scheduler.add("plan_timers", &config.jobs.plan_timers, move || {
+            let (broker, control) = (broker.clone(), control.clone());
+            async move {
+                broker
+                    .run_plan_timers(control.as_ref())
+                    .await
+                    .map(|run| run.summary())
+                    .map_err(|e| e.to_string())
+            }
+        })?;
+    }
+    // The inventory job of each center is registered here.
+    Ok(())
 }
 
 /// The host clients reach forwarded ports on.

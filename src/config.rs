@@ -45,6 +45,7 @@ pub struct Config {
     pub security: SecurityConfig,
     pub licence: LicenceConfig,
     pub backup: BackupConfig,
+    pub jobs: JobsConfig,
     pub broker: BrokerConfig,
     pub gateway: GatewayConfig,
     pub log: LogConfig,
@@ -139,6 +140,43 @@ impl Default for BackupConfig {
             keep: 14,
             passphrase_file: None,
         }
+    }
+}
+
+/// When the scheduled jobs run (besides `backup.schedule`); each may be set again in the
+/// console, which then wins.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JobsConfig {
+    /// Counts every pool's desktops and checks provisioning. Empty: off.
+    pub pool_stats: String,
+    /// Adds a sample of every pool's counts to the pool history. Empty: off.
+    pub pool_history_stats: String,
+    /// Runs the plans' timers that are due. Empty: off.
+    pub plan_timers: String,
+    /// Days of pool history kept.
+    pub history_days: u32,
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        Self {
+            pool_stats: "* * * * *".into(),
+            pool_history_stats: "*/5 * * * *".into(),
+            plan_timers: "*/5 * * * * *".into(),
+            history_days: 90,
+        }
+    }
+}
+
+impl JobsConfig {
+    /// The configured schedules, by job name.
+    pub fn schedules(&self) -> [(&'static str, &str); 3] {
+        [
+            ("pool_stats", &self.pool_stats),
+            ("pool_history_stats", &self.pool_history_stats),
+            ("plan_timers", &self.plan_timers),
+        ]
     }
 }
 
@@ -433,6 +471,14 @@ impl Config {
         if let Err(e) = crate::scheduler::parse_schedule(&self.backup.schedule) {
             return Err(invalid("backup.schedule", e.to_string()));
         }
+        for (name, text) in self.jobs.schedules() {
+            if let Err(e) = crate::scheduler::parse_schedule(text) {
+                return Err(invalid(&format!("jobs.{name}"), e.to_string()));
+            }
+        }
+        if self.jobs.history_days == 0 {
+            return Err(invalid("jobs.history_days", "must be at least 1".into()));
+        }
         if self.backup.keep == 0 {
             return Err(invalid("backup.keep", "must be at least 1".into()));
         }
@@ -510,6 +556,7 @@ mod tests {
             ("security", vec![]),
             ("licence", vec!["public_key_file"]),
             ("backup", vec!["passphrase_file"]),
+            ("jobs", vec![]),
             ("log", vec![]),
         ];
         for (section, optional) in all_keys {
@@ -555,6 +602,13 @@ mod tests {
             .and_then(|c| c.validate("x.toml"))
             .expect_err("refused");
         assert!(err.to_string().contains("backup.schedule"), "{err}");
+        let err = Config::parse("[jobs]\nplan_timers = \"*/5 * *\"\n", "x.toml")
+            .and_then(|c| c.validate("x.toml"))
+            .expect_err("refused");
+        assert!(err.to_string().contains("jobs.plan_timers"), "{err}");
+        let c = Config::load_with_env(None, &env(&[("GATEHOUSE_JOBS_POOL_STATS", "")]))
+            .expect("an empty schedule turns the job off");
+        assert_eq!(c.jobs.pool_stats, "");
     }
 
     #[test]

@@ -15,12 +15,12 @@
 //! | `admin`     | administration rules: wizard steps, admin password, licence activation, certificate, backups, audit | HTTP types |
 //! | `auth`      | admin accounts, argon2id hashes, console sessions, CSRF, sign-in throttling | HTTP types           |
 //! | `licence`   | signed licence keys, installation codes, evaluation, "is this allowed" | the store                |
-//! | `broker`    | the rules: sign-in → location → assignment → role and policy → offer; atomic assign, release; connection files and gateway tickets | HTTP types, sled, ldap3 |
+//! | `broker`    | the rules: sign-in → location → assignment → role and policy → offer; atomic assign, release; connection files and gateway tickets; the plans' timers and desktop events (`plans`), pool statistics (`stats`), acting on machines through `DesktopControl` (`control`) | HTTP types, sled, ldap3 |
 //! | `backup`    | the snapshot file format: header, checksum, encryption, rotation       | sled                     |
 //! | `tls`       | certificates: generation, PEM validation, a resolver that reloads live | the store                |
 //! | `centers`   | centers at work: one cloud connection per center, inventory refresh into desktops with retry, actions on a desktop's machine | HTTP types |
 //! | `openstack` | the OpenStack client: Keystone login and token renewal, the catalog, Nova/Glance/Neutron/Cinder reads, server create and power actions, typed errors | the store, HTTP routes |
-//! | `scheduler` | cron expressions and the job loop                                      | what the jobs do         |
+//! | `scheduler` | cron expressions, the job loop, each job's status and schedule (`app` registers the jobs) | what the jobs do |
 //! | `telemetry` | tracing setup and Prometheus metrics                                   | —                        |
 //! | `gateway`   | the one TLS port: TLS, PROXY v2, WebSocket tunnels checked against broker tickets, forwarded ports, broker forwarding, flexVDI routing, the standalone gateway's link to its broker | the store, business rules |
 //! | `http`      | actix routes per area, tera pages, the one error → response mapping, the role-based access gate | sled |

@@ -23,6 +23,8 @@ pub enum ScheduleError {
     FieldCount(String),
     #[error("`{text}` is not a valid schedule: {reason}")]
     Invalid { text: String, reason: String },
+    #[error("There is no job named `{0}`.")]
+    UnknownJob(String),
 }
 
 /// A parsed schedule, or `None` when the text is empty (the job is off).
@@ -107,22 +109,56 @@ fn crontab_weekday(field: &str) -> Result<String, String> {
 type JobFuture = Pin<Box<dyn Future<Output = Result<String, String>> + Send>>;
 type JobFn = Arc<dyn Fn() -> JobFuture + Send + Sync>;
 
-/// What the console shows for one job.
-#[derive(Debug, Clone, Serialize, Default)]
+/// What the console and `GET /api/v1/jobs` show for one job.
+#[derive(Debug, Clone, Serialize, Default, PartialEq)]
 pub struct JobStatus {
     pub name: String,
+    /// The schedule in force: the configured one, or the one set in the console. Empty: off.
     pub schedule: String,
+    /// The schedule from the configuration file (or the built-in default).
+    pub configured_schedule: String,
+    /// An administrator set `schedule` in the console in place of the configured one.
+    pub overridden: bool,
     pub running: bool,
     pub last_start: Option<DateTime<Utc>>,
     pub last_duration_ms: Option<u64>,
+    /// What the last run reported, or why it failed.
     pub last_result: Option<String>,
     pub last_ok: Option<bool>,
+    /// When the schedule starts it next (none when off).
     pub next_start: Option<DateTime<Utc>>,
+    /// Runs finished since the appliance started.
+    pub runs: u64,
 }
 
 struct Job {
     schedule: Schedule,
     run: JobFn,
+    /// When the loop starts it next; worked out by the loop, forgotten when the schedule
+    /// changes.
+    next_due: Option<DateTime<Utc>>,
+}
+
+/// The answer to "run this job now".
+#[derive(Debug)]
+pub enum RunNow {
+    /// Started; [`Finished::wait`] returns when this run has ended.
+    Started(Finished),
+    /// Already running: a job never overlaps itself, so nothing was started.
+    Running,
+    /// No job has that name.
+    Unknown,
+}
+
+/// The end of one run, to wait for.
+#[derive(Debug)]
+pub struct Finished(tokio::sync::oneshot::Receiver<()>);
+
+impl Finished {
+    /// Returns when the run has ended (its status is then recorded).
+    pub async fn wait(self) {
+        let _ = self.0.await;
+    }
 }
 
 /// The job registry and its loop.
@@ -138,22 +174,30 @@ impl Scheduler {
         Self::default()
     }
 
-    /// Registers (or replaces) a job. `schedule_text` must already have been validated.
+    /// Registers (or replaces) a job on its configured schedule (empty: off until an
+    /// administrator sets one). A bad schedule is refused with the reason.
     pub fn add<F, Fut>(&self, name: &str, schedule_text: &str, run: F) -> Result<(), ScheduleError>
     where
         F: Fn() -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<String, String>> + Send + 'static,
     {
         let schedule = parse_schedule(schedule_text)?;
-        let next_start = schedule.as_ref().and_then(|s| s.upcoming(Utc).next());
         let run: JobFn = Arc::new(move || Box::pin(run()) as JobFuture);
-        lock(&self.jobs).insert(name.to_string(), Job { schedule, run });
+        lock(&self.jobs).insert(
+            name.to_string(),
+            Job {
+                schedule,
+                run,
+                next_due: None,
+            },
+        );
+        let text = schedule_text.trim().to_string();
         lock(&self.status).insert(
             name.to_string(),
             JobStatus {
                 name: name.to_string(),
-                schedule: schedule_text.trim().to_string(),
-                next_start,
+                schedule: text.clone(),
+                configured_schedule: text,
                 ..JobStatus::default()
             },
         );
@@ -161,88 +205,146 @@ impl Scheduler {
         Ok(())
     }
 
+    /// Puts a job on another schedule (`Some("")`: off), or back on its configured one
+    /// (`None`). A bad schedule is refused with the reason and changes nothing.
+    pub fn set_schedule(&self, name: &str, text: Option<&str>) -> Result<JobStatus, ScheduleError> {
+        let configured = lock(&self.status)
+            .get(name)
+            .map(|s| s.configured_schedule.clone())
+            .ok_or_else(|| ScheduleError::UnknownJob(name.to_string()))?;
+        let text = text.map_or(configured.clone(), |t| t.trim().to_string());
+        let schedule = parse_schedule(&text)?;
+        {
+            let mut jobs = lock(&self.jobs);
+            let job = jobs
+                .get_mut(name)
+                .ok_or_else(|| ScheduleError::UnknownJob(name.to_string()))?;
+            job.schedule = schedule;
+            job.next_due = None;
+        }
+        if let Some(s) = lock(&self.status).get_mut(name) {
+            s.overridden = text != configured;
+            s.schedule = text;
+        }
+        self.wake.notify_one();
+        self.status(name)
+            .ok_or_else(|| ScheduleError::UnknownJob(name.to_string()))
+    }
+
+    /// Every job, by name.
     pub fn statuses(&self) -> Vec<JobStatus> {
-        lock(&self.status).values().cloned().collect()
+        let names: Vec<String> = lock(&self.status).keys().cloned().collect();
+        names.iter().filter_map(|n| self.status(n)).collect()
+    }
+
+    /// One job's status, with its next start.
+    pub fn status(&self, name: &str) -> Option<JobStatus> {
+        let next = {
+            let jobs = lock(&self.jobs);
+            let job = jobs.get(name)?;
+            job.next_due
+                .or_else(|| job.schedule.as_ref()?.upcoming(Utc).next())
+                .filter(|_| job.schedule.is_some())
+        };
+        let mut status = lock(&self.status).get(name)?.clone();
+        status.next_start = next;
+        Some(status)
     }
 
     /// Runs a job now (the console's "Run now"); a job already running is not started twice.
-    pub fn run_now(&self, name: &str) -> bool {
+    pub fn run_now(&self, name: &str) -> RunNow {
         self.start(name)
     }
 
-    /// The loop: sleeps until the next due job, starts it, repeats, until `shutdown` resolves.
+    /// The loop: starts every job that is due, sleeps until the next one is, repeats, until
+    /// `shutdown` resolves. Jobs due at the same moment all start.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
         loop {
             let now = Utc::now();
+            let mut due = Vec::new();
             let next = {
-                let jobs = lock(&self.jobs);
-                jobs.iter()
-                    .filter_map(|(name, job)| {
-                        let at = job.schedule.as_ref()?.after(&now).next()?;
-                        Some((at, name.clone()))
-                    })
-                    .min()
+                let mut jobs = lock(&self.jobs);
+                for (name, job) in jobs.iter_mut() {
+                    let Some(schedule) = &job.schedule else {
+                        job.next_due = None;
+                        continue;
+                    };
+                    let at = match job.next_due {
+                        Some(at) => Some(at),
+                        None => schedule.after(&now).next(),
+                    };
+                    job.next_due = match at {
+                        Some(at) if at <= now => {
+                            due.push(name.clone());
+                            schedule.after(&now).next()
+                        }
+                        other => other,
+                    };
+                }
+                jobs.values().filter_map(|j| j.next_due).min()
             };
+            for name in due {
+                self.start(&name);
+            }
             let wait = next
-                .as_ref()
-                .map(|(at, _)| (*at - now).to_std().unwrap_or_default())
+                .map(|at| (at - now).to_std().unwrap_or_default())
                 .unwrap_or(std::time::Duration::from_secs(3600));
             tokio::select! {
                 _ = &mut shutdown => return,
                 _ = self.wake.notified() => continue,
-                _ = tokio::time::sleep(wait) => {
-                    if let Some((_, name)) = next {
-                        self.start(&name);
-                    }
-                }
+                _ = tokio::time::sleep(wait) => {}
             }
         }
     }
 
-    fn start(&self, name: &str) -> bool {
+    fn start(&self, name: &str) -> RunNow {
         let Some(run) = lock(&self.jobs).get(name).map(|j| j.run.clone()) else {
-            return false;
+            return RunNow::Unknown;
         };
         {
             let mut status = lock(&self.status);
             let Some(s) = status.get_mut(name) else {
-                return false;
+                return RunNow::Unknown;
             };
             if s.running {
                 tracing::warn!(job = name, "still running; this start is skipped");
-                return false;
+                return RunNow::Running;
             }
             s.running = true;
             s.last_start = Some(Utc::now());
         }
+        let (done, finished) = tokio::sync::oneshot::channel();
         let this = self.clone();
         let name = name.to_string();
         let span = tracing::info_span!("job", job = %name);
         tokio::spawn(
             async move {
                 let started = std::time::Instant::now();
-                let result = run().await;
+                // In a task of its own, so that a job that panics is reported as failed and
+                // its next run still happens.
+                let result = match tokio::spawn(run()).await {
+                    Ok(result) => result,
+                    Err(e) => Err(format!("the job stopped unexpectedly: {e}")),
+                };
                 match &result {
                     Ok(msg) => tracing::info!(job = %name, "{msg}"),
                     Err(msg) => tracing::error!(job = %name, "failed: {msg}"),
                 }
-                let next_start = lock(&this.jobs)
-                    .get(&name)
-                    .and_then(|j| j.schedule.as_ref()?.upcoming(Utc).next());
                 if let Some(s) = lock(&this.status).get_mut(&name) {
                     s.running = false;
+                    s.runs += 1;
                     s.last_duration_ms = Some(started.elapsed().as_millis() as u64);
                     s.last_ok = Some(result.is_ok());
                     s.last_result = Some(match result {
                         Ok(m) | Err(m) => m,
                     });
-                    s.next_start = next_start;
                 }
+                let _ = done.send(());
             }
             .instrument(span),
         );
-        true
+        RunNow::Started(Finished(finished))
     }
 }
 
@@ -326,19 +428,119 @@ mod tests {
             }
         })
         .expect("added");
-        assert!(s.run_now("slow"));
-        assert!(!s.run_now("slow"), "a running job is not started again");
+        let RunNow::Started(first) = s.run_now("slow") else {
+            panic!("not started");
+        };
+        assert!(
+            matches!(s.run_now("slow"), RunNow::Running),
+            "a running job is not started again"
+        );
         tx.send(()).expect("job waiting");
-        loop {
-            let st = s.statuses().into_iter().next().expect("one job");
-            if !st.running {
-                assert_eq!(st.last_ok, Some(false));
-                assert_eq!(st.last_result.as_deref(), Some("boom"));
-                break;
+        first.wait().await;
+        let st = s.status("slow").expect("one job");
+        assert!(!st.running);
+        assert_eq!(st.last_ok, Some(false));
+        assert_eq!(st.last_result.as_deref(), Some("boom"));
+        assert_eq!(st.runs, 1);
+        let RunNow::Started(again) = s.run_now("slow") else {
+            panic!("a failed job can run again");
+        };
+        again.wait().await;
+        assert_eq!(s.status("slow").expect("job").runs, 2);
+        assert!(matches!(s.run_now("missing"), RunNow::Unknown));
+    }
+
+    #[tokio::test]
+    async fn a_job_that_panics_is_reported_failed_and_can_run_again() {
+        let s = Scheduler::new();
+        s.add("wild", "", || async {
+            if std::hint::black_box(true) {
+                panic!("out of cheese");
             }
-            tokio::task::yield_now().await;
+            Ok(String::new())
+        })
+        .expect("added");
+        for runs in 1..=2 {
+            let RunNow::Started(run) = s.run_now("wild") else {
+                panic!("not started");
+            };
+            run.wait().await;
+            let st = s.status("wild").expect("job");
+            assert_eq!(
+                (st.running, st.last_ok, st.runs),
+                (false, Some(false), runs)
+            );
+            assert!(
+                st.last_result
+                    .as_deref()
+                    .is_some_and(|r| r.contains("stopped unexpectedly")),
+                "{st:?}"
+            );
         }
-        assert!(s.run_now("slow"), "a failed job can run again");
-        assert!(!s.run_now("missing"));
+    }
+
+    #[test]
+    fn schedules_can_be_set_turned_off_and_put_back_but_never_broken() {
+        let s = Scheduler::new();
+        s.add("stats", "* * * * *", || async { Ok(String::new()) })
+            .expect("added");
+        let st = s.status("stats").expect("job");
+        assert!(!st.overridden && st.next_start.is_some());
+        let st = s.set_schedule("stats", Some("")).expect("off");
+        assert_eq!((st.schedule.as_str(), st.overridden), ("", true));
+        assert_eq!(st.next_start, None, "an empty schedule is off");
+        let err = s
+            .set_schedule("stats", Some("61 * * * *"))
+            .expect_err("bad");
+        assert!(matches!(err, ScheduleError::Invalid { .. }), "{err}");
+        assert_eq!(s.status("stats").expect("job").schedule, "", "unchanged");
+        let st = s.set_schedule("stats", Some("*/5 * * * *")).expect("set");
+        assert_eq!(
+            (st.schedule.as_str(), st.configured_schedule.as_str()),
+            ("*/5 * * * *", "* * * * *")
+        );
+        let st = s.set_schedule("stats", None).expect("back");
+        assert_eq!((st.schedule.as_str(), st.overridden), ("* * * * *", false));
+        assert!(matches!(
+            s.set_schedule("nope", None),
+            Err(ScheduleError::UnknownJob(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn the_loop_runs_jobs_due_together_and_runs_a_failing_job_again() {
+        let s = Scheduler::new();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<&'static str>();
+        for name in ["a", "b"] {
+            let tx = tx.clone();
+            // Every second, both at the same instants; "b" always fails.
+            s.add(name, "* * * * * *", move || {
+                let tx = tx.clone();
+                async move {
+                    let _ = tx.send(name);
+                    if name == "b" {
+                        Err("refused".to_string())
+                    } else {
+                        Ok("done".to_string())
+                    }
+                }
+            })
+            .expect("added");
+        }
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let looping = tokio::spawn(s.clone().run(async {
+            let _ = stopped.await;
+        }));
+        let (mut a, mut b) = (0, 0);
+        while a < 2 || b < 2 {
+            match rx.recv().await {
+                Some("a") => a += 1,
+                Some(_) => b += 1,
+                None => break,
+            }
+        }
+        let _ = stop.send(());
+        looping.await.expect("loop ends");
+        assert!(a >= 2 && b >= 2, "{a} {b}");
     }
 }

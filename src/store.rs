@@ -392,6 +392,56 @@ impl Store {
         Ok(out)
     }
 
+    /// Up to `limit` values with keys from `from` (included) to `to` (excluded), in key order,
+    /// or newest first with `reverse`. Time-ordered keys under a prefix make this a time range.
+    pub fn range<T: Record>(
+        &self,
+        from: &str,
+        to: &str,
+        reverse: bool,
+        limit: usize,
+    ) -> Result<Vec<(String, T)>> {
+        let engine = self.read();
+        let tree = engine.tree(T::TREE)?;
+        let range = tree.range(from.as_bytes()..to.as_bytes());
+        let iter: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> = if reverse {
+            Box::new(range.rev())
+        } else {
+            Box::new(range)
+        };
+        let mut out = Vec::new();
+        for item in iter.take(limit) {
+            let (k, v) = item?;
+            out.push((String::from_utf8_lossy(&k).into_owned(), decode(&k, &v)?));
+        }
+        Ok(out)
+    }
+
+    /// Removes every key from `from` (included) to `to` (excluded); says how many went.
+    pub fn delete_range<T: Record>(&self, from: &str, to: &str) -> Result<usize> {
+        let engine = self.read();
+        let tree = engine.tree(T::TREE)?;
+        let mut removed = 0;
+        for key in tree.range(from.as_bytes()..to.as_bytes()).keys() {
+            tree.remove(key?)?;
+            removed += 1;
+        }
+        if removed > 0 {
+            engine.flush()?;
+        }
+        Ok(removed)
+    }
+
+    /// The first key at or after `from`, without reading its value.
+    pub fn first_key_from<T: Record>(&self, from: &str) -> Result<Option<String>> {
+        let engine = self.read();
+        let tree = engine.tree(T::TREE)?;
+        match tree.range(from.as_bytes()..).keys().next() {
+            Some(key) => Ok(Some(String::from_utf8_lossy(&key?).into_owned())),
+            None => Ok(None),
+        }
+    }
+
     pub fn count<T: Record>(&self) -> Result<usize> {
         Ok(self.read().tree(T::TREE)?.len())
     }
@@ -802,6 +852,31 @@ mod tests {
             vec![("a".into(), note("first"))]
         );
         assert_eq!(s.schema_version().expect("schema"), SCHEMA_VERSION);
+    }
+
+    #[test]
+    fn ranges_read_and_delete_between_keys() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = Store::open(dir.path()).expect("open");
+        for key in ["p1/01", "p1/02", "p1/03", "p2/01"] {
+            s.put(key, &note(key)).expect("put");
+        }
+        let keys = |v: Vec<(String, Note)>| v.into_iter().map(|(k, _)| k).collect::<Vec<_>>();
+        assert_eq!(
+            keys(s.range::<Note>("p1/02", "p1/~", false, 10).expect("range")),
+            ["p1/02", "p1/03"]
+        );
+        assert_eq!(
+            keys(s.range::<Note>("p1/", "p1/~", true, 2).expect("range")),
+            ["p1/03", "p1/02"]
+        );
+        assert_eq!(
+            s.first_key_from::<Note>("p10").expect("first").as_deref(),
+            Some("p2/01")
+        );
+        assert_eq!(s.delete_range::<Note>("p1/", "p1/03").expect("delete"), 2);
+        assert_eq!(keys(s.list::<Note>().expect("list")), ["p1/03", "p2/01"]);
+        assert_eq!(s.first_key_from::<Note>("q").expect("first"), None);
     }
 
     #[test]

@@ -38,10 +38,21 @@ pub struct RequestLabels {
     pub status: u16,
 }
 
+/// One count of one pool: `state` is total, assigned, unassigned, available, running,
+/// stopped, provisioning or connected.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolLabels {
+    pub pool_id: String,
+    pub pool_name: String,
+    pub state: String,
+}
+
 /// The appliance's metrics.
 pub struct Metrics {
     registry: Mutex<Registry>,
     pub http_requests: Family<RequestLabels, Counter>,
+    /// Every pool's desktops by state, as the last `pool_stats` run counted them.
+    pub pool_desktops: Family<PoolLabels, Gauge>,
     pub signin_failures: Counter,
     resident_memory: Gauge,
     virtual_memory: Gauge,
@@ -68,6 +79,12 @@ impl Metrics {
             "Console sign-ins refused (wrong password, locked out)",
             signin_failures.clone(),
         );
+        let pool_desktops = Family::<PoolLabels, Gauge>::default();
+        registry.register(
+            "pool_desktops",
+            "Desktops of each pool by state (connected: with a user connected), as last counted",
+            pool_desktops.clone(),
+        );
         let resident_memory = Gauge::default();
         registry.register(
             "process_resident_memory_bytes",
@@ -83,9 +100,27 @@ impl Metrics {
         Self {
             registry: Mutex::new(registry),
             http_requests,
+            pool_desktops,
             signin_failures,
             resident_memory,
             virtual_memory,
+        }
+    }
+
+    /// Replaces the pool gauges with the counts of the last `pool_stats` run (a deleted pool's
+    /// gauges go).
+    pub fn set_pools(&self, stats: &[crate::model::stats::PoolStats]) {
+        self.pool_desktops.clear();
+        for pool in stats {
+            for (state, value) in pool.counts.named() {
+                self.pool_desktops
+                    .get_or_create(&PoolLabels {
+                        pool_id: pool.pool_id.clone(),
+                        pool_name: pool.pool_name.clone(),
+                        state: state.to_string(),
+                    })
+                    .set(i64::from(value));
+            }
         }
     }
 
@@ -137,6 +172,28 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("gatehouse_signin_failures_total 1"), "{text}");
+        m.set_pools(&[crate::model::stats::PoolStats {
+            pool_id: "p1".into(),
+            pool_name: "Lab".into(),
+            at: chrono::Utc::now(),
+            counts: crate::model::stats::PoolStatCounts {
+                total: 3,
+                assigned: 1,
+                ..Default::default()
+            },
+        }]);
+        let text = m.render();
+        assert!(
+            text.contains(
+                r#"gatehouse_pool_desktops{pool_id="p1",pool_name="Lab",state="assigned"} 1"#
+            ),
+            "{text}"
+        );
+        m.set_pools(&[]);
+        assert!(
+            !m.render().contains("pool_id=\"p1\""),
+            "a deleted pool's gauges go"
+        );
         let rss_line = text
             .lines()
             .find(|l| l.starts_with("gatehouse_process_resident_memory_bytes "))

@@ -17,6 +17,9 @@
 //! It never touches HTTP types, sled or ldap3 directly.
 
 pub mod connect;
+pub mod control;
+pub mod plans;
+pub mod stats;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -67,6 +70,8 @@ pub enum BrokerError {
     NotOffered,
     #[error("That desktop is not yours to release.")]
     NotYours,
+    #[error("There is no desktop `{0}`.")]
+    NoSuchDesktop(String),
     #[error("The desktop's protocol ({0}) is not allowed by your protocol plan.")]
     ProtocolNotAllowed(String),
     #[error("Your role does not allow this.")]
@@ -352,11 +357,15 @@ pub struct Broker {
     ends: Arc<SessionEnds>,
     link: RwLock<Option<Arc<dyn GatewayLink>>>,
     on_assigned: RwLock<Option<OnAssigned>>,
+    clock: RwLock<Clock>,
 }
 
 /// Called with the pool's id after a desktop of that pool was assigned (provisioning checks
 /// whether the pool must grow). It must return at once: it runs inside the sign-in.
 pub type OnAssigned = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// Where the plans' timers read the time: the system clock, or a test's.
+pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
 
 impl Broker {
     /// A broker on `store`; reads the session-end notices kept there.
@@ -371,12 +380,23 @@ impl Broker {
             taken: Arc::new(TakenHint::default()),
             link: RwLock::new(None),
             on_assigned: RwLock::new(None),
+            clock: RwLock::new(Arc::new(Utc::now)),
         })
     }
 
     /// Sets what runs after each assignment, with the pool's id (see [`OnAssigned`]).
     pub fn set_on_assigned(&self, hook: OnAssigned) {
         *self.on_assigned.write().unwrap_or_else(|p| p.into_inner()) = Some(hook);
+    }
+
+    /// Replaces the clock the plans' timers are set and run by (tests move time on).
+    pub fn set_clock(&self, clock: Clock) {
+        *self.clock.write().unwrap_or_else(|p| p.into_inner()) = clock;
+    }
+
+    /// The time by the plans' clock.
+    pub fn now(&self) -> DateTime<Utc> {
+        (self.clock.read().unwrap_or_else(|p| p.into_inner()))()
     }
 
     /// Connects the broker to the gateway that opens forwarded ports.
@@ -654,9 +674,15 @@ impl Broker {
         let username = decision.user.username.clone();
         let decision = decision.clone();
         let wanted = desktop_id.to_string();
+        let now = self.now();
         let (desktop, entry, session_id) = self
             .store
-            .call(move |s| assign(s, &membership, &taken, &decision, &wanted, address))
+            .call(move |s| {
+                let assigned = assign(s, &membership, &taken, &decision, &wanted, address)?;
+                // The user is here: the plans' pending timers for the desktop are moot.
+                plans::connected(s, &assigned.0.id, &decision.user, now);
+                Ok::<_, BrokerError>(assigned)
+            })
             .await?;
         let hook = self
             .on_assigned
@@ -780,8 +806,8 @@ impl Broker {
 
     /// Gives a desktop back to its pool; only its holder (or an administrator) may. Its open
     /// sessions end, each with a notice for the gateways saved in the same transaction.
-    pub async fn release(&self, user: &UserKey, desktop_id: &str) -> Result<Desktop> {
-        let user = user.clone();
+    pub async fn release(&self, user_key: &UserKey, desktop_id: &str) -> Result<Desktop> {
+        let user = user_key.clone();
         let id = desktop_id.to_string();
         let refuse_until = Utc::now().timestamp() + self.settings.ticket_seconds + 1;
         let ends = self.ends.clone();
@@ -790,6 +816,7 @@ impl Broker {
             .call(move |s| ends.record(s, |first| release(s, &user, &id, first, refuse_until)))
             .await?;
         self.taken.remove(&released.id);
+        self.after_release(&released, user_key).await;
         Ok(released)
     }
 }
@@ -1066,12 +1093,19 @@ fn assign(
             started: Utc::now(),
             ended: None,
         };
+        let plans = crate::model::timer::AssignedPlans {
+            user: user_key.clone(),
+            power_plan: entry.power_plan.clone(),
+            release_plan: entry.release_plan.clone(),
+            assigned: Utc::now(),
+        };
         let outcome = s.transact(
             &[
                 Desktop::TREE,
                 HeldDesktops::TREE,
                 DesktopSession::TREE,
                 OpenSessions::TREE,
+                crate::model::timer::AssignedPlans::TREE,
             ],
             |tx| {
                 let Some(mut desktop) = tx.get::<Desktop, Taken>(&id)? else {
@@ -1089,6 +1123,8 @@ fn assign(
                             mine.desktops.push(id.clone());
                         }
                         tx.put(&user_key, &mine)?;
+                        // The plans of this assignment, for the events after the user left.
+                        tx.put(&id, &plans)?;
                     }
                 }
                 tx.put(&session_id, &session)?;

@@ -523,6 +523,46 @@ fn same_connection(a: &Center, b: &Center) -> bool {
         && a.insecure == b.insecure
 }
 
+/// The plans' timers act on machines through their centers; a static desktop gets the static
+/// center's refusal.
+impl crate::broker::control::DesktopControl for Centers {
+    fn act<'a>(
+        &'a self,
+        desktop: &'a Desktop,
+        action: crate::broker::control::DesktopAction,
+    ) -> crate::broker::control::ControlFuture<'a> {
+        use crate::broker::control::{DesktopAction as A, StaticControl};
+        if desktop.server_id.is_empty() {
+            return StaticControl.act(desktop, action);
+        }
+        let machine = match action {
+            A::Start => MachineAction::Start,
+            A::Shutdown => MachineAction::Shutdown,
+            A::PowerOff => MachineAction::PowerOff,
+            A::RebootSoft => MachineAction::Reboot,
+            A::RebootHard => MachineAction::HardReboot,
+            A::Suspend => MachineAction::Suspend,
+            A::Resume => MachineAction::Resume,
+            A::Delete => MachineAction::Delete,
+        };
+        Box::pin(async move {
+            self.act(&desktop.id, machine)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+}
+
+/// The `pool_stats` job's provisioning check: every pool that provisions.
+impl crate::broker::stats::Provisioner for Centers {
+    fn check<'a>(
+        &'a self,
+        _stats: &'a [crate::model::stats::PoolStats],
+    ) -> crate::broker::stats::ProvisionFuture<'a> {
+        Box::pin(self.provision_all())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

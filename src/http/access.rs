@@ -34,7 +34,7 @@ fn api_area(resource: &str) -> Option<Area> {
         "auth-servers" | "certificate" | "centers" | "gateways" | "gateway-reports" => Area::Setup,
         "locations" | "roles" | "protocol-plans" | "power-plans" | "release-plans" | "policies"
         | "assignments" | "pools" => Area::Configuration,
-        "desktops" | "users" | "sessions" | "test-login" => Area::Resources,
+        "desktops" | "users" | "sessions" | "test-login" | "timers" => Area::Resources,
         "licence" | "backups" | "jobs" | "audit" => Area::System,
         _ => return None,
     })
@@ -58,8 +58,9 @@ pub fn rule(method: &Method, path: &str) -> Rule {
     if let Some(rest) = path.strip_prefix("/api/v1/") {
         let resource = rest.split('/').next().unwrap_or_default();
         return match resource {
-            // Gateways and clients authenticate with their own tokens, in the handlers.
-            "tokens" | "openapi.json" | "client" | "gateway" => Rule::Open,
+            // Gateways, clients and desktop agents authenticate with their own tokens, in the
+            // handlers.
+            "tokens" | "openapi.json" | "client" | "gateway" | "agent" => Rule::Open,
             r => match api_area(r) {
                 Some(area) => Rule::Area(area, needed(method, path)),
                 None => Rule::LocalOnly,
@@ -78,10 +79,12 @@ pub fn rule(method: &Method, path: &str) -> Rule {
         // Before setup only the local account can sign in; after it the wizard's steps still
         // replace the licence and the certificate, so a directory user never reaches them.
         "wizard" => Rule::LocalOnly,
-        "setup" | "configuration" | "resources" | "system" => match first.parse::<Area>() {
-            Ok(area) => Rule::Area(area, needed(method, path)),
-            Err(_) => Rule::LocalOnly,
-        },
+        "dashboard" | "setup" | "configuration" | "resources" | "system" => {
+            match first.parse::<Area>() {
+                Ok(area) => Rule::Area(area, needed(method, path)),
+                Err(_) => Rule::LocalOnly,
+            }
+        }
         _ => Rule::LocalOnly,
     }
 }
@@ -207,6 +210,15 @@ mod tests {
         assert_eq!(rule(&Method::POST, "/api/v1/tokens"), Rule::Open);
         assert_eq!(rule(&Method::POST, "/api/v1/client/sign-in"), Rule::Open);
         assert_eq!(rule(&Method::POST, "/api/v1/gateway/report"), Rule::Open);
+        assert_eq!(rule(&Method::POST, "/api/v1/agent/events"), Rule::Open);
+        assert_eq!(
+            rule(&get, "/admin/dashboard/pools"),
+            Rule::Area(Area::Dashboard, Access::View)
+        );
+        assert_eq!(
+            rule(&Method::POST, "/api/v1/jobs/backup/run"),
+            Rule::Area(Area::System, Access::Edit)
+        );
         assert_eq!(
             rule(&Method::POST, "/api/v1/gateways/g1/token"),
             Rule::Area(Area::Setup, Access::Edit)

@@ -51,6 +51,9 @@ pub fn all_endpoints() -> Vec<Endpoint> {
     all.extend(resource::endpoints::<Desktop>());
     all.extend(super::gateways::endpoints());
     all.extend(super::centers::endpoints());
+    all.extend(super::jobs::endpoints());
+    all.extend(super::stats::endpoints());
+    all.extend(super::agent::endpoints());
     all
 }
 
@@ -75,6 +78,9 @@ fn all_schemas() -> Vec<(&'static str, Value)> {
     all.extend(resource::schemas::<Desktop>());
     all.extend(super::gateways::schemas());
     all.extend(super::centers::schemas());
+    all.extend(super::jobs::schemas());
+    all.extend(super::stats::schemas());
+    all.extend(super::agent::schemas());
     all
 }
 
@@ -1243,6 +1249,16 @@ mod tests {
             "/api/v1/gateway/key",
             "/api/v1/gateway/session-ends",
             "/api/v1/gateway/report",
+            "/api/v1/jobs",
+            "/api/v1/jobs/{name}",
+            "/api/v1/jobs/{name}/run",
+            "/api/v1/timers",
+            "/api/v1/pools/{id}/stats",
+            "/api/v1/agent/events",
+            "/api/v1/desktops/{id}/agent-token",
+            "/api/v1/desktops/{id}/history",
+            "/api/v1/client/desktops/{id}/disconnect",
+            "/api/v1/client/desktops/{id}/logout",
         ] {
             assert!(paths.contains_key(path), "{path}");
         }

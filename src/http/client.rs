@@ -43,7 +43,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route("/logout", web::post().to(logout))
             .route("/desktops", web::get().to(desktops))
             .route("/desktops/{id}/connect", web::post().to(connect))
-            .route("/desktops/{id}/release", web::post().to(release)),
+            .route("/desktops/{id}/release", web::post().to(release))
+            .route("/desktops/{id}/disconnect", web::post().to(disconnect))
+            .route("/desktops/{id}/logout", web::post().to(desktop_logout)),
     );
 }
 
@@ -113,6 +115,26 @@ pub fn documented() -> Vec<Endpoint> {
         ),
         client(
             Method::POST,
+            "/desktops/{id}/disconnect",
+            "Say the client disconnected from the desktop it holds: its sessions end (the \
+             gateway closes their tunnels) and the release and power plans' disconnect timers \
+             start (client token)",
+            vec![],
+            (200, Some(reference("DesktopEventOutcome"))),
+            || web::post().to(disconnect),
+        ),
+        client(
+            Method::POST,
+            "/desktops/{id}/logout",
+            "Say the user logged out of the desktop they hold: its sessions end and the plans' \
+             logout timers start (with the default release plan, the desktop is released at \
+             the next plan_timers run) (client token)",
+            vec![],
+            (200, Some(reference("DesktopEventOutcome"))),
+            || web::post().to(desktop_logout),
+        ),
+        client(
+            Method::POST,
             "/logout",
             "End the client session (client token)",
             vec![],
@@ -125,10 +147,35 @@ pub fn documented() -> Vec<Endpoint> {
 /// The schemas the client endpoints name.
 pub fn schemas() -> Vec<(&'static str, serde_json::Value)> {
     use super::resource::schema::{
-        array, boolean, integer, nullable, object, one_of, reference, string,
+        array, boolean, date_time, integer, nullable, object, one_of, reference, string,
     };
     let protocol = one_of(&["rdp", "vnc", "spice", "ssh"]);
     vec![
+        (
+            "DesktopEventOutcome",
+            object(
+                &[
+                    "desktop",
+                    "event",
+                    "timers_set",
+                    "timers_cancelled",
+                    "sessions_ended",
+                ],
+                vec![
+                    ("desktop", string()),
+                    ("event", string()),
+                    (
+                        "timers_set",
+                        array(object(
+                            &["action", "due"],
+                            vec![("action", string()), ("due", date_time())],
+                        )),
+                    ),
+                    ("timers_cancelled", integer()),
+                    ("sessions_ended", integer()),
+                ],
+            ),
+        ),
         (
             "ClientLoginRequest",
             object(
@@ -596,6 +643,58 @@ async fn release(
         "client released a desktop"
     );
     Ok(ok_json(&serde_json::json!({ "released": desktop.id })))
+}
+
+/// A disconnect or logout reported by the client, for the desktop it holds.
+async fn desktop_event(
+    state: &AppState,
+    req: &HttpRequest,
+    id: &str,
+    event: crate::model::timer::DesktopEvent,
+) -> Result<HttpResponse, ApiError> {
+    let (_, session) = authenticated(state, req).await?;
+    let outcome = state
+        .broker
+        .report_event(
+            id,
+            event,
+            crate::broker::plans::Reporter::Client(session.decision.user.clone()),
+        )
+        .await?;
+    tracing::info!(
+        user = %session.decision.user.key(),
+        desktop = %id,
+        event = event.name(),
+        "client reported"
+    );
+    Ok(ok_json(&serde_json::json!({
+        "desktop": outcome.desktop,
+        "event": event.name(),
+        "timers_set": outcome.set.iter().map(|t| serde_json::json!({
+            "action": t.action.describe(),
+            "due": t.due,
+        })).collect::<Vec<_>>(),
+        "timers_cancelled": outcome.cancelled,
+        "sessions_ended": outcome.sessions_ended,
+    })))
+}
+
+async fn disconnect(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    use crate::model::timer::DesktopEvent;
+    desktop_event(&state, &req, &id, DesktopEvent::Disconnect).await
+}
+
+async fn desktop_logout(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    use crate::model::timer::DesktopEvent;
+    desktop_event(&state, &req, &id, DesktopEvent::Logout).await
 }
 
 async fn logout(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {

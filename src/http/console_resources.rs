@@ -109,6 +109,28 @@ pub trait Screen: Resource {
     fn buttons() -> &'static [(&'static str, &'static str)] {
         &[]
     }
+    /// Tables shown under a stored record's form (a desktop's history).
+    fn details(_s: &Store, _id: &str) -> Result<Vec<DetailView>, StoreError> {
+        Ok(Vec::new())
+    }
+}
+
+/// A table under a record's form: a title, columns, rows of text, and a line when empty.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct DetailView {
+    pub id: String,
+    pub title: String,
+    pub columns: Vec<String>,
+    pub rows: Vec<Vec<String>>,
+    pub empty: String,
+}
+
+/// A secret made just now (an agent token), shown once above the form.
+#[derive(Debug, Clone, Serialize)]
+pub struct ShownSecret {
+    pub title: String,
+    pub value: String,
+    pub help: String,
 }
 
 fn base<R: Screen>() -> String {
@@ -817,7 +839,8 @@ impl Screen for Desktop {
         serde_json::json!({"name": "", "display_name": "", "address": "", "port": null,
             "protocol": "rdp", "os": ""})
     }
-    /// Actions on the machine of a desktop a center inventories (`http::centers`).
+    /// Actions on the machine of a desktop a center inventories (`http::centers`), and the
+    /// desktop agent's token (`http::agent`).
     fn buttons() -> &'static [(&'static str, &'static str)] {
         &[
             ("Start", "actions/start"),
@@ -827,7 +850,11 @@ impl Screen for Desktop {
             ("Suspend", "actions/suspend"),
             ("Resume", "actions/resume"),
             ("Delete the machine", "actions/delete"),
+            ("Issue agent token", "agent-token"),
         ]
+    }
+    fn details(s: &Store, id: &str) -> Result<Vec<DetailView>, StoreError> {
+        super::agent::desktop_details(s, id)
     }
 }
 
@@ -1004,6 +1031,8 @@ pub(super) enum Said {
     Pending,
     /// The form was refused; nothing was saved.
     Refused(StatusCode, String),
+    /// A secret was made: shown once, with a notice.
+    Shown(ShownSecret, String),
 }
 
 impl Said {
@@ -1018,6 +1047,10 @@ impl Said {
                 page
             }
             Said::Refused(status, text) => page.error(status, text),
+            Said::Shown(secret, notice) => {
+                page.set("secret", &secret).set("notice", &notice);
+                page
+            }
         }
     }
 }
@@ -1034,9 +1067,13 @@ pub(super) async fn form_page<R: Screen>(
 ) -> Result<HttpResponse, HttpError> {
     let base = base::<R>();
     let lookup = id.clone();
-    let (source, fields) = state
+    let (source, fields, details) = state
         .store
         .call(move |s| {
+            let details = match &lookup {
+                Some(id) => R::details(s, id)?,
+                None => Vec::new(),
+            };
             let source = match &lookup {
                 Some(id) => {
                     let mut record = s.get::<R>(id)?.ok_or_else(|| HttpError::NoSuch {
@@ -1051,7 +1088,7 @@ pub(super) async fn form_page<R: Screen>(
             let declared = R::fields();
             let values = submitted.unwrap_or_else(|| forms::form_of(&declared, &source));
             let fields = forms::field_views(&declared, &values, &errors, |key| R::options(s, key))?;
-            Ok::<_, HttpError>((source, fields))
+            Ok::<_, HttpError>((source, fields, details))
         })
         .await?;
     let (title, action, submit) = match &id {
@@ -1073,7 +1110,7 @@ pub(super) async fn form_page<R: Screen>(
             .collect();
     }
     let mut page = Page::new(state, Some(who), "resource_form.html", &title, &base).await?;
-    page.set("view", &view);
+    page.set("view", &view).set("details", &details);
     said.apply(page, submit).render(state)
 }
 

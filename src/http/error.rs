@@ -55,6 +55,11 @@ pub enum HttpError {
         "Send an administrator's token: `Authorization: Bearer <token>`, from POST /api/v1/tokens."
     )]
     TokenRequired,
+    /// An agent call without the token of a desktop (or with another desktop's).
+    #[error(
+        "Send this desktop's agent token: `Authorization: Bearer <token>`, from Resources > Desktops > the desktop > Issue agent token (shown once)."
+    )]
+    AgentTokenRequired,
     /// A gateway call without the token of a registered gateway.
     #[error(
         "Send this gateway's token: `Authorization: Bearer <token>`, from Setup > Gateways (shown once when the gateway is created or given a new token)."
@@ -110,6 +115,7 @@ impl HttpError {
             HttpError::NoSuch { .. } => "not_found",
             HttpError::TokenRequired => "token_required",
             HttpError::GatewayTokenRequired => "gateway_token_required",
+            HttpError::AgentTokenRequired => "agent_token_required",
             HttpError::SignInFailed => "sign_in_failed",
             HttpError::Forbidden(_) => "forbidden",
             HttpError::LicenceLimit(_) => "licence_limit",
@@ -129,6 +135,8 @@ impl HttpError {
                 AdminError::NoLicenceKey => "licence_key_missing",
                 AdminError::WizardOrder(_) => "wizard_order",
                 AdminError::NoSuchAccount(_) => "no_such_account",
+                AdminError::Schedule(crate::scheduler::ScheduleError::UnknownJob(_)) => "not_found",
+                AdminError::Schedule(_) => "bad_schedule",
             },
             HttpError::Broker(e) => match e {
                 // The same code as a wrong password: names cannot be probed.
@@ -141,6 +149,7 @@ impl HttpError {
                 BrokerError::NoDesktopAvailable { .. } => "no_desktop_available",
                 BrokerError::NotOffered => "not_offered",
                 BrokerError::NotYours => "not_yours",
+                BrokerError::NoSuchDesktop(_) => "not_found",
                 BrokerError::ProtocolNotAllowed(_) => "protocol_not_allowed",
                 BrokerError::Forbidden => "forbidden",
                 BrokerError::Missing { .. } => "configuration_missing",
@@ -195,6 +204,7 @@ impl ResponseError for HttpError {
             HttpError::NoSuch { .. } => StatusCode::NOT_FOUND,
             HttpError::TokenRequired
             | HttpError::GatewayTokenRequired
+            | HttpError::AgentTokenRequired
             | HttpError::SignInFailed => StatusCode::UNAUTHORIZED,
             HttpError::Directory(_) | HttpError::Cloud(_) => StatusCode::BAD_GATEWAY,
             HttpError::Admin(e) => match e {
@@ -202,7 +212,10 @@ impl ResponseError for HttpError {
                 AdminError::Store(_) | AdminError::Auth(_) => StatusCode::INTERNAL_SERVER_ERROR,
                 AdminError::WrongPassword => StatusCode::UNAUTHORIZED,
                 AdminError::WizardOrder(_) => StatusCode::CONFLICT,
-                AdminError::NoSuchAccount(_) => StatusCode::NOT_FOUND,
+                AdminError::NoSuchAccount(_)
+                | AdminError::Schedule(crate::scheduler::ScheduleError::UnknownJob(_)) => {
+                    StatusCode::NOT_FOUND
+                }
                 _ => StatusCode::BAD_REQUEST,
             },
             HttpError::Broker(e) => match e {
@@ -214,7 +227,7 @@ impl ResponseError for HttpError {
                 | BrokerError::NoAccess
                 | BrokerError::NotOffered
                 | BrokerError::Forbidden => StatusCode::FORBIDDEN,
-                BrokerError::NotYours => StatusCode::NOT_FOUND,
+                BrokerError::NotYours | BrokerError::NoSuchDesktop(_) => StatusCode::NOT_FOUND,
                 BrokerError::DirectoryUnreachable(_)
                 | BrokerError::Gateway(_)
                 | BrokerError::Store(StoreError::InUse { .. }) => StatusCode::SERVICE_UNAVAILABLE,

@@ -6,6 +6,7 @@
 //! names sled, and it holds no business rules.
 
 mod access;
+mod agent;
 mod api;
 mod centers;
 mod client;
@@ -13,6 +14,7 @@ mod console_resources;
 mod error;
 mod forms;
 mod gateways;
+mod jobs;
 mod ops;
 mod pages;
 mod portal;
@@ -20,6 +22,7 @@ mod resource;
 mod session;
 mod setup;
 mod signin;
+mod stats;
 mod system;
 mod wizard;
 
@@ -91,10 +94,10 @@ impl AppState {
         https_port: u16,
         broker: Arc<crate::broker::Broker>,
         gateway: Arc<crate::gateway::Gateway>,
+        centers: Arc<crate::centers::Centers>,
     ) -> Self {
         let sec = &config.security;
         let trusted_proxies = config.trusted_proxies();
-        let centers = Arc::new(crate::centers::Centers::new(store.clone(), broker.clone()));
         centers.set_verifier(verifier.clone());
         centers.watch_assignments();
         Self {
@@ -162,6 +165,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     pages::configure(cfg);
     setup::configure(cfg);
     system::configure(cfg);
+    jobs::configure(cfg);
+    stats::configure(cfg);
+    agent::configure(cfg);
     // Before the shared resource routes it replaces some of.
     gateways::configure(cfg);
     centers::configure(cfg);

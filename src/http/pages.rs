@@ -35,7 +35,10 @@ pub struct Area {
 pub const MENU: &[Area] = &[
     Area {
         name: "Dashboard",
-        pages: &[("Overview", "/admin")],
+        pages: &[
+            ("Overview", "/admin"),
+            ("Pool Statistics", "/admin/dashboard/pools"),
+        ],
     },
     Area {
         name: "Setup",
@@ -433,6 +436,33 @@ mod tests {
             (
                 "token",
                 json!({"name": "DMZ", "value": "ghgw_sample", "broker": "https://broker.example.com"}),
+            ),
+            (
+                "jobs",
+                json!([{"name": "backup", "edit": "/admin/system/jobs/backup", "schedule": "0 3 * * *", "last_start": "—", "duration": "—", "result": "not run yet", "ok": null, "next_start": "2026-11-22 03:00:00 UTC"}]),
+            ),
+            (
+                "ranges",
+                json!([["/admin/dashboard/pools?days=1", "Last day", true]]),
+            ),
+            (
+                "pools",
+                json!([{"id": "p1", "name": "Lab", "counted": "2026-11-21 10:00:00 UTC",
+                    "counts": [["Total", 3], ["Assigned", 1]],
+                    "chart": serde_json::to_value(super::super::stats::chart(
+                        "Lab",
+                        &[],
+                        chrono::Utc::now() - chrono::Duration::days(1),
+                        chrono::Utc::now(),
+                    )).unwrap_or_default()}]),
+            ),
+            (
+                "details",
+                json!([{"id": "history", "title": "History", "columns": ["When", "What"], "rows": [["2026-11-21", "event.disconnect"]], "empty": "Nothing yet."}]),
+            ),
+            (
+                "secret",
+                json!({"title": "The agent token of pc-1", "value": "ghag_x", "help": "Copy it now."}),
             ),
             (
                 "pending",

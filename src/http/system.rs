@@ -1,4 +1,4 @@
-//! System > Licence, Backups, Jobs and Audit log.
+//! System > Licence, Backups and Audit log (Jobs: `jobs`).
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -38,8 +38,6 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             "/admin/system/backups/files/{name}",
             web::get().to(backup_file),
         )
-        .route("/admin/system/jobs", web::get().to(jobs_page))
-        .route("/admin/system/jobs/run", web::post().to(job_run))
         .route("/admin/system/audit", web::get().to(audit_page));
 }
 
@@ -394,6 +392,12 @@ pub async fn after_restore(state: &AppState) -> Result<(), HttpError> {
         .wizard_done
         .store(setup.wizard_done, Ordering::Relaxed);
     state.forget_licence_state();
+    // Job schedules set in the console come with the restored store.
+    let scheduler = state.scheduler.clone();
+    state
+        .store
+        .call(move |s| admin::apply_job_schedules(s, &scheduler))
+        .await?;
     if !cert.cert_chain_pem.is_empty() {
         let key = tls::certified_key(&CertPem::new(cert.cert_chain_pem, cert.key_pem))
             .map_err(AdminError::from)?;
@@ -427,103 +431,12 @@ async fn backup_file(
         .body(bytes))
 }
 
-// ---- Jobs and audit: the shared table page ---------------------------------------------------
+// ---- Audit: the shared table page ---------------------------------------------------
 
 fn table_page(page: &mut Page, columns: &[&str], rows: Vec<Vec<String>>) {
     page.set("columns", columns)
         .set("rows", &rows)
         .set("actions", &Vec::<serde_json::Value>::new());
-}
-
-async fn jobs_page(state: web::Data<AppState>, who: Console) -> Result<HttpResponse, HttpError> {
-    let when = |t: Option<chrono::DateTime<chrono::Utc>>| {
-        t.map_or("—".to_string(), |t| {
-            t.format("%Y-%m-%d %H:%M:%S UTC").to_string()
-        })
-    };
-    let statuses = state.scheduler.statuses();
-    let rows = statuses
-        .iter()
-        .map(|j| {
-            vec![
-                j.name.clone(),
-                if j.schedule.is_empty() {
-                    "off".into()
-                } else {
-                    j.schedule.clone()
-                },
-                when(j.last_start),
-                j.last_duration_ms.map_or("—".into(), |d| format!("{d} ms")),
-                match (j.running, j.last_ok) {
-                    (true, _) => "running".into(),
-                    (false, Some(true)) => {
-                        format!("ok: {}", j.last_result.clone().unwrap_or_default())
-                    }
-                    (false, Some(false)) => {
-                        format!("failed: {}", j.last_result.clone().unwrap_or_default())
-                    }
-                    (false, None) => "not run yet".into(),
-                },
-                when(j.next_start),
-            ]
-        })
-        .collect();
-    let mut page = Page::new(
-        &state,
-        Some(&who),
-        "table.html",
-        "Jobs",
-        "/admin/system/jobs",
-    )
-    .await?;
-    table_page(
-        &mut page,
-        &[
-            "Job",
-            "Schedule",
-            "Last start",
-            "Duration",
-            "Result",
-            "Next start",
-        ],
-        rows,
-    );
-    let actions: Vec<serde_json::Value> = statuses
-        .iter()
-        .map(|j| serde_json::json!({"label": format!("Run {} now", j.name), "path": "/admin/system/jobs/run", "field": "name", "value": j.name}))
-        .collect();
-    page.set("actions", &actions);
-    page.render(&state)
-}
-
-#[derive(Deserialize)]
-struct RunForm {
-    #[serde(default)]
-    csrf: String,
-    name: String,
-}
-
-async fn job_run(
-    state: web::Data<AppState>,
-    who: Console,
-    form: web::Form<RunForm>,
-) -> Result<HttpResponse, HttpError> {
-    who.check_csrf(&form.csrf)?;
-    let started = state.scheduler.run_now(&form.name);
-    let (actor, name) = (who.actor(), form.name.clone());
-    state
-        .store
-        .call(move |s| {
-            admin::audit(
-                s,
-                &actor,
-                "job.run",
-                format!("asked to run {name} now"),
-                started,
-            )
-        })
-        .await?;
-    Ok(see_other("/admin/system/jobs"))
 }
 
 async fn audit_page(state: web::Data<AppState>, who: Console) -> Result<HttpResponse, HttpError> {

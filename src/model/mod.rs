@@ -10,12 +10,15 @@ pub mod center;
 pub mod desktop;
 pub mod directory;
 pub mod gateway;
+pub mod history;
 pub mod location;
 pub mod plan;
 pub mod policy;
 pub mod pool;
 pub mod provisioning;
 pub mod role;
+pub mod stats;
+pub mod timer;
 
 pub use appliance::*;
 

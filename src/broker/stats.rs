@@ -1,0 +1,157 @@
+//! Pool statistics: the `pool_stats` job counts every pool's desktops by state and keeps the
+//! counts as each pool's "current" (then hands them to the provisioning check), and the
+//! `pool_history_stats` job adds a sample per pool to the history, dropping samples older than
+//! the configured number of days.
+//!
+//! The provisioning check is a [`Provisioner`]: what to do when a pool runs low is decided
+//! by whoever implements it (the OpenStack provisioning); [`NoProvisioning`] does nothing.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::pin::Pin;
+
+use chrono::{DateTime, Duration, Utc};
+
+use super::{Broker, BrokerError, OpenSessions, Result};
+use crate::model::pool::Pool;
+use crate::model::stats::{CountedDesktop, PoolSample, PoolStats, count_pools};
+use crate::store::{Record, Store};
+
+/// What a provisioning check answers: a line for the job's result, or why it failed.
+pub type ProvisionFuture<'a> =
+    Pin<Box<dyn Future<Output = std::result::Result<String, String>> + Send + 'a>>;
+
+/// The provisioning check `pool_stats` runs after every count: given each pool's counts, it
+/// starts provisioning where a pool is below its threshold.
+pub trait Provisioner: Send + Sync {
+    fn check<'a>(&'a self, stats: &'a [PoolStats]) -> ProvisionFuture<'a>;
+}
+
+/// No provisioning: the check does nothing.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoProvisioning;
+
+impl Provisioner for NoProvisioning {
+    fn check<'a>(&'a self, _stats: &'a [PoolStats]) -> ProvisionFuture<'a> {
+        Box::pin(async { Ok(String::new()) })
+    }
+}
+
+impl Broker {
+    /// Counts every pool's desktops now and keeps the counts as the pools' current ones (the
+    /// counts of pools that no longer exist are dropped).
+    pub async fn count_pools(&self) -> Result<Vec<PoolStats>> {
+        let membership = self.membership().await?;
+        self.store
+            .call(move |s| {
+                let pools: Vec<Pool> = s.list::<Pool>()?.into_iter().map(|(_, p)| p).collect();
+                let desktops: Vec<CountedDesktop> = s
+                    .list::<CountedDesktop>()?
+                    .into_iter()
+                    .map(|(_, d)| d)
+                    .collect();
+                let connected: HashSet<String> = s
+                    .list::<OpenSessions>()?
+                    .into_iter()
+                    .filter(|(_, o)| !o.ids.is_empty())
+                    .map(|(id, _)| id)
+                    .collect();
+                let stats = count_pools(&pools, &membership, &desktops, &connected, Utc::now());
+                // Counted again every run: kept without waiting for the disk (a crash loses
+                // at most the last count), so counting stays cheap.
+                for p in &stats {
+                    s.put_lazy(&p.pool_id, p)?;
+                }
+                for (id, _) in s.list::<PoolStats>()? {
+                    if !stats.iter().any(|p| p.pool_id == id) {
+                        s.delete::<PoolStats>(&id)?;
+                    }
+                }
+                Ok::<_, BrokerError>(stats)
+            })
+            .await
+    }
+
+    /// Adds a sample of every pool's counts (counted now) to the history, and drops samples
+    /// older than `keep_days`. Returns (samples added, samples dropped).
+    pub async fn sample_pool_history(&self, keep_days: u32) -> Result<(usize, usize)> {
+        let stats = self.count_pools().await?;
+        self.store
+            .call(move |s| {
+                s.transact(&[PoolSample::TREE], |tx| {
+                    for p in &stats {
+                        let sample = PoolSample {
+                            at: p.at,
+                            counts: p.counts,
+                        };
+                        tx.put::<_, BrokerError>(&PoolSample::key(&p.pool_id, p.at), &sample)?;
+                    }
+                    Ok(())
+                })?;
+                let cutoff = Utc::now() - Duration::days(i64::from(keep_days));
+                Ok::<_, BrokerError>((stats.len(), prune_history(s, cutoff)?))
+            })
+            .await
+    }
+}
+
+/// Drops every pool's samples from before `cutoff` (of pools deleted since, too), visiting
+/// each pool's range once.
+fn prune_history(s: &Store, cutoff: DateTime<Utc>) -> Result<usize> {
+    let mut pruned = 0;
+    let mut from = String::new();
+    while let Some(key) = s.first_key_from::<PoolSample>(&from)? {
+        let pool = PoolSample::pool_of(&key).to_string();
+        pruned +=
+            s.delete_range::<PoolSample>(&format!("{pool}/"), &PoolSample::key(&pool, cutoff))?;
+        // '0' comes right after '/': the first key of the next pool.
+        from = format!("{pool}0");
+    }
+    Ok(pruned)
+}
+
+/// A pool's counts as last counted (`None` before the first count).
+pub fn current(s: &Store, pool_id: &str) -> Result<Option<PoolStats>> {
+    Ok(s.get::<PoolStats>(pool_id)?)
+}
+
+/// A pool's history from `since` on (all kept when `None`), oldest first.
+pub fn history(s: &Store, pool_id: &str, since: Option<DateTime<Utc>>) -> Result<Vec<PoolSample>> {
+    let (from, to) = PoolSample::range(pool_id, since);
+    Ok(s.range::<PoolSample>(&from, &to, false, usize::MAX)?
+        .into_iter()
+        .map(|(_, p)| p)
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::stats::PoolStatCounts;
+
+    #[test]
+    fn old_samples_of_every_pool_are_pruned_and_recent_ones_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = Store::open(dir.path()).expect("store");
+        let now = Utc::now();
+        for pool in ["a", "a.b", "b", "gone"] {
+            for days in [100, 91, 89, 1] {
+                let at = now - Duration::days(days);
+                let sample = PoolSample {
+                    at,
+                    counts: PoolStatCounts::default(),
+                };
+                s.put(&PoolSample::key(pool, at), &sample).expect("put");
+            }
+        }
+        let pruned = prune_history(&s, now - Duration::days(90)).expect("pruned");
+        assert_eq!(pruned, 8);
+        for pool in ["a", "a.b", "b", "gone"] {
+            let kept = history(&s, pool, None).expect("history");
+            assert_eq!(kept.len(), 2, "{pool}");
+            assert!(kept[0].at < kept[1].at, "oldest first");
+        }
+        let recent = history(&s, "a", Some(now - Duration::days(2))).expect("since");
+        assert_eq!(recent.len(), 1);
+    }
+}
