@@ -160,7 +160,13 @@ async fn jobs_are_listed_run_now_and_rescheduled_from_the_api_and_the_console() 
         .collect();
     assert_eq!(
         names,
-        ["backup", "plan_timers", "pool_history_stats", "pool_stats"]
+        [
+            "backup",
+            "inventory",
+            "plan_timers",
+            "pool_history_stats",
+            "pool_stats"
+        ]
     );
     let timers = admin.job("plan_timers").await;
     assert_eq!(
