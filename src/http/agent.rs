@@ -11,11 +11,12 @@
 use actix_web::http::{Method, StatusCode, header};
 use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::Utc;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::console_resources::{DetailView, Said, ShownSecret, form_page};
 use super::resource::{AdminToken, ApiResult, Endpoint, invalid, parse_body, schema};
+use super::session::CsrfOnly;
 use super::session::{Console, client_ip};
 use super::{AppState, HttpError};
 use crate::admin::{self, Actor};
@@ -336,12 +337,6 @@ async fn history_api(
 }
 
 // ---- Console ----------------------------------------------------------------------------------
-
-#[derive(Deserialize)]
-struct CsrfOnly {
-    #[serde(default)]
-    csrf: String,
-}
 
 async fn token_submit(
     state: web::Data<AppState>,

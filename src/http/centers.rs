@@ -19,6 +19,7 @@ use super::resource::{
     self, AdminToken, ApiResult, Endpoint, Resource, id_field, parse_body, schema,
 };
 use super::session::Console;
+use super::session::CsrfOnly;
 use super::{AppState, HttpError};
 use crate::admin::{self, Actor};
 use crate::centers::{CenterError, MachineAction, Refreshed};
@@ -513,12 +514,6 @@ async fn action_api(
 }
 
 // ---- Console ------------------------------------------------------------------------------------
-
-#[derive(Deserialize)]
-struct CsrfOnly {
-    #[serde(default)]
-    csrf: String,
-}
 
 /// A result page: a table of (what, value) lines, with a notice or an error.
 async fn result_page(

@@ -29,6 +29,7 @@ use super::forms::{
 use super::pages::{Page, see_other};
 use super::resource::{self, Effect, Resource};
 use super::session::Console;
+use super::session::CsrfOnly;
 use super::{AppState, HttpError};
 use crate::model::FieldError;
 use crate::model::desktop::Desktop;
@@ -1242,12 +1243,6 @@ async fn confirm_page<R: Screen>(
     .await?;
     page.set("view", &view);
     page.render(&state)
-}
-
-#[derive(Deserialize)]
-struct CsrfOnly {
-    #[serde(default)]
-    csrf: String,
 }
 
 async fn delete<R: Screen>(

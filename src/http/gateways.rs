@@ -22,6 +22,7 @@ use super::pages::Page;
 use super::resource::{
     self, AdminToken, ApiResult, Endpoint, Resource, from_json, invalid, parse_body, schema,
 };
+use super::session::CsrfOnly;
 use super::session::{Console, client_ip};
 use super::{AppState, HttpError};
 use crate::admin::{self, Actor};
@@ -955,12 +956,6 @@ async fn create_submit(
         }
         Err(e) => Err(e),
     }
-}
-
-#[derive(Deserialize)]
-struct CsrfOnly {
-    #[serde(default)]
-    csrf: String,
 }
 
 async fn token_submit(

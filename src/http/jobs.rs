@@ -15,6 +15,7 @@ use super::forms::{ButtonView, FormView, Kind, Values, field_views, helped};
 use super::pages::{Page, see_other};
 use super::resource::{AdminToken, ApiResult, Endpoint, from_json, invalid, parse_body, schema};
 use super::session::Console;
+use super::session::CsrfOnly;
 use super::{AppState, HttpError};
 use crate::admin::{self, Actor, AdminError};
 use crate::model::FieldError;
@@ -546,12 +547,6 @@ async fn edit_submit(
         }
         Err(e) => Err(e),
     }
-}
-
-#[derive(Deserialize)]
-struct CsrfOnly {
-    #[serde(default)]
-    csrf: String,
 }
 
 async fn configured_submit(

@@ -6,6 +6,7 @@ use actix_web::{HttpResponse, web};
 
 use super::pages::Page;
 use super::session::Console;
+use super::session::CsrfOnly;
 use super::setup::describe_certificate;
 use super::{AppState, HttpError};
 use crate::admin;
@@ -76,12 +77,6 @@ async fn dashboard(state: web::Data<AppState>, who: Console) -> Result<HttpRespo
     let mut page = Page::new(&state, Some(&who), "dashboard.html", "Dashboard", "/admin").await?;
     page.set("facts", &facts).set("alerts", &alerts);
     page.render(&state)
-}
-
-#[derive(serde::Deserialize)]
-struct CsrfOnly {
-    #[serde(default)]
-    csrf: String,
 }
 
 async fn acknowledge(

@@ -168,3 +168,10 @@ impl std::ops::Deref for Console {
         &self.0
     }
 }
+
+/// A console form that carries nothing but its CSRF token (a button that acts).
+#[derive(serde::Deserialize)]
+pub struct CsrfOnly {
+    #[serde(default)]
+    pub csrf: String,
+}
