@@ -280,7 +280,7 @@ impl Center {
                         .into(),
                 );
             }
-            if let Err(reason) = check_ca_pem(pem) {
+            if let Err(reason) = super::check_ca_pem(pem) {
                 err("ca_pem", reason);
             }
         }
@@ -380,26 +380,6 @@ fn keystone_name_problem(value: &str, what: &str, example: &str) -> Option<Strin
         return Some(format!("the {what} contains a control character"));
     }
     None
-}
-
-fn check_ca_pem(pem: &str) -> Result<(), String> {
-    use rustls_pki_types::CertificateDer;
-    use rustls_pki_types::pem::PemObject;
-    let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("the CA certificate is not valid PEM ({e})"))?;
-    if certs.is_empty() {
-        return Err(
-            "no certificate found: paste the CA certificate including its -----BEGIN \
-             CERTIFICATE----- and -----END CERTIFICATE----- lines"
-                .to_string(),
-        );
-    }
-    for cert in &certs {
-        x509_parser::parse_x509_certificate(cert.as_ref())
-            .map_err(|e| format!("a pasted certificate cannot be read ({e})"))?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -410,7 +410,7 @@ impl AuthServer {
         }
         if let Some(pem) = &self.ca_cert_pem
             && !pem.trim().is_empty()
-            && let Err(reason) = check_ca_pem(pem)
+            && let Err(reason) = super::check_ca_pem(pem)
         {
             err("ca_cert_pem", reason);
         }
@@ -597,26 +597,6 @@ fn is_attribute_name(name: &str) -> bool {
             .all(|part| !part.is_empty() && part.chars().all(|c| c.is_ascii_digit())),
         _ => false,
     }
-}
-
-fn check_ca_pem(pem: &str) -> Result<(), String> {
-    use rustls_pki_types::CertificateDer;
-    use rustls_pki_types::pem::PemObject;
-    let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("the CA certificate is not valid PEM ({e})"))?;
-    if certs.is_empty() {
-        return Err(
-            "no certificate found: paste the CA certificate including its -----BEGIN \
-             CERTIFICATE----- and -----END CERTIFICATE----- lines"
-                .to_string(),
-        );
-    }
-    for cert in &certs {
-        x509_parser::parse_x509_certificate(cert.as_ref())
-            .map_err(|e| format!("a pasted certificate cannot be read ({e})"))?;
-    }
-    Ok(())
 }
 
 /// Splits what a user typed into the domain (if given) and the user name:

@@ -128,14 +128,7 @@ impl GatewayRecord {
 /// A new token and its hash: the token is for the administrator's eyes once, the hash for the
 /// store.
 pub fn issue_token() -> (String, String) {
-    use base64::Engine as _;
-    let bytes: [u8; 32] = rand::random();
-    let token = format!(
-        "{TOKEN_PREFIX}{}",
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-    );
-    let hash = hash_token(&token);
-    (token, hash)
+    super::new_token(TOKEN_PREFIX)
 }
 
 /// The stored form of a token: SHA-256, lowercase hex.

@@ -67,14 +67,7 @@ impl Record for AgentTokenHash {
 /// A new agent token and its hash: the token is for the administrator's eyes once, the hash
 /// for the store.
 pub fn issue_agent_token() -> (String, String) {
-    use base64::Engine as _;
-    let bytes: [u8; 32] = rand::random();
-    let token = format!(
-        "{AGENT_TOKEN_PREFIX}{}",
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-    );
-    let hash = super::gateway::hash_token(&token);
-    (token, hash)
+    super::new_token(AGENT_TOKEN_PREFIX)
 }
 
 /// A job's schedule as an administrator set it in the console, in place of the configured one

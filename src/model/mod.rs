@@ -98,3 +98,38 @@ impl std::fmt::Display for FieldError {
 pub fn new_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..12].to_string()
 }
+
+/// Checks a pasted CA certificate (PEM, one or more certificates) that a client will trust:
+/// for directories and clouds alike.
+pub(crate) fn check_ca_pem(pem: &str) -> Result<(), String> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("the CA certificate is not valid PEM ({e})"))?;
+    if certs.is_empty() {
+        return Err(
+            "no certificate found: paste the CA certificate including its -----BEGIN \
+             CERTIFICATE----- and -----END CERTIFICATE----- lines"
+                .to_string(),
+        );
+    }
+    for cert in &certs {
+        x509_parser::parse_x509_certificate(cert.as_ref())
+            .map_err(|e| format!("a pasted certificate cannot be read ({e})"))?;
+    }
+    Ok(())
+}
+
+/// A new secret token starting with `prefix`, and its hash: the token is for the
+/// administrator's eyes once, the hash (see [`gateway::hash_token`]) for the store.
+pub fn new_token(prefix: &str) -> (String, String) {
+    use base64::Engine as _;
+    let bytes: [u8; 32] = rand::random();
+    let token = format!(
+        "{prefix}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    );
+    let hash = gateway::hash_token(&token);
+    (token, hash)
+}
