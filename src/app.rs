@@ -311,7 +311,7 @@ pub fn register_jobs(
                         .await
                         .map_err(|e| e.to_string())?;
                     Ok(format!(
-                        "{added} sample(s) added, {dropped} older than {days} days dropped"
+                        "{added} sample(s) added; {dropped} sample(s) and desktop history line(s) older than {days} days dropped"
                     ))
                 }
             },

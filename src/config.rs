@@ -154,7 +154,7 @@ pub struct JobsConfig {
     pub pool_history_stats: String,
     /// Runs the plans' timers that are due. Empty: off.
     pub plan_timers: String,
-    /// Days of pool history kept.
+    /// Days of pool history and of desktop history kept.
     pub history_days: u32,
 }
 

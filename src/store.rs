@@ -23,6 +23,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sled::transaction::{
@@ -101,6 +102,12 @@ pub trait Singleton: Record + Default {
     const KEY: &'static str;
 }
 
+/// The time part of a time-ordered key: milliseconds since 1970, 13 hex digits, so that keys
+/// sort by time.
+pub fn time_key(at: DateTime<Utc>) -> String {
+    format!("{:013x}", at.timestamp_millis().max(0))
+}
+
 fn encode<T: Record>(value: &T) -> Result<Vec<u8>> {
     let mut out = T::VERSION.to_le_bytes().to_vec();
     serde_json::to_writer(&mut out, value).map_err(|e| StoreError::Encode {
@@ -155,18 +162,33 @@ struct Engine {
 }
 
 impl Engine {
+    /// Opens the engine's folder. The data folder's own lock is held already, so a sled lock
+    /// that is still taken can only be this process's previous handle of the folder, whose
+    /// background threads release it a moment after it was dropped (a restart in the same
+    /// process, a restored backup): that is waited for, a little.
     fn open(path: &Path, dir_name: String) -> Result<Self> {
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(path)
-            .cache_capacity(32 * 1024 * 1024)
-            .open()
-            .map_err(|e| match e {
-                sled::Error::Io(source) => StoreError::Io {
-                    dir: path.to_path_buf(),
-                    source,
-                },
-                other => StoreError::from(other),
-            })?;
+            .cache_capacity(32 * 1024 * 1024);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let db = loop {
+            match config.open() {
+                Err(sled::Error::Io(e))
+                    if e.to_string().starts_with("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                other => break other,
+            }
+        }
+        .map_err(|e| match e {
+            sled::Error::Io(source) => StoreError::Io {
+                dir: path.to_path_buf(),
+                source,
+            },
+            other => StoreError::from(other),
+        })?;
         Ok(Self {
             db,
             dir_name,
@@ -432,6 +454,35 @@ impl Store {
         Ok(removed)
     }
 
+    /// Drops the records from before `cutoff` of a tree keyed `{owner}/{time key}…` (see
+    /// [`time_key`]), for every owner, visiting each owner's range once; how many it dropped.
+    pub fn prune_before<T: Record>(&self, cutoff: DateTime<Utc>) -> Result<usize> {
+        let engine = self.read();
+        let tree = engine.tree(T::TREE)?;
+        let cutoff = time_key(cutoff);
+        let mut removed = 0;
+        let mut from = Vec::new();
+        while let Some(key) = tree.range(from.as_slice()..).keys().next() {
+            let key = key?;
+            let owner = match key.iter().position(|b| *b == b'/') {
+                Some(slash) => key[..slash].to_vec(),
+                None => key.to_vec(),
+            };
+            let start = [owner.as_slice(), b"/"].concat();
+            let end = [start.as_slice(), cutoff.as_bytes()].concat();
+            for old in tree.range(start.as_slice()..end.as_slice()).keys() {
+                tree.remove(old?)?;
+                removed += 1;
+            }
+            // '0' comes right after '/': the first key of the next owner.
+            from = [owner.as_slice(), b"0"].concat();
+        }
+        if removed > 0 {
+            engine.flush()?;
+        }
+        Ok(removed)
+    }
+
     /// The first key at or after `from`, without reading its value.
     pub fn first_key_from<T: Record>(&self, from: &str) -> Result<Option<String>> {
         let engine = self.read();
@@ -454,13 +505,11 @@ impl Store {
         self.put(T::KEY, value)
     }
 
-    /// A key that sorts after every key made before it (for append-only logs).
+    /// A key that sorts after every key made before it (for append-only logs): its
+    /// [`time_key`], then a counter.
     pub fn next_key(&self) -> Result<String> {
         let id = self.read().db.generate_id()?;
-        Ok(format!(
-            "{:013x}-{id:016x}",
-            chrono::Utc::now().timestamp_millis()
-        ))
+        Ok(format!("{}-{id:016x}", time_key(Utc::now())))
     }
 
     /// Runs `f` as one transaction over the trees it names; all its writes land together or

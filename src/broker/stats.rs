@@ -13,6 +13,7 @@ use std::pin::Pin;
 use chrono::{DateTime, Duration, Utc};
 
 use super::{Broker, BrokerError, OpenSessions, Result};
+use crate::model::history::HistoryEntry;
 use crate::model::pool::Pool;
 use crate::model::stats::{CountedDesktop, PoolSample, PoolStats, count_pools};
 use crate::store::{Record, Store};
@@ -72,8 +73,9 @@ impl Broker {
             .await
     }
 
-    /// Adds a sample of every pool's counts (counted now) to the history, and drops samples
-    /// older than `keep_days`. Returns (samples added, samples dropped).
+    /// Adds a sample of every pool's counts (counted now) to the history, and drops pool
+    /// samples and desktop history lines older than `keep_days` (of pools and desktops
+    /// deleted since, too). Returns (samples added, samples and lines dropped).
     pub async fn sample_pool_history(&self, keep_days: u32) -> Result<(usize, usize)> {
         let stats = self.count_pools().await?;
         self.store
@@ -89,25 +91,12 @@ impl Broker {
                     Ok(())
                 })?;
                 let cutoff = Utc::now() - Duration::days(i64::from(keep_days));
-                Ok::<_, BrokerError>((stats.len(), prune_history(s, cutoff)?))
+                let dropped = s.prune_before::<PoolSample>(cutoff)?
+                    + s.prune_before::<HistoryEntry>(cutoff)?;
+                Ok::<_, BrokerError>((stats.len(), dropped))
             })
             .await
     }
-}
-
-/// Drops every pool's samples from before `cutoff` (of pools deleted since, too), visiting
-/// each pool's range once.
-fn prune_history(s: &Store, cutoff: DateTime<Utc>) -> Result<usize> {
-    let mut pruned = 0;
-    let mut from = String::new();
-    while let Some(key) = s.first_key_from::<PoolSample>(&from)? {
-        let pool = PoolSample::pool_of(&key).to_string();
-        pruned +=
-            s.delete_range::<PoolSample>(&format!("{pool}/"), &PoolSample::key(&pool, cutoff))?;
-        // '0' comes right after '/': the first key of the next pool.
-        from = format!("{pool}0");
-    }
-    Ok(pruned)
 }
 
 /// A pool's counts as last counted (`None` before the first count).
@@ -130,7 +119,7 @@ mod tests {
     use crate::model::stats::PoolStatCounts;
 
     #[test]
-    fn old_samples_of_every_pool_are_pruned_and_recent_ones_kept() {
+    fn old_samples_and_history_lines_are_pruned_and_recent_ones_kept() {
         let dir = tempfile::tempdir().expect("tempdir");
         let s = Store::open(dir.path()).expect("store");
         let now = Utc::now();
@@ -144,8 +133,32 @@ mod tests {
                 s.put(&PoolSample::key(pool, at), &sample).expect("put");
             }
         }
-        let pruned = prune_history(&s, now - Duration::days(90)).expect("pruned");
-        assert_eq!(pruned, 8);
+        for desktop in ["d1", "d1-2"] {
+            for days in [100, 1] {
+                let at = now - Duration::days(days);
+                let line = HistoryEntry {
+                    at,
+                    desktop: desktop.into(),
+                    action: "event.logout".into(),
+                    detail: String::new(),
+                    ok: true,
+                    actor: "agent".into(),
+                };
+                let key = HistoryEntry::key(desktop, &format!("{}-0", crate::store::time_key(at)));
+                s.put(&key, &line).expect("put");
+            }
+        }
+        let cutoff = now - Duration::days(90);
+        assert_eq!(s.prune_before::<PoolSample>(cutoff).expect("pruned"), 8);
+        assert_eq!(s.prune_before::<HistoryEntry>(cutoff).expect("pruned"), 2);
+        for desktop in ["d1", "d1-2"] {
+            let (from, to) = HistoryEntry::range(desktop);
+            let kept = s
+                .range::<HistoryEntry>(&from, &to, false, 10)
+                .expect("history");
+            assert_eq!(kept.len(), 1, "{desktop}");
+            assert!(kept[0].1.at > cutoff);
+        }
         for pool in ["a", "a.b", "b", "gone"] {
             let kept = history(&s, pool, None).expect("history");
             assert_eq!(kept.len(), 2, "{pool}");

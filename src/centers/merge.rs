@@ -1,14 +1,16 @@
 //! How one center's inventory changes the stored desktops: which desktop is which server,
-//! what is new, what is gone, and which new servers cannot become desktops (a name taken by
-//! another desktop). Pure: [`plan`] reads desktops and an inventory and says what to write.
+//! what is new, what is gone, which new servers cannot become desktops (a name taken by
+//! another desktop), and which provisioned machines' first builds failed. Pure: [`plan`]
+//! reads desktops and an inventory and says what to write.
 
 use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 
-use crate::model::Protocol;
-use crate::model::desktop::{Desktop, name_key};
-use crate::openstack::{DesktopFields, Inventory};
+use crate::model::center::Center;
+use crate::model::desktop::{Desktop, PowerState, name_key};
+use crate::model::provisioning::BUILD_TIMEOUT;
+use crate::openstack::{DesktopFields, Inventory, Server};
 
 /// What a refresh writes.
 #[derive(Debug, Default)]
@@ -22,18 +24,34 @@ pub struct Plan {
     pub gone: Vec<Desktop>,
     /// New servers left out, with the reason.
     pub skipped: Vec<String>,
+    /// Provisioned machines whose first build ended in ERROR or took too long.
+    pub failed_builds: Vec<FailedBuild>,
+    /// Provisioned machines whose first build is over and went well: (pool id, machine name).
+    pub built: Vec<(String, String)>,
 }
 
-/// The plan for center `center_id`: `desktops` are all stored desktops (every center's: names
-/// are unique across them); `building` are servers this appliance is creating right now,
-/// which a listing may not show yet and which must not be taken for gone.
+/// A provisioned machine whose first build failed: a failure of its pool's provisioning.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FailedBuild {
+    pub desktop: Desktop,
+    /// The pool whose provisioning asked for it.
+    pub pool: String,
+    /// What went wrong, with the cloud's own fault message when it gave one.
+    pub message: String,
+}
+
+/// The plan for `center`: `desktops` are all stored desktops (every center's: names are unique
+/// across them); `building` are servers this appliance is creating right now, which a listing
+/// may not show yet and which must not be taken for gone. New desktops get the center's
+/// protocol.
 pub fn plan(
-    center_id: &str,
+    center: &Center,
     desktops: &[Desktop],
     inventory: &Inventory,
     building: &HashSet<String>,
     now: DateTime<Utc>,
 ) -> Plan {
+    let center_id = center.id.as_str();
     let mine: HashMap<&str, &Desktop> = desktops
         .iter()
         .filter(|d| d.center == center_id && !d.server_id.is_empty())
@@ -46,7 +64,20 @@ pub fn plan(
         seen.insert(server.id.as_str());
         let fields = inventory.desktop_fields(server);
         match mine.get(server.id.as_str()) {
-            Some(desktop) => out.updates.push((desktop.id.clone(), fields)),
+            Some(desktop) => {
+                if let Some(pool) = &desktop.first_build {
+                    if let Some(message) = failed_build(desktop, server, now) {
+                        out.failed_builds.push(FailedBuild {
+                            desktop: (*desktop).clone(),
+                            pool: pool.clone(),
+                            message,
+                        });
+                    } else if fields.power_state != PowerState::Building {
+                        out.built.push((pool.clone(), server.name.clone()));
+                    }
+                }
+                out.updates.push((desktop.id.clone(), fields));
+            }
             None => {
                 let key = name_key(&server.name);
                 if key.is_empty() {
@@ -62,7 +93,7 @@ pub fn plan(
                     continue;
                 }
                 out.added
-                    .push(fields.new_desktop(center_id, Protocol::Rdp, now));
+                    .push(fields.new_desktop(center_id, center.protocol, now));
             }
         }
     }
@@ -76,10 +107,39 @@ pub fn plan(
     out
 }
 
+/// Why the first build of `desktop`'s machine failed, if it did: the server is in ERROR, or
+/// still building [`BUILD_TIMEOUT`] after the desktop was stored.
+fn failed_build(desktop: &Desktop, server: &Server, now: DateTime<Utc>) -> Option<String> {
+    match server.status.as_str() {
+        "ERROR" => Some(match server.fault.as_deref().map(str::trim) {
+            Some(fault) if !fault.is_empty() => {
+                format!("the build of {} ended in ERROR: {fault}", server.name)
+            }
+            _ => format!(
+                "the build of {} ended in ERROR (the cloud gave no reason)",
+                server.name
+            ),
+        }),
+        "BUILD" if now - desktop.created >= BUILD_TIMEOUT => Some(format!(
+            "{} was still building {} minutes after it was asked for",
+            server.name,
+            BUILD_TIMEOUT.num_minutes()
+        )),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::desktop::PowerState;
+    use crate::model::Protocol;
+
+    fn center(id: &str) -> Center {
+        Center {
+            id: id.into(),
+            ..Center::default()
+        }
+    }
     use crate::openstack::{Address, AddressKind, Server};
 
     fn inventory(servers: &[(&str, &str)]) -> Inventory {
@@ -139,7 +199,7 @@ mod tests {
         let other_center = stored("vdi-9", "c2", "s9");
         let desktops = vec![kept.clone(), gone.clone(), other_center];
         let inv = inventory(&[("s1", "vdi-1-renamed"), ("s3", "vdi-3")]);
-        let plan = plan("c1", &desktops, &inv, &HashSet::new(), Utc::now());
+        let plan = plan(&center("c1"), &desktops, &inv, &HashSet::new(), Utc::now());
         assert_eq!(plan.updates.len(), 1);
         assert_eq!(plan.updates[0].0, kept.id);
         assert_eq!(plan.added.len(), 1);
@@ -163,10 +223,91 @@ mod tests {
         let desktops = vec![static_desktop, building];
         let inv = inventory(&[("s8", "lab-pc")]);
         let creating: HashSet<String> = ["s7".to_string()].into();
-        let plan = plan("c1", &desktops, &inv, &creating, Utc::now());
+        let plan = plan(&center("c1"), &desktops, &inv, &creating, Utc::now());
         assert!(plan.added.is_empty());
         assert_eq!(plan.skipped.len(), 1, "{:?}", plan.skipped);
         assert!(plan.skipped[0].contains("already exists"));
         assert!(plan.gone.is_empty(), "{:?}", plan.gone);
+    }
+
+    #[test]
+    fn a_first_build_in_error_or_too_long_fails_and_a_finished_one_does_not() {
+        let now = Utc::now();
+        let first = |name: &str, server: &str, age: chrono::TimeDelta| {
+            let mut d = stored(name, "c1", server);
+            d.first_build = Some("pool-1".into());
+            d.created = now - age;
+            d
+        };
+        let desktops = vec![
+            first("vdi-1", "s1", chrono::TimeDelta::minutes(1)),
+            first("vdi-2", "s2", chrono::TimeDelta::minutes(1)),
+            first("vdi-3", "s3", BUILD_TIMEOUT),
+            first("vdi-4", "s4", chrono::TimeDelta::minutes(29)),
+            first("vdi-5", "s5", chrono::TimeDelta::hours(2)),
+            // Not a first build (inventoried, or built long ago): never a provisioning failure.
+            stored("vdi-6", "c1", "s6"),
+        ];
+        let mut inv = inventory(&[
+            ("s1", "vdi-1"),
+            ("s2", "vdi-2"),
+            ("s3", "vdi-3"),
+            ("s4", "vdi-4"),
+            ("s5", "vdi-5"),
+            ("s6", "vdi-6"),
+        ]);
+        for i in [0, 1, 5] {
+            inv.servers[i].status = "ERROR".into();
+            inv.servers[i].power_state = PowerState::Error;
+        }
+        inv.servers[0].fault = Some("No valid host was found. ".into());
+        for s in &mut inv.servers[2..4] {
+            s.status = "BUILD".into();
+            s.power_state = PowerState::Building;
+        }
+        let plan = plan(&center("c1"), &desktops, &inv, &HashSet::new(), now);
+        let failed: Vec<(&str, &str, &str)> = plan
+            .failed_builds
+            .iter()
+            .map(|f| (f.desktop.name.as_str(), f.pool.as_str(), f.message.as_str()))
+            .collect();
+        assert_eq!(
+            failed,
+            [
+                (
+                    "vdi-1",
+                    "pool-1",
+                    "the build of vdi-1 ended in ERROR: No valid host was found."
+                ),
+                (
+                    "vdi-2",
+                    "pool-1",
+                    "the build of vdi-2 ended in ERROR (the cloud gave no reason)"
+                ),
+                (
+                    "vdi-3",
+                    "pool-1",
+                    "vdi-3 was still building 30 minutes after it was asked for"
+                ),
+            ]
+        );
+        // Every server still gets its fields; an ACTIVE one ends the first build.
+        assert_eq!(plan.built, [("pool-1".to_string(), "vdi-5".to_string())]);
+        assert_eq!(plan.updates.len(), 6);
+        let mut built = desktops[4].clone();
+        plan.updates[4].1.apply(&mut built);
+        assert_eq!(built.first_build, None);
+        let mut building = desktops[3].clone();
+        plan.updates[3].1.apply(&mut building);
+        assert_eq!(building.first_build.as_deref(), Some("pool-1"));
+    }
+
+    #[test]
+    fn new_desktops_are_reached_with_their_center_s_protocol() {
+        let mut spice = center("c1");
+        spice.protocol = Protocol::Spice;
+        let inv = inventory(&[("s1", "linux-1")]);
+        let plan = plan(&spice, &[], &inv, &HashSet::new(), Utc::now());
+        assert_eq!(plan.added[0].protocol, Protocol::Spice);
     }
 }

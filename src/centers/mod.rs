@@ -10,7 +10,12 @@
 //!   stands inside the write's transaction); a server deleted in the cloud takes its desktop
 //!   out of every pool, after the broker has released it (which ends its sessions).
 //! - Refreshes of one center never overlap.
+//! - A provisioned machine whose first build ends in ERROR (or is still building after
+//!   [`crate::model::provisioning::BUILD_TIMEOUT`]) is a failure of its pool's provisioning:
+//!   it is counted as a refused create is, and the machine and its desktop are deleted (it
+//!   never was a desktop anyone used), so that the pool can grow again.
 //!
+//! Times are the broker's clock ([`Broker::now`]), which tests move on.
 //! [`merge`] decides what a refresh writes; `openstack` does the talking.
 
 pub mod merge;
@@ -127,6 +132,8 @@ pub struct Refreshed {
     /// Servers that could not become desktops, and parts of the inventory that could not be
     /// read, each with the reason.
     pub warnings: Vec<String>,
+    /// Provisioned machines whose first build failed, each with why.
+    pub failed_builds: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -223,7 +230,7 @@ impl Centers {
             Ok(cloud) => cloud.inventory().await.map_err(CenterError::from),
             Err(e) => Err(e),
         };
-        let now = Utc::now();
+        let now = self.broker.now();
         let inventory = match read {
             Ok(inventory) => inventory,
             Err(e) => {
@@ -266,7 +273,7 @@ impl Centers {
             .into_iter()
             .map(|(_, c)| c)
             .collect();
-        let now = Utc::now();
+        let now = self.broker.now();
         let mut done = Vec::new();
         let mut failed = Vec::new();
         for center in centers {
@@ -341,7 +348,7 @@ impl Centers {
             building.retain(|id| !listed.contains(id.as_str()));
             building.clone()
         };
-        let plan = merge::plan(&center.id, &desktops, inventory, &building, now);
+        let plan = merge::plan(center, &desktops, inventory, &building, now);
         let mut refreshed = Refreshed {
             center: center.id.clone(),
             servers: inventory.servers.len(),
@@ -349,14 +356,24 @@ impl Centers {
             updated: plan.updates.len(),
             removed: 0,
             warnings: plan.skipped.clone(),
+            failed_builds: Vec::new(),
         };
         let (updates, added) = (plan.updates, plan.added);
+        // Counted once: the failed first build ends here, whatever state the machine is in.
+        let failed: HashSet<String> = plan
+            .failed_builds
+            .iter()
+            .map(|f| f.desktop.id.clone())
+            .collect();
         self.store
             .call(move |s| {
                 s.transact(&[Desktop::TREE], |tx| {
                     for (id, fields) in &updates {
                         if let Some(mut desktop) = tx.get::<Desktop, ()>(id)? {
                             fields.apply(&mut desktop);
+                            if failed.contains(id) {
+                                desktop.first_build = None;
+                            }
                             tx.put(id, &desktop)?;
                         }
                     }
@@ -375,6 +392,18 @@ impl Centers {
                     .warnings
                     .push(format!("desktop {} not removed: {e}", desktop.name)),
             }
+        }
+        for (pool, name) in plan.built {
+            self.record_status(&pool, &format!("{name} is built"), Some(true))
+                .await?;
+        }
+        for failed in plan.failed_builds {
+            if let Some(warning) = self.fail_build(center, &failed).await? {
+                refreshed.warnings.push(warning);
+            } else {
+                refreshed.removed += 1;
+            }
+            refreshed.failed_builds.push(failed.message);
         }
         self.broker.invalidate_membership();
         Ok(refreshed)

@@ -7,9 +7,11 @@
 //!   machine's desktop is written first (power state `building`, no address, no server id),
 //!   then the cloud is asked, then the server id is stored. A burst of sign-ins therefore
 //!   never takes the pool past `stop_at`.
-//! - A refused create removes its desktop and counts a failure; a success resets the count.
-//!   At the pool's `failure_limit` provisioning turns itself off, keeps the cloud's message on
-//!   the pool, writes an audit line and raises an alert, until an administrator turns it on.
+//! - A refused create removes its desktop and counts a failure, as does a first build that
+//!   ends in ERROR or takes too long (seen by the inventory refresh, which then deletes the
+//!   machine and its desktop); a machine whose first build is over resets the count. At the
+//!   pool's `failure_limit` provisioning turns itself off, keeps the cloud's message on the
+//!   pool, writes an audit line and raises an alert, until an administrator turns it on.
 //! - A licence without provisioning: an enabled pool creates nothing and says why on the pool.
 //!
 //! Called after an assignment (the broker's hook), after a pool is saved, and by the
@@ -18,13 +20,14 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use chrono::Utc;
 use serde::Serialize;
 
+use super::merge::FailedBuild;
 use super::{CenterError, Centers, lock, tx_error};
 use crate::admin::{self, Actor};
 use crate::licence::Capability;
 use crate::model::alert::Alert;
+use crate::model::center::Center;
 use crate::model::desktop::{Desktop, name_key};
 use crate::model::pool::{CompiledPools, Pool};
 use crate::model::provisioning::{Provisioning, to_create};
@@ -241,7 +244,10 @@ impl Centers {
                 out.note = note;
                 return Ok(());
             };
-            let placeholder = p.placeholder(n, Utc::now());
+            let mut placeholder = p.placeholder(pool_id, n, self.broker.now());
+            if let Ok(center) = self.center(p.center.trim()).await {
+                placeholder.protocol = center.protocol;
+            }
             let name = placeholder.name.clone();
             // Written first, so that every count from now on sees it.
             if !self.insert_placeholder(&placeholder).await? {
@@ -255,7 +261,8 @@ impl Centers {
                     self.set_server_id(&placeholder.id, &server_id).await?;
                     out.created.push(name.clone());
                     tracing::info!(pool = %pool.name, machine = %name, server = %server_id, "provisioned");
-                    self.record_status(pool_id, &format!("created {name}"), Some(true))
+                    // Not a success yet: the count resets when its first build is over.
+                    self.record_status(pool_id, &format!("created {name}"), None)
                         .await?;
                 }
                 Err(e) => {
@@ -320,19 +327,19 @@ impl Centers {
     }
 
     /// Stores the last run's result on the pool as it stands; `success` resets the failures.
-    async fn record_status(
+    pub(super) async fn record_status(
         &self,
         pool_id: &str,
         result: &str,
         success: Option<bool>,
     ) -> Result<(), CenterError> {
-        let (id, result) = (pool_id.to_string(), result.to_string());
+        let (id, result, now) = (pool_id.to_string(), result.to_string(), self.broker.now());
         self.store
             .call(move |s| {
                 s.transact(&[Pool::TREE], |tx| {
                     if let Some(mut pool) = tx.get::<Pool, ()>(&id)? {
                         let p = &mut pool.provisioning;
-                        p.last_run = Some(Utc::now());
+                        p.last_run = Some(now);
                         p.last_result = result.clone();
                         if success == Some(true) {
                             p.failures = 0;
@@ -347,10 +354,61 @@ impl Centers {
         Ok(())
     }
 
+    /// Counts a failed first build against its pool and deletes the machine and its desktop.
+    /// A warning when the machine could not be deleted: its desktop then stays, in error, for
+    /// an administrator to look at.
+    pub(super) async fn fail_build(
+        &self,
+        center: &Center,
+        failed: &FailedBuild,
+    ) -> Result<Option<String>, CenterError> {
+        let machine = &failed.desktop;
+        tracing::warn!(pool = %failed.pool, machine = %machine.name, error = %failed.message, "a provisioned machine's build failed");
+        let id = failed.pool.clone();
+        if let Some(pool) = self.store.call(move |s| s.get::<Pool>(&id)).await? {
+            self.record_failure(&pool, &failed.message).await?;
+        }
+        let deleted = match self.cloud(center) {
+            Ok(cloud) => match cloud.delete_server(&machine.server_id).await {
+                Err(e) if !e.is_not_found() => Err(e.to_string()),
+                _ => Ok(()),
+            },
+            Err(e) => Err(e.to_string()),
+        };
+        let (detail, ok, warning) = match &deleted {
+            Ok(()) => (
+                format!(
+                    "{}; the machine {} ({}) was deleted",
+                    failed.message, machine.name, machine.server_id
+                ),
+                true,
+                None,
+            ),
+            Err(e) => {
+                let warning = format!("the failed machine {} was not deleted: {e}", machine.name);
+                (
+                    format!("{}; {warning}", failed.message),
+                    false,
+                    Some(warning),
+                )
+            }
+        };
+        self.store
+            .call(move |s| {
+                admin::audit(s, &Actor::system(), "desktop.build_failed", detail, ok)
+                    .map_err(|e| StoreError::Engine(e.to_string()))
+            })
+            .await?;
+        if deleted.is_ok() {
+            self.remove_desktop(machine).await?;
+        }
+        Ok(warning)
+    }
+
     /// Counts a failure on the pool; at its limit turns provisioning off with the message,
     /// writes the audit line and the alert. Whether it turned off.
     async fn record_failure(&self, pool: &Pool, message: &str) -> Result<bool, CenterError> {
-        let (id, text) = (pool.id.clone(), message.to_string());
+        let (id, text, now) = (pool.id.clone(), message.to_string(), self.broker.now());
         let turned_off = self
             .store
             .call(move |s| {
@@ -360,7 +418,7 @@ impl Centers {
                     };
                     let p = &mut pool.provisioning;
                     p.failures = p.failures.saturating_add(1);
-                    p.last_run = Some(Utc::now());
+                    p.last_run = Some(now);
                     p.last_result = format!("failed: {text}");
                     let off = p.enabled && p.failures >= p.failure_limit.max(1);
                     if off {
@@ -382,7 +440,7 @@ impl Centers {
             );
             tracing::error!(pool = %pool.name, error = %message, "provisioning turned itself off");
             let alert = Alert {
-                at: Utc::now(),
+                at: self.broker.now(),
                 kind: "provisioning".into(),
                 subject: pool.id.clone(),
                 message: format!(

@@ -12,7 +12,7 @@ use actix_web::{HttpResponse, web};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::console_resources::Screen;
+use super::console_resources::{PROTOCOLS, Screen};
 use super::forms::{Field, Kind, field, helped};
 use super::pages::Page;
 use super::resource::{
@@ -180,6 +180,13 @@ impl Resource for Center {
                     ),
                 ),
                 ("refresh_interval_secs", integer()),
+                (
+                    "protocol",
+                    described(
+                        one_of(&["rdp", "vnc", "spice", "ssh"]),
+                        "How new desktops of this center are reached (default rdp).",
+                    ),
+                ),
                 ("last_ok", nullable(date_time())),
                 ("last_error", nullable(string())),
                 ("failing_since", nullable(date_time())),
@@ -230,6 +237,12 @@ impl Screen for Center {
                 "refresh_interval_secs",
                 "Refresh interval (seconds)",
                 Kind::Number,
+            ),
+            helped(
+                "protocol",
+                "Protocol of its desktops",
+                Kind::Select(PROTOCOLS),
+                "How desktops this center finds or creates are reached; a desktop's own protocol, once edited, stays.",
             ),
         ]
     }

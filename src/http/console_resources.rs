@@ -138,7 +138,7 @@ fn base<R: Screen>() -> String {
     format!("/admin/{}/{}", R::AREA, R::PATH)
 }
 
-const PROTOCOLS: &[(&str, &str)] = &[
+pub(crate) const PROTOCOLS: &[(&str, &str)] = &[
     ("rdp", "RDP"),
     ("vnc", "VNC"),
     ("spice", "SPICE"),

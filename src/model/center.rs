@@ -17,8 +17,8 @@ use chrono::{DateTime, Utc};
 use reqwest::Url;
 use serde::{Deserialize, Serialize};
 
-use super::FieldError;
 use super::desktop::STATIC_CENTER;
+use super::{FieldError, Protocol};
 use crate::store::Record;
 
 /// The region a center uses when none is given (Keystone's bootstrap default).
@@ -99,6 +99,9 @@ pub struct Center {
     pub insecure: bool,
     /// Seconds between two inventories.
     pub refresh_interval_secs: u32,
+    /// How the desktops this center finds or creates are reached (RDP unless set); a
+    /// desktop's own protocol, once edited, stays.
+    pub protocol: Protocol,
     /// When the last inventory (or connection test) succeeded.
     pub last_ok: Option<DateTime<Utc>>,
     /// What went wrong the last time, cleared by a success.
@@ -127,6 +130,7 @@ impl Default for Center {
             ca_pem: None,
             insecure: false,
             refresh_interval_secs: DEFAULT_REFRESH_SECS,
+            protocol: Protocol::Rdp,
             last_ok: None,
             last_error: None,
             failing_since: None,

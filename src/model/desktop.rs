@@ -188,6 +188,12 @@ pub struct Desktop {
     /// its server across inventories. Empty for static desktops.
     #[serde(default)]
     pub server_id: String,
+    /// While the machine's first build is not over: the id of the pool whose provisioning
+    /// asked for it. A first build that ends in ERROR, or is still going after
+    /// [`crate::model::provisioning::BUILD_TIMEOUT`], is that pool's provisioning failure.
+    /// Cleared when the cloud first reports the machine in another state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_build: Option<String>,
 }
 
 impl Record for Desktop {
@@ -222,6 +228,7 @@ impl Desktop {
             deletable: false,
             created: now,
             server_id: String::new(),
+            first_build: None,
         }
     }
 

@@ -146,7 +146,7 @@ impl Pool {
         let chain = chain(&all, &self.id)?;
         let p = &self.provisioning;
         for n in p.sample_numbers() {
-            let desktop = p.placeholder(n, chrono::Utc::now());
+            let desktop = p.placeholder(&self.id, n, chrono::Utc::now());
             if !evaluate_one(&chain, &desktop) {
                 return Some(format!(
                     "a machine named `{}` would not belong to this pool (its rules, or its parent's, leave it out): the pool would never count what it creates; change the name or the rules",
@@ -1054,6 +1054,7 @@ mod tests {
             last_released: None,
             deletable: false,
             server_id: String::new(),
+            first_build: None,
             created: Utc::now(),
         }
     }

@@ -23,6 +23,9 @@ pub const SEQUENCE: &str = "{SEQUENCE}";
 pub const NETBIOS_MAX: usize = 15;
 /// The widest sequence number, in digits.
 pub const MAX_WIDTH: u32 = 9;
+/// How long a new machine's first build may take before it counts as a failed one (it is then
+/// deleted, as a build that ends in ERROR is).
+pub const BUILD_TIMEOUT: chrono::TimeDelta = chrono::TimeDelta::minutes(30);
 
 /// How a pool provisions new desktops in a cloud center.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -207,9 +210,10 @@ impl Provisioning {
         }
     }
 
-    /// The desktop stored for machine number `n` before the cloud is asked for it: being
-    /// built, no address and no server yet, so that every count sees it at once.
-    pub fn placeholder(&self, n: u64, now: DateTime<Utc>) -> Desktop {
+    /// The desktop stored for machine number `n` of pool `pool_id` before the cloud is asked
+    /// for it: in its first build, no address and no server yet, so that every count sees it
+    /// at once.
+    pub fn placeholder(&self, pool_id: &str, n: u64, now: DateTime<Utc>) -> Desktop {
         let mut d = Desktop::from_input(
             DesktopInput {
                 name: self.name_for(n),
@@ -223,6 +227,7 @@ impl Provisioning {
         );
         d.center = self.center.trim().to_string();
         d.power_state = PowerState::Building;
+        d.first_build = Some(pool_id.to_string());
         d.deletable = self.deletable;
         d.metadata = self.metadata.clone();
         d

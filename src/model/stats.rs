@@ -137,7 +137,7 @@ impl Record for PoolSample {
 impl PoolSample {
     /// The store key: the pool id, then the time (milliseconds, hex, fixed width).
     pub fn key(pool_id: &str, at: DateTime<Utc>) -> String {
-        format!("{pool_id}/{}", time_part(at))
+        format!("{pool_id}/{}", crate::store::time_key(at))
     }
 
     /// The key range of one pool's samples from `since` on: (from, to).
@@ -148,15 +148,6 @@ impl PoolSample {
         };
         (from, format!("{pool_id}/~"))
     }
-
-    /// The pool a key belongs to.
-    pub fn pool_of(key: &str) -> &str {
-        key.split_once('/').map_or(key, |(pool, _)| pool)
-    }
-}
-
-fn time_part(at: DateTime<Utc>) -> String {
-    format!("{:013x}", at.timestamp_millis().max(0))
 }
 
 /// Every pool's counts: `connected` holds the ids of the desktops with a user connected.
@@ -274,7 +265,6 @@ mod tests {
         let (from, to) = PoolSample::range("p1", Some(t - chrono::Duration::days(1)));
         assert!(!(from <= early && early < to));
         assert!(from <= late && late < to);
-        assert_eq!(PoolSample::pool_of(&late), "p1");
         let other = PoolSample::key("p10", t);
         let (from, to) = PoolSample::range("p1", None);
         assert!(!(from <= other && other < to));

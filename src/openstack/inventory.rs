@@ -58,9 +58,13 @@ pub struct DesktopFields {
 
 impl DesktopFields {
     /// Sets what the cloud owns on a stored desktop (power state, address when known, image,
-    /// flavor, OS when known, metadata); names, assignment and protocol stay.
+    /// flavor, OS when known, metadata); names, assignment and protocol stay. A state other
+    /// than building ends the desktop's first build.
     pub fn apply(&self, desktop: &mut Desktop) {
         desktop.power_state = self.power_state;
+        if self.power_state != PowerState::Building {
+            desktop.first_build = None;
+        }
         if let Some(address) = &self.address {
             desktop.address = address.clone();
         }
@@ -94,6 +98,7 @@ impl DesktopFields {
             last_released: None,
             deletable: false,
             server_id: self.server_id.clone(),
+            first_build: None,
             created: self.created.unwrap_or(now),
         };
         self.apply(&mut desktop);

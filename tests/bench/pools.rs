@@ -106,6 +106,7 @@ fn desktops() -> Vec<Desktop> {
                 last_released: None,
                 deletable: center != "static",
                 server_id: String::new(),
+                first_build: None,
                 created: now,
             }
         })

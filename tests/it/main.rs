@@ -9,6 +9,7 @@ mod broker;
 mod browser;
 mod centers;
 mod chrome;
+mod cloud_failures;
 mod console;
 mod display;
 mod flexvdi;

@@ -1,6 +1,8 @@
 //! A loopback OpenStack for what the real lab cannot show: listings over several pages,
 //! tokens that expire or are revoked, TLS with a private CA, a catalog without a service or
-//! region, a cloud that is too old, and the clouds' own error messages.
+//! region, a cloud that is too old, the clouds' own error messages, and failures on command:
+//! an answer replaced by an error (500, quota exceeded, …) or by no answer at all, and builds
+//! that end in ERROR or never end.
 //!
 //! [`Fake`] is an actix-web server on 127.0.0.1:0 (plain or TLS) answering with the samples
 //! in `tests/fixtures/openstack/` (the providers' published shapes, recorded from the lab),
@@ -20,7 +22,7 @@ use serde_json::{Value, json};
 use gatehouse::model::center::{Center, Interface};
 use gatehouse::model::desktop::PowerState;
 use gatehouse::openstack::{
-    BootVolume, Cloud, Error, Networks, NewServer, PowerAction, RENEW_BEFORE, Service,
+    BootVolume, Cloud, Error, Networks, NewServer, PowerAction, RENEW_BEFORE, Service, Timeouts,
     test_connection,
 };
 
@@ -74,6 +76,27 @@ impl Default for FakeOptions {
     }
 }
 
+/// What the fake does with a request it was told to fail (see [`Fake::fail`]).
+#[derive(Clone, Debug)]
+pub enum Failure {
+    /// Answers with Nova's error shape: status, kind and message.
+    Status(u16, &'static str, String),
+    /// Never answers.
+    Hang,
+}
+
+/// How new servers' builds go.
+#[derive(Clone, Debug, Default)]
+pub enum Build {
+    /// ACTIVE at once (as the lab's fake driver is, a moment later).
+    #[default]
+    Active,
+    /// BUILD for ever.
+    Stuck,
+    /// ERROR, with this fault message.
+    Error(&'static str),
+}
+
 #[derive(Default)]
 struct State {
     tokens: HashSet<String>,
@@ -83,6 +106,9 @@ struct State {
     servers: Vec<Value>,
     /// The last `POST /servers` body.
     last_create: Option<Value>,
+    /// Requests to fail: (part of `METHOD path`, times left, how).
+    failures: Vec<(String, usize, Failure)>,
+    build: Build,
     /// `METHOD path?query STATUS`, in order.
     log: Vec<String>,
 }
@@ -190,6 +216,30 @@ impl Fake {
     pub fn last_create(&self) -> Option<Value> {
         self.state().last_create.clone()
     }
+
+    /// Fails the next `times` requests whose `METHOD path` contains `part`.
+    pub fn fail(&self, part: &str, times: usize, failure: Failure) {
+        self.state()
+            .failures
+            .push((part.to_string(), times, failure));
+    }
+
+    /// Makes the builds of servers created from now on go as `build` says.
+    pub fn set_build(&self, build: Build) {
+        self.state().build = build;
+    }
+
+    /// The servers the fake holds: (id, name, status).
+    pub fn servers(&self) -> Vec<(String, String, String)> {
+        self.state()
+            .servers
+            .iter()
+            .map(|s| {
+                let field = |k: &str| s[k].as_str().unwrap_or_default().to_string();
+                (field("id"), field("name"), field("status"))
+            })
+            .collect()
+    }
 }
 
 impl Drop for Fake {
@@ -291,10 +341,32 @@ async fn handle(req: HttpRequest, body: web::Bytes, shared: web::Data<Shared>) -
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let reply = {
         let mut state = shared.state.lock().expect("fake state");
-        let reply = route(&shared, &mut state, &req, &query, &body);
-        let line = format!("{} {} {}", req.method(), req.uri(), reply.status);
-        state.log.push(line);
+        let request = format!("{} {}", req.method(), req.path());
+        let scripted = state
+            .failures
+            .iter_mut()
+            .find(|(part, left, _)| *left > 0 && request.contains(part.as_str()))
+            .map(|(_, left, failure)| {
+                *left -= 1;
+                failure.clone()
+            });
+        let reply = match scripted {
+            Some(Failure::Hang) => None,
+            Some(Failure::Status(status, kind, message)) => Some(fault(status, kind, &message)),
+            None => Some(route(&shared, &mut state, &req, &query, &body)),
+        };
+        let status = reply
+            .as_ref()
+            .map_or("hung".to_string(), |r| r.status.to_string());
+        state
+            .log
+            .push(format!("{} {} {status}", req.method(), req.uri()));
         reply
+    };
+    let Some(reply) = reply else {
+        // Told to hang: the caller's timeout ends it.
+        std::future::pending::<()>().await;
+        unreachable!("a pending future never ends")
     };
     let mut out =
         HttpResponse::build(actix_web::http::StatusCode::from_u16(reply.status).expect("status"));
@@ -595,6 +667,24 @@ fn create(state: &mut State, body: &Value) -> Reply {
     };
     if new["networks"] == "none" {
         server["addresses"] = json!({});
+    }
+    match &state.build {
+        Build::Active => {}
+        Build::Stuck => {
+            server["status"] = json!("BUILD");
+            server["OS-EXT-STS:vm_state"] = json!("building");
+            server["OS-EXT-STS:task_state"] = json!("spawning");
+            server["OS-EXT-STS:power_state"] = json!(0);
+            server["addresses"] = json!({});
+        }
+        Build::Error(message) => {
+            server["status"] = json!("ERROR");
+            server["OS-EXT-STS:vm_state"] = json!("error");
+            server["OS-EXT-STS:power_state"] = json!(0);
+            server["addresses"] = json!({});
+            server["fault"] = json!({"code": 500, "message": message,
+                "created": Utc::now().to_rfc3339()});
+        }
     }
     state.servers.push(server);
     reply(
@@ -1018,4 +1108,29 @@ async fn fake_an_old_nova_is_named_with_its_limit() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+#[tokio::test]
+async fn fake_a_cloud_that_does_not_answer_times_out_and_the_next_call_works() {
+    let fake = Fake::start(FakeOptions::default());
+    let timeouts = Timeouts {
+        connect: std::time::Duration::from_secs(5),
+        request: std::time::Duration::from_secs(1),
+    };
+    let cloud = Cloud::with_timeouts(&fake.center(), timeouts).expect("cloud");
+    fake.fail("GET /compute/v2.1/servers/detail", 1, Failure::Hang);
+    let err = cloud.servers().await.expect_err("no answer");
+    match &err {
+        Error::Timeout { service, secs, .. } => {
+            assert_eq!((*service, *secs), (Service::Compute, 1));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(err.code(), "timeout");
+    assert!(err.is_transient(), "worth trying again: {err}");
+    assert_eq!(fake.requests("servers/detail").len(), 1);
+    assert!(fake.requests("servers/detail")[0].ends_with("hung"));
+    // The next call is answered (and the token was kept).
+    assert!(cloud.servers().await.expect("answered").is_empty());
+    assert_eq!(fake.logins(), 1);
 }

@@ -87,7 +87,7 @@ async fn flavor_and_image(center: &Center) -> (String, String) {
 }
 
 /// A pool of the machines named `<prefix>-…`, provisioning them in the lab.
-fn pool(prefix: &str, flavor: &str, image: &str) -> Pool {
+pub(crate) fn pool(prefix: &str, flavor: &str, image: &str) -> Pool {
     let mut pool = Pool::new(format!("Provisioned {prefix}"));
     pool.rules = vec![Rule::new(
         Attribute::Name,
@@ -110,7 +110,7 @@ fn pool(prefix: &str, flavor: &str, image: &str) -> Pool {
     pool
 }
 
-fn broker(store: &Store) -> Arc<Broker> {
+pub(crate) fn broker(store: &Store) -> Arc<Broker> {
     Arc::new(
         Broker::new(
             store.clone(),
@@ -125,7 +125,7 @@ fn broker(store: &Store) -> Arc<Broker> {
 }
 
 /// The stored desktops whose name starts with `prefix`, by name.
-fn desktops(store: &Store, prefix: &str) -> Vec<Desktop> {
+pub(crate) fn desktops(store: &Store, prefix: &str) -> Vec<Desktop> {
     let mut out: Vec<Desktop> = store
         .list::<Desktop>()
         .expect("desktops")
