@@ -670,6 +670,16 @@ impl<E> From<StoreError> for TxError<E> {
     }
 }
 
+impl From<TxError<StoreError>> for StoreError {
+    /// A transaction whose closure fails only with store errors.
+    fn from(e: TxError<StoreError>) -> Self {
+        match e {
+            TxError::Abort(e) | TxError::Store(e) => e,
+            TxError::Conflict(_) => StoreError::Engine("transaction conflict".into()),
+        }
+    }
+}
+
 impl<E: std::fmt::Display> std::fmt::Display for TxError<E> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

@@ -156,6 +156,8 @@ pub struct Centers {
     /// Pools with a provisioning run going, each with whether another check was asked for
     /// meanwhile (the run then looks again).
     provisioning: Mutex<HashMap<String, bool>>,
+    /// Told each time a provisioning run ends.
+    provisioning_ended: tokio::sync::Notify,
     /// Checks the licence before provisioning; none: provisioning is allowed.
     verifier: Mutex<Option<crate::licence::Verifier>>,
 }
@@ -183,6 +185,7 @@ impl Centers {
             refreshing: Mutex::new(HashSet::new()),
             building: Mutex::new(HashSet::new()),
             provisioning: Mutex::new(HashMap::new()),
+            provisioning_ended: tokio::sync::Notify::new(),
             verifier: Mutex::new(None),
         }
     }

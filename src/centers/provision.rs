@@ -62,6 +62,7 @@ impl Drop for Running<'_> {
         if self.armed {
             lock(&self.centers.provisioning).remove(&self.pool);
         }
+        self.centers.provisioning_ended.notify_waiters();
     }
 }
 
@@ -125,6 +126,20 @@ impl Centers {
             }
         }
         Ok(out)
+    }
+
+    /// Waits until no provisioning run of the pool is going (at once when none is).
+    pub async fn provisioning_settled(&self, pool_id: &str) {
+        loop {
+            let ended = self.provisioning_ended.notified();
+            tokio::pin!(ended);
+            // Registered before the look, so an end between the look and the wait is seen.
+            ended.as_mut().enable();
+            if !lock(&self.provisioning).contains_key(pool_id) {
+                return;
+            }
+            ended.await;
+        }
     }
 
     /// Checks every pool with provisioning on: for the `pool_stats` job. The result names

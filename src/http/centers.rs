@@ -59,6 +59,11 @@ impl Resource for Center {
     fn label(&self) -> &str {
         &self.name
     }
+    fn keep_current(&mut self, current: &Center) {
+        self.last_ok = current.last_ok;
+        self.last_error = current.last_error.clone();
+        self.failing_since = current.failing_since;
+    }
     fn build(mut input: Center, id: &str, old: Option<&Center>) -> Center {
         input.id = id.to_string();
         input.name = input.name.trim().to_string();

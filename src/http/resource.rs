@@ -267,6 +267,10 @@ pub trait Resource: Record + Serialize + Clone + Send + Sync + 'static {
     /// The record to store, from the input; the id is decided (`old` is the stored record on
     /// update).
     fn build(input: Self::Input, id: &str, old: Option<&Self>) -> Self;
+    /// Keeps what the appliance's own runs write on the record (status, counts) as `current`
+    /// has it: called in the write's transaction with the record as stored at that moment,
+    /// which a run may have changed since the save read it.
+    fn keep_current(&mut self, _current: &Self) {}
     /// Every problem with saving this record as the store stands.
     fn check(&self, s: &Store, old: Option<&Self>) -> Result<Vec<FieldError>, StoreError>;
     /// What the licence in force refuses in saving this record (`old` is the stored one).
@@ -388,7 +392,16 @@ pub fn save_licensed<R: Resource>(
     if !errors.is_empty() {
         return Err(invalid(R::KIND, errors));
     }
-    s.put(&id, &record)?;
+    let record = s
+        .transact(&[R::TREE], |tx| {
+            let mut record = record.clone();
+            if let Some(current) = tx.get::<R, StoreError>(&id)? {
+                record.keep_current(&current);
+            }
+            tx.put(&id, &record)?;
+            Ok(record)
+        })
+        .map_err(StoreError::from)?;
     let verb = if old.is_some() { "updated" } else { "created" };
     admin::audit(
         s,
@@ -1228,6 +1241,9 @@ impl Resource for Pool {
             .provisioning
             .keep_status(old.map_or(&fresh, |o| &o.provisioning));
         input
+    }
+    fn keep_current(&mut self, current: &Self) {
+        self.provisioning.keep_status(&current.provisioning);
     }
     fn check(&self, s: &Store, _old: Option<&Self>) -> Result<Vec<FieldError>, StoreError> {
         let pools: Vec<Pool> = s.list::<Pool>()?.into_iter().map(|(_, p)| p).collect();

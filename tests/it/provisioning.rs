@@ -11,7 +11,6 @@
 use std::collections::HashSet;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -149,14 +148,14 @@ fn assign_all(store: &Store, prefix: &str) {
 }
 
 /// Runs checks until one was not turned away by a run already going (so every run started
-/// before it has ended).
+/// before it has ended), waiting for each such run's end.
 async fn settle(centers: &Centers, pool: &str) -> Provisioned {
     loop {
+        centers.provisioning_settled(pool).await;
         let p = centers.provision_check(pool).await.expect("check");
         if !p.busy {
             return p;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
