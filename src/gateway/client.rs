@@ -12,7 +12,7 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use super::pump::{self, End, Timers, TunnelShared};
+use super::pump::{self, End, PumpError, Timers, TunnelShared};
 use super::tunnel::TUNNEL_PATH;
 use super::ws::{self, Role};
 
@@ -32,6 +32,19 @@ pub enum ClientError {
     Refused(String),
     #[error("the gateway's answer is not a WebSocket handshake: {0}")]
     Handshake(String),
+    /// The tunnel was open and broke.
+    #[error("the tunnel broke: {0}")]
+    Broken(String),
+}
+
+/// What broke an open tunnel, named from this side: the WebSocket is the gateway's, the TCP
+/// connection the local application's.
+fn broken(e: PumpError) -> ClientError {
+    ClientError::Broken(match e {
+        PumpError::Client(e) => format!("the connection to the gateway: {e}"),
+        PumpError::Target(e) => format!("the local application's connection: {e}"),
+        PumpError::Protocol(e) => format!("the gateway broke the WebSocket protocol: {e}"),
+    })
 }
 
 /// Where and how to open tunnels.
@@ -157,7 +170,7 @@ impl TunnelClient {
                 .await
             }
         };
-        result.map_err(|e| ClientError::Handshake(e.to_string()))
+        result.map_err(broken)
     }
 
     /// Sends the upgrade request and checks the answer; returns bytes read past it.

@@ -6,12 +6,17 @@
 #   tcp : a forwarded port (POST /gateway/v1/forwards with a ticket)
 #   ws  : WebSocket tunnel on the plain port
 #   wss : WebSocket tunnel over TLS
+#   ws-client, wss-client : the same tunnels with Gatehouse's own client in front
+#         (`gatehouse tunnel`, as native clients use it) instead of the harness's websocat
+#         client: the harness reaches it as a plain TCP port. Its peers are websocat's and
+#         stunnel's own client-and-server pairs. Idle memory is not measured here (the
+#         process group holds the client as well); the ws and wss runs measure it.
 #
 # A tunnel opens only with a ticket for its one target, and the harness's client path is
 # fixed for a whole run, so each WebSocket mode runs the harness once per target server
 # (iperf3 for up/down, echo for round trips, hold for idle memory) with a fixed PORT_BASE.
 #
-# Usage: tests/bench/tunnels.sh [tcp] [ws] [wss]      (default: all three)
+# Usage: tests/bench/tunnels.sh [tcp] [ws] [wss] [ws-client] [wss-client]   (default: all)
 # Environment: HARNESS (path of tunnel-peers.sh), PEERS_TCP, PEERS_WS, PEERS_WSS (peers run
 # beside the gateway in the same run), IDLE_N_WSS (idle TLS tunnels, default 10000), and the
 # harness's own tunables (RUNS, DURATION, PINGS, IDLE_N, ...).
@@ -21,7 +26,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 HARNESS=${HARNESS:-$ROOT/../shared/bench/tunnel-peers.sh}
 [ -x "$HARNESS" ] || [ -f "$HARNESS" ] || { echo "harness not found: $HARNESS" >&2; exit 2; }
-MODES=("$@"); [ ${#MODES[@]} -gt 0 ] || MODES=(tcp ws wss)
+MODES=("$@"); [ ${#MODES[@]} -gt 0 ] || MODES=(tcp ws wss ws-client wss-client)
 PEERS_TCP=${PEERS_TCP:-"haproxy socat"}
 PEERS_WS=${PEERS_WS:-"websocat websockify-py"}
 PEERS_WSS=${PEERS_WSS:-"websocat-tls haproxy-tls stunnel"}
@@ -52,13 +57,25 @@ free_base() {
 }
 
 GW="exec $BIN gateway --broker-key $WORK/broker.pem --keepalive 30"
+# The gateway on LISTEN_PORT + 1000 (URL scheme $1, gateway flags $2), and `gatehouse tunnel` on
+# LISTEN_PORT in front of it with a ticket for TARGET_PORT, in one process group.
+client_cmd() {
+  local scheme=$1 flags=$2 probe=http
+  [ "$scheme" = wss ] && probe=https
+  echo "$BIN gateway --broker-key $WORK/broker.pem --keepalive 30 $flags --allowed-ports \$TARGET_PORT & \
+    for i in \$(seq 100); do curl -sk -o /dev/null $probe://127.0.0.1:\$((LISTEN_PORT + 1000))/ && break; sleep 0.1; done; \
+    t=\$($BIN ticket issue --data $WORK/data --target 127.0.0.1:\$TARGET_PORT --ttl 7200 --client-addr 127.0.0.1); \
+    $BIN tunnel --gateway $scheme://127.0.0.1:\$((LISTEN_PORT + 1000))/tunnel --ticket \$t --insecure \
+      --listen 127.0.0.1:\$LISTEN_PORT & wait"
+}
+
 run() {  # name mode peers skip target_offset extra_env...
   local name=$1 mode=$2 peers=$3 skip=$4 offset=$5; shift 5
   local base; base=$(free_base)
   local path="/"
-  if [ "$mode" != tcp ]; then
-    path="/tunnel?ticket=$(ticket $((base + offset)))"
-  fi
+  case "$mode" in
+    ws|wss) path="/tunnel?ticket=$(ticket $((base + offset)))" ;;
+  esac
   local cmd
   case "$mode" in
     tcp) cmd="$BIN gateway --broker-key $WORK/broker.pem --listen 127.0.0.1:0 \
@@ -70,10 +87,14 @@ run() {  # name mode peers skip target_offset extra_env...
             http://127.0.0.1:\$((LISTEN_PORT + 1000))/gateway/v1/forwards >/dev/null; wait \$pid" ;;
     ws)  cmd="$GW --listen 127.0.0.1:0 --plain-listen \$LISTEN_HOST:\$LISTEN_PORT --allowed-ports \$TARGET_PORT" ;;
     wss) cmd="$GW --listen \$LISTEN_HOST:\$LISTEN_PORT --cert \$TLS_CERT --key \$TLS_KEY --allowed-ports \$TARGET_PORT" ;;
+    ws-client) cmd=$(client_cmd ws "--listen 127.0.0.1:0 --plain-listen 127.0.0.1:\$((LISTEN_PORT + 1000))") ;;
+    wss-client) cmd=$(client_cmd wss "--listen 127.0.0.1:\$((LISTEN_PORT + 1000)) --cert \$TLS_CERT --key \$TLS_KEY") ;;
   esac
+  local harness_mode=$mode
+  case "$mode" in *-client) harness_mode=tcp ;; esac
   echo "== $name (mode $mode, peers: direct $peers gateway; skip: ${skip:-none})" >&2
   env "$@" PORT_BASE="$base" SKIP="$skip" OUT_DIR="$OUT/$name" \
-    GATEWAY_CMD="$cmd" GATEWAY_MODE="$mode" GATEWAY_WS_PATH="$path" GATEWAY_NAME=gatehouse \
+    GATEWAY_CMD="$cmd" GATEWAY_MODE="$harness_mode" GATEWAY_WS_PATH="$path" GATEWAY_NAME=gatehouse \
     bash "$HARNESS" direct $peers gateway >&2 || echo "run $name failed" >&2
 }
 
@@ -88,7 +109,9 @@ for mode in "${MODES[@]}"; do
       run wss-throughput wss "$PEERS_WSS" "rtt idle" 1
       run wss-rtt wss "$PEERS_WSS" "up down idle" 2
       run wss-idle wss "" "up down rtt" 3 IDLE_N="$IDLE_N_WSS" ;;
-    *) echo "unknown mode $mode (tcp, ws, wss)" >&2; exit 2 ;;
+    ws-client) run ws-client ws-client "$PEERS_WS" "idle" 0 ;;
+    wss-client) run wss-client wss-client "$PEERS_WSS" "idle" 0 ;;
+    *) echo "unknown mode $mode (tcp, ws, wss, ws-client, wss-client)" >&2; exit 2 ;;
   esac
 done
 
