@@ -98,18 +98,14 @@ impl PlanTimer {
     /// The store key: the due time (milliseconds, hex, fixed width) then the id, so that keys
     /// sort by due time.
     pub fn key(&self) -> String {
-        format!("{}-{}", due_prefix(self.due), self.id)
+        format!("{}-{}", crate::store::time_key(self.due), self.id)
     }
-}
-
-fn due_prefix(at: DateTime<Utc>) -> String {
-    format!("{:013x}", at.timestamp_millis().max(0))
 }
 
 /// The first key after every timer due at or before `now`: the due timers are the keys
 /// before it.
 pub fn due_until_key(now: DateTime<Utc>) -> String {
-    due_prefix(now + Duration::milliseconds(1))
+    crate::store::time_key(now + Duration::milliseconds(1))
 }
 
 /// The keys of a desktop's pending timers, written with them in one transaction.
