@@ -33,25 +33,15 @@ use gatehouse::model::center::Center;
 use gatehouse::model::desktop::Desktop;
 use gatehouse::store::Store;
 
+#[path = "../fixtures/openstack/samples.rs"]
+mod samples;
+use samples::sample;
+
 const SERVERS: usize = 10_000;
 const PAGE: usize = 1_000;
 const AGAIN: usize = 5;
 const BAR: Duration = Duration::from_secs(2);
 const TOKEN: &str = "bench-token";
-
-fn sample(name: &str) -> Value {
-    let text = match name {
-        "token" => include_str!("../fixtures/openstack/token.json"),
-        "server" => include_str!("../fixtures/openstack/server.json"),
-        "flavors" => include_str!("../fixtures/openstack/flavors.json"),
-        "zones" => include_str!("../fixtures/openstack/availability_zones.json"),
-        "images" => include_str!("../fixtures/openstack/images.json"),
-        "networks" => include_str!("../fixtures/openstack/networks.json"),
-        "security_groups" => include_str!("../fixtures/openstack/security_groups.json"),
-        other => panic!("no sample {other}"),
-    };
-    serde_json::from_str(text).expect("the sample is JSON")
-}
 
 // ---- The scripted cloud (the second process) -------------------------------------------------
 

@@ -254,7 +254,8 @@ pub(crate) async fn delete_until_gone(cloud: &Cloud, id: &str) {
         let last = loop {
             match cloud.server(id).await.expect("the server can be read") {
                 None => return,
-                Some(s) if s.status == "ERROR" => break Some(s),
+                // Failed (a server in ERROR before the delete stays so while it is deleted).
+                Some(s) if s.status == "ERROR" && s.task_state.is_none() => break Some(s),
                 other if Instant::now() > deadline => break other,
                 _ => tokio::time::sleep(Duration::from_millis(250)).await,
             }

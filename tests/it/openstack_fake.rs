@@ -28,27 +28,15 @@ use gatehouse::openstack::{
 
 use crate::common::install_crypto;
 
+#[path = "../fixtures/openstack/samples.rs"]
+mod samples;
+use samples::sample;
+
 const PROJECT_ID: &str = "36c5ee8a36ae4ce5bd8be4acbacb251b";
 const USER: &str = "vdi-user";
 const PASSWORD: &str = "secret";
 const DOMAIN: &str = "vdi";
 const PROJECT: &str = "vdi-project";
-
-fn sample(name: &str) -> Value {
-    let text = match name {
-        "token" => include_str!("../fixtures/openstack/token.json"),
-        "projects" => include_str!("../fixtures/openstack/projects.json"),
-        "server" => include_str!("../fixtures/openstack/server.json"),
-        "flavors" => include_str!("../fixtures/openstack/flavors.json"),
-        "zones" => include_str!("../fixtures/openstack/availability_zones.json"),
-        "images" => include_str!("../fixtures/openstack/images.json"),
-        "networks" => include_str!("../fixtures/openstack/networks.json"),
-        "security_groups" => include_str!("../fixtures/openstack/security_groups.json"),
-        "volume_types" => include_str!("../fixtures/openstack/volume_types.json"),
-        other => panic!("no sample {other}"),
-    };
-    serde_json::from_str(text).expect("the sample is JSON")
-}
 
 /// How the fake behaves.
 #[derive(Clone)]
