@@ -9,7 +9,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::common::{self, Server};
-use crate::openstack::{Cleanup, create_active, lab, settled, unique, wait_for};
+use crate::openstack::{Cleanup, create_active, lab, lab_builds, settled, unique, wait_for};
 use gatehouse::model::desktop::Desktop;
 use gatehouse::openstack::{Cloud, NewServer};
 use gatehouse::store::Store;
@@ -86,6 +86,7 @@ async fn refresh(server: &Server, token: &str, id: &str) -> Answer {
 
 #[tokio::test]
 async fn a_lab_center_is_tested_inventoried_and_acted_on_and_a_dead_cloud_keeps_its_desktops() {
+    let _builds = lab_builds().await;
     let center = lab();
     let mut cleanup = Cleanup::new(&center);
     let cloud = Cloud::new(&center).expect("cloud");

@@ -61,6 +61,15 @@ pub(crate) fn lab() -> Center {
     center()
 }
 
+/// Held by each test that builds servers in the lab, so that one builds at a time: the lab's
+/// Nova keeps its state in SQLite and, on two busy cores, fails builds and deletes ("database
+/// is locked") when several tests build at once. Taken first, so that it is given back last,
+/// after the test's own clean-up.
+pub(crate) async fn lab_builds() -> tokio::sync::MutexGuard<'static, ()> {
+    static BUILDS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    BUILDS.lock().await
+}
+
 /// vdi-user of domain vdi, in vdi-project of domain vdi.
 fn center() -> Center {
     Center {
@@ -378,6 +387,7 @@ async fn lab_login_catalog_and_inventory() {
 
 #[tokio::test]
 async fn lab_server_create_stop_start_reboot_suspend_delete() {
+    let _builds = lab_builds().await;
     let center = lab();
     let mut cleanup = Cleanup::new(&center);
     let cloud = Cloud::new(&center).expect("cloud");

@@ -16,7 +16,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::common::{self, Licensing, Server};
-use crate::openstack::{lab, unique};
+use crate::openstack::{lab, lab_builds, unique};
 use crate::slapd::{GENERATED_PASSWORD, Slapd, SlapdOptions};
 use gatehouse::broker::{Broker, BrokerSettings};
 use gatehouse::centers::Centers;
@@ -161,6 +161,7 @@ async fn settle(centers: &Centers, pool: &str) -> Provisioned {
 
 #[tokio::test]
 async fn a_check_creates_up_to_the_thresholds_in_sequence_and_never_past_stop_at() {
+    let _builds = lab_builds().await;
     let center = lab();
     let prefix = unique("prov");
     let _cleanup = ByPrefix {
@@ -235,6 +236,7 @@ async fn a_check_creates_up_to_the_thresholds_in_sequence_and_never_past_stop_at
 
 #[tokio::test]
 async fn fifty_concurrent_sign_ins_never_overshoot_stop_at_nor_share_a_desktop() {
+    let _builds = lab_builds().await;
     let center = lab();
     let prefix = unique("rush");
     let _cleanup = ByPrefix {
@@ -331,6 +333,7 @@ async fn fifty_concurrent_sign_ins_never_overshoot_stop_at_nor_share_a_desktop()
 
 #[tokio::test]
 async fn repeated_refusals_turn_provisioning_off_with_the_cloud_s_message_until_turned_on() {
+    let _builds = lab_builds().await;
     let center = lab();
     let prefix = unique("fail");
     let _cleanup = ByPrefix {
