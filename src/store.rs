@@ -393,6 +393,11 @@ impl Store {
         self.scan::<T>(false, usize::MAX)
     }
 
+    /// Every value, in key order, without the keys.
+    pub fn values<T: Record>(&self) -> Result<Vec<T>> {
+        Ok(self.list::<T>()?.into_iter().map(|(_, v)| v).collect())
+    }
+
     /// Up to `limit` values in reverse key order (newest first for time-ordered keys).
     pub fn list_newest<T: Record>(&self, limit: usize) -> Result<Vec<(String, T)>> {
         self.scan::<T>(true, limit)

@@ -221,11 +221,7 @@ impl SessionEnds {
 
     /// The notices kept in `store`; new ones are numbered after the last of them.
     pub fn load(store: &Store) -> Result<Self, StoreError> {
-        let log: std::collections::VecDeque<EndedSession> = store
-            .list::<EndedSession>()?
-            .into_iter()
-            .map(|(_, e)| e)
-            .collect();
+        let log: std::collections::VecDeque<EndedSession> = store.values::<EndedSession>()?.into();
         let latest = log.back().map_or(0, |e| e.seq);
         let ends = Self {
             log: Mutex::new(log),
@@ -427,14 +423,7 @@ impl Broker {
     pub async fn reload_directories(&self) -> Result<()> {
         let servers: Vec<AuthServer> = self
             .store
-            .call(|s| {
-                Ok::<_, BrokerError>(
-                    s.list::<AuthServer>()?
-                        .into_iter()
-                        .map(|(_, a)| a)
-                        .collect(),
-                )
-            })
+            .call(|s| Ok::<_, BrokerError>(s.values::<AuthServer>()?))
             .await?;
         let dirs = servers
             .into_iter()
@@ -646,9 +635,8 @@ impl Broker {
         let store = self.store.clone();
         let computed = store
             .call(|s| {
-                let pools: Vec<Pool> = s.list::<Pool>()?.into_iter().map(|(_, p)| p).collect();
-                let desktops: Vec<Desktop> =
-                    s.list::<Desktop>()?.into_iter().map(|(_, d)| d).collect();
+                let pools: Vec<Pool> = s.values::<Pool>()?;
+                let desktops: Vec<Desktop> = s.values::<Desktop>()?;
                 Ok::<_, BrokerError>(Arc::new(Membership::evaluate(&pools, &desktops)))
             })
             .await?;
@@ -837,7 +825,7 @@ fn identity_of(
     found: &DirectoryUser,
     facts: &ClientFacts,
 ) -> Result<Identity> {
-    let locations: Vec<Location> = s.list::<Location>()?.into_iter().map(|(_, l)| l).collect();
+    let locations: Vec<Location> = s.values::<Location>()?;
     let location = crate::model::location::locate(&locations, facts);
     Ok(Identity {
         user: UserKey {

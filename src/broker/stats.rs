@@ -45,12 +45,8 @@ impl Broker {
         let membership = self.membership().await?;
         self.store
             .call(move |s| {
-                let pools: Vec<Pool> = s.list::<Pool>()?.into_iter().map(|(_, p)| p).collect();
-                let desktops: Vec<CountedDesktop> = s
-                    .list::<CountedDesktop>()?
-                    .into_iter()
-                    .map(|(_, d)| d)
-                    .collect();
+                let pools: Vec<Pool> = s.values::<Pool>()?;
+                let desktops: Vec<CountedDesktop> = s.values::<CountedDesktop>()?;
                 let connected: HashSet<String> = s
                     .list::<OpenSessions>()?
                     .into_iter()

@@ -206,9 +206,8 @@ impl Centers {
             let (pool, pools, desktops): Snapshot = self
                 .store
                 .call(move |s| {
-                    let pools: Vec<Pool> = s.list::<Pool>()?.into_iter().map(|(_, p)| p).collect();
-                    let desktops: Vec<Desktop> =
-                        s.list::<Desktop>()?.into_iter().map(|(_, d)| d).collect();
+                    let pools: Vec<Pool> = s.values::<Pool>()?;
+                    let desktops: Vec<Desktop> = s.values::<Desktop>()?;
                     let pool = pools.iter().find(|p| p.id == id).cloned();
                     Ok::<_, StoreError>((pool, pools, desktops))
                 })

@@ -261,7 +261,7 @@ impl Screen for Center {
         s: &Store,
         items: &[Self],
     ) -> Result<(Vec<String>, Vec<Vec<String>>), StoreError> {
-        let desktops: Vec<Desktop> = s.list::<Desktop>()?.into_iter().map(|(_, d)| d).collect();
+        let desktops: Vec<Desktop> = s.values::<Desktop>()?;
         let rows = items
             .iter()
             .map(|c| {

@@ -758,7 +758,7 @@ impl Screen for Pool {
         s: &Store,
         items: &[Self],
     ) -> Result<(Vec<String>, Vec<Vec<String>>), StoreError> {
-        let desktops: Vec<Desktop> = s.list::<Desktop>()?.into_iter().map(|(_, d)| d).collect();
+        let desktops: Vec<Desktop> = s.values::<Desktop>()?;
         let counts = Membership::evaluate(items, &desktops).counts_all(&desktops);
         let rows = items
             .iter()

@@ -303,7 +303,7 @@ pub trait Resource: Record + Serialize + Clone + Send + Sync + 'static {
 
 /// Every stored record of a kind, in list order, secrets blanked.
 pub fn list_all<R: Resource>(s: &Store) -> Result<Vec<R>, StoreError> {
-    let mut items: Vec<R> = s.list::<R>()?.into_iter().map(|(_, r)| r).collect();
+    let mut items: Vec<R> = s.values::<R>()?;
     items.sort_by_key(R::sort_key);
     for item in &mut items {
         item.redact();
@@ -1246,7 +1246,7 @@ impl Resource for Pool {
         self.provisioning.keep_status(&current.provisioning);
     }
     fn check(&self, s: &Store, _old: Option<&Self>) -> Result<Vec<FieldError>, StoreError> {
-        let pools: Vec<Pool> = s.list::<Pool>()?.into_iter().map(|(_, p)| p).collect();
+        let pools: Vec<Pool> = s.values::<Pool>()?;
         let mut errors = self.validate(&pools);
         let center = self.provisioning.center.trim();
         if self.provisioning.enabled && !center.is_empty() && s.get::<Center>(center)?.is_none() {

@@ -162,9 +162,8 @@ async fn current_all(state: &AppState) -> Result<Vec<PoolStats>, HttpError> {
     let (pools, stored) = state
         .store
         .call(|s| {
-            let pools: Vec<Pool> = s.list::<Pool>()?.into_iter().map(|(_, p)| p).collect();
-            let stored: Vec<PoolStats> =
-                s.list::<PoolStats>()?.into_iter().map(|(_, p)| p).collect();
+            let pools: Vec<Pool> = s.values::<Pool>()?;
+            let stored: Vec<PoolStats> = s.values::<PoolStats>()?;
             Ok::<_, HttpError>((pools, stored))
         })
         .await?;

@@ -307,12 +307,7 @@ fn main() -> ExitCode {
         if median_cpu < BAR { "MET" } else { "NOT MET" }
     );
 
-    let desktops: Vec<Desktop> = store
-        .list::<Desktop>()
-        .expect("desktops")
-        .into_iter()
-        .map(|(_, d)| d)
-        .collect();
+    let desktops: Vec<Desktop> = store.values::<Desktop>().expect("desktops");
     let linked = desktops
         .iter()
         .filter(|d| d.center == center.id && !d.server_id.is_empty() && !d.address.is_empty())

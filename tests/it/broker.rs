@@ -231,12 +231,7 @@ async fn two_hundred_users_race_for_fifty_desktops() {
     drop(broker);
     drop(store);
     let store = Store::open(dir.path()).expect("reopen");
-    let desktops: Vec<Desktop> = store
-        .list::<Desktop>()
-        .expect("list")
-        .into_iter()
-        .map(|(_, d)| d)
-        .collect();
+    let desktops: Vec<Desktop> = store.values::<Desktop>().expect("list");
     let assigned: Vec<&Desktop> = desktops
         .iter()
         .filter(|d| d.assigned_user.is_some())

@@ -282,6 +282,27 @@ pub async fn click(c: &Client, css: &str) {
     find(c, css).await.click().await.expect("click");
 }
 
+/// Clicks what submits a form and waits until the browser has left the page (its root element
+/// is gone), so that what is read next is the answer's, never the old page's.
+pub async fn click_to_new_page(c: &Client, css: &str) {
+    let before = c
+        .find(Locator::Css("html"))
+        .await
+        .expect("the page has a root");
+    click(c, css).await;
+    // Polls the condition (bounded), as fantoccini's own waits do.
+    for _ in 0..600 {
+        if before.tag_name().await.is_err() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!(
+        "clicking `{css}` did not lead to a new page {}",
+        where_am_i(c).await
+    );
+}
+
 /// Picks the option with this visible label in a `<select>`.
 pub async fn choose(c: &Client, css: &str, label: &str) {
     let select = find(c, css).await;

@@ -92,12 +92,7 @@ impl Setup {
     }
 
     fn alerts(&self) -> Vec<Alert> {
-        self.store
-            .list::<Alert>()
-            .expect("alerts")
-            .into_iter()
-            .map(|(_, a)| a)
-            .collect()
+        self.store.values::<Alert>().expect("alerts")
     }
 
     /// An administrator turns provisioning on again (as a save of the pool does).

@@ -192,6 +192,26 @@ mod raw {
     }
 }
 
+/// Sends a request to the lab, and again when its Nova answers with a transient error (HTTP
+/// 5xx: its SQLite says "database is locked" now and then on two busy cores), as an
+/// administrator would: three times at most, a second apart.
+pub(crate) async fn lab_call<T, Fut>(what: &str, call: impl Fn() -> Fut) -> T
+where
+    Fut: std::future::Future<Output = Result<T, Error>>,
+{
+    for attempt in 1..=3 {
+        match call().await {
+            Ok(v) => return v,
+            Err(e) if e.is_transient() && attempt < 3 => {
+                eprintln!("{what}: {e}; sending it again");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => panic!("{what}: {e}"),
+        }
+    }
+    unreachable!("the loop returns or fails")
+}
+
 /// Reads the server until `done` says so; fails at the deadline or when it goes to ERROR.
 pub(crate) async fn wait_for(
     cloud: &Cloud,
@@ -201,7 +221,7 @@ pub(crate) async fn wait_for(
 ) -> Option<Server> {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let server = cloud.server(id).await.expect("the server can be read");
+        let server = lab_call("read the server", || cloud.server(id)).await;
         if done(server.as_ref()) {
             return server;
         }
@@ -225,14 +245,11 @@ pub(crate) async fn wait_for(
 /// lab's README, "SQLite and Nova"): such a server is deleted and the build tried once more.
 pub(crate) async fn create_active(cloud: &Cloud, new: &NewServer, cleanup: &mut Cleanup) -> Server {
     for attempt in 1..=2 {
-        let id = cloud
-            .create_server(new)
-            .await
-            .expect("Nova takes the request");
+        let id = lab_call("create the server", || cloud.create_server(new)).await;
         cleanup.servers.push(id.clone());
         let deadline = Instant::now() + Duration::from_secs(60);
         let last = loop {
-            let server = cloud.server(&id).await.expect("the server can be read");
+            let server = lab_call("read the server", || cloud.server(&id)).await;
             match server {
                 Some(s) if s.status == "ACTIVE" && s.task_state.is_none() => return s,
                 Some(s) if s.status == "ERROR" => break Some(s),
@@ -245,10 +262,7 @@ pub(crate) async fn create_active(cloud: &Cloud, new: &NewServer, cleanup: &mut 
             "the server did not become ACTIVE twice; last seen {last:?}"
         );
         eprintln!("the lab failed a build ({last:?}); deleting it and trying once more");
-        cloud
-            .delete_server(&id)
-            .await
-            .expect("the failed server is deleted");
+        lab_call("delete the failed server", || cloud.delete_server(&id)).await;
     }
     unreachable!("the loop returns or fails")
 }
@@ -258,10 +272,10 @@ pub(crate) async fn create_active(cloud: &Cloud, new: &NewServer, cleanup: &mut 
 /// SQLite): the delete is then sent once more, as an administrator would.
 pub(crate) async fn delete_until_gone(cloud: &Cloud, id: &str) {
     for attempt in 1..=2 {
-        cloud.delete_server(id).await.expect("delete");
+        lab_call("delete the server", || cloud.delete_server(id)).await;
         let deadline = Instant::now() + Duration::from_secs(60);
         let last = loop {
-            match cloud.server(id).await.expect("the server can be read") {
+            match lab_call("read the server", || cloud.server(id)).await {
                 None => return,
                 // Failed (a server in ERROR before the delete stays so while it is deleted).
                 Some(s) if s.status == "ERROR" && s.task_state.is_none() => break Some(s),
@@ -279,7 +293,8 @@ pub(crate) async fn delete_until_gone(cloud: &Cloud, id: &str) {
 
 /// Sends a power action. The lab's Nova, on two busy cores, may still be finishing the last
 /// action's bookkeeping and answer 409 ("in task_state …") although the server reads as
-/// settled: the action is sent again, as an administrator would, up to three times.
+/// settled, or answer 500 (its SQLite is locked): the action is sent again, as an
+/// administrator would, up to three times.
 pub(crate) async fn power_settled(cloud: &Cloud, id: &str, action: PowerAction) {
     for attempt in 1..=3 {
         match cloud.power(id, action).await {
@@ -290,6 +305,10 @@ pub(crate) async fn power_settled(cloud: &Cloud, id: &str, action: PowerAction) 
                 ..
             }) if attempt < 3 => {
                 eprintln!("{action:?} refused for now ({message}); sending it again");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) if e.is_transient() && attempt < 3 => {
+                eprintln!("{action:?}: {e}; sending it again");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
             Err(e) => panic!("{action:?}: {e}"),
@@ -429,7 +448,7 @@ async fn lab_server_create_stop_start_reboot_suspend_delete() {
     assert_eq!(fields.flavor, "m1.tiny");
     assert_eq!(fields.address, None);
 
-    cloud.power(&id, PowerAction::Stop).await.expect("stop");
+    lab_call("stop", || cloud.power(&id, PowerAction::Stop)).await;
     let s = wait_for(&cloud, &id, "SHUTOFF after stop", settled("SHUTOFF")).await;
     assert_eq!(s.expect("exists").power_state, PowerState::Stopped);
 
@@ -443,7 +462,7 @@ async fn lab_server_create_stop_start_reboot_suspend_delete() {
         other => panic!("expected Nova's conflict, got {other:?}"),
     }
 
-    cloud.power(&id, PowerAction::Start).await.expect("start");
+    lab_call("start", || cloud.power(&id, PowerAction::Start)).await;
     let s = wait_for(&cloud, &id, "ACTIVE after start", settled("ACTIVE")).await;
     assert_eq!(s.expect("exists").power_state, PowerState::Running);
 

@@ -23,8 +23,8 @@ use gatehouse::model::directory::Security;
 
 use crate::browser::{sign_in, sign_out};
 use crate::chrome::{
-    Chrome, choose, click, downloaded, find, full_page_screenshot, link, path, text_of, type_into,
-    where_am_i,
+    Chrome, choose, click, click_to_new_page, downloaded, find, full_page_screenshot, link, path,
+    text_of, type_into, where_am_i,
 };
 use crate::common::{self, Server};
 use crate::slapd::{GENERATED_PASSWORD, Slapd, SlapdOptions};
@@ -37,13 +37,13 @@ async fn walk(c: Client, base: String, downloads: PathBuf) {
     // A wrong password is refused with a clear sentence.
     type_into(&c, "#username", "user00001").await;
     type_into(&c, "#password", "not-it").await;
-    click(&c, "#sign-in").await;
+    click_to_new_page(&c, "#sign-in").await;
     let error = text_of(&c, "#error").await;
     assert_eq!(error, "Wrong user name or password.");
 
     type_into(&c, "#username", "user00001").await;
     type_into(&c, "#password", GENERATED_PASSWORD).await;
-    click(&c, "#sign-in").await;
+    click_to_new_page(&c, "#sign-in").await;
     let table = text_of(&c, "#desktops").await;
     assert!(table.contains("lab-000"), "{}", where_am_i(&c).await);
     let who = text_of(&c, "#signed-in-as").await;
@@ -60,11 +60,11 @@ async fn walk(c: Client, base: String, downloads: PathBuf) {
     c.goto(&format!("{base}/")).await.expect("reload");
     let table = text_of(&c, "#desktops").await;
     assert!(table.contains("(yours)"), "{}", where_am_i(&c).await);
-    click(&c, "#desktops button.release").await;
+    click_to_new_page(&c, "#desktops button.release").await;
     let notice = text_of(&c, "#notice").await;
     assert_eq!(notice, "lab-000 was released.");
 
-    click(&c, "#sign-out").await;
+    click_to_new_page(&c, "#sign-out").await;
     let notice = text_of(&c, "#notice").await;
     assert_eq!(notice, "You have signed out.");
     find(&c, "#portal-login-form").await;
@@ -115,19 +115,7 @@ async fn notice(c: &Client) -> String {
 /// Presses the submit button of the page's resource form and waits for the next page (the
 /// old page's root element goes stale once the browser has navigated).
 async fn submit(c: &Client) {
-    let before = c
-        .find(Locator::Css("html"))
-        .await
-        .expect("the page has a root");
-    click(c, "form.resource button[type=submit]").await;
-    // Polls the condition (bounded), as fantoccini's own waits do.
-    for _ in 0..600 {
-        if before.tag_name().await.is_err() {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    panic!("the form submit did not lead to a new page");
+    click_to_new_page(c, "form.resource button[type=submit]").await;
 }
 
 /// What the directory fixture says about itself, as typed into the console.

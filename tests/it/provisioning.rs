@@ -365,23 +365,13 @@ async fn repeated_refusals_turn_provisioning_off_with_the_cloud_s_message_until_
     let reason = off.disabled_reason.clone().expect("the cloud's message");
     assert!(reason.contains("no-such-flavor"), "{reason}");
     assert_eq!(reason, second.failed[0]);
-    let audit: Vec<AuditEntry> = store
-        .list::<AuditEntry>()
-        .expect("audit")
-        .into_iter()
-        .map(|(_, a)| a)
-        .collect();
+    let audit: Vec<AuditEntry> = store.values::<AuditEntry>().expect("audit");
     let line = audit
         .iter()
         .find(|a| a.action == "pool.provisioning_disabled")
         .expect("an audit line");
     assert!(line.detail.contains(&reason) && !line.ok, "{line:?}");
-    let alerts: Vec<Alert> = store
-        .list::<Alert>()
-        .expect("alerts")
-        .into_iter()
-        .map(|(_, a)| a)
-        .collect();
+    let alerts: Vec<Alert> = store.values::<Alert>().expect("alerts");
     assert_eq!(alerts.len(), 1);
     assert_eq!(alerts[0].subject, pool.id);
     assert!(alerts[0].message.contains(&reason));
