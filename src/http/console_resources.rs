@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use actix_multipart::Multipart;
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::Value;
 
 use super::api;
@@ -26,7 +26,7 @@ use super::forms::{
     self, ButtonView, Field, FieldView, FormView, Kind, MultipartForm, Rows, Values, at, field,
     helped, same,
 };
-use super::pages::{Page, see_other};
+use super::pages::{NoticeQuery, Page, see_other};
 use super::resource::{self, Effect, Resource};
 use super::session::Console;
 use super::session::CsrfOnly;
@@ -931,21 +931,13 @@ fn register<R: Screen>(cfg: &mut web::ServiceConfig) {
         );
 }
 
-#[derive(Deserialize)]
-struct Notice {
-    #[serde(default)]
-    notice: String,
-}
-
-fn notice_text(code: &str) -> &'static str {
-    match code {
-        "created" => "Created.",
-        "saved" => "Saved.",
-        "deleted" => "Deleted.",
-        "imported" => "Imported.",
-        _ => "",
-    }
-}
+/// What the resource pages say after a change.
+const NOTICES: &[(&str, &str)] = &[
+    ("created", "Created."),
+    ("saved", "Saved."),
+    ("deleted", "Deleted."),
+    ("imported", "Imported."),
+];
 
 async fn list_view<R: Screen>(state: &AppState) -> Result<ListView, HttpError> {
     state
@@ -1005,7 +997,7 @@ fn title_of(key: &str) -> String {
 async fn list_page<R: Screen>(
     state: web::Data<AppState>,
     who: Console,
-    query: web::Query<Notice>,
+    query: web::Query<NoticeQuery>,
 ) -> Result<HttpResponse, HttpError> {
     let mut view = list_view::<R>(&state).await?;
     if R::PATH == Desktop::PATH {
@@ -1021,7 +1013,7 @@ async fn list_page<R: Screen>(
     )
     .await?;
     page.set("view", &view)
-        .set("notice", notice_text(&query.notice));
+        .set("notice", query.sentence(NOTICES));
     page.render(&state)
 }
 
@@ -1419,7 +1411,7 @@ const ASSIGNMENTS: &str = "/admin/configuration/assignments";
 async fn assignments_page(
     state: web::Data<AppState>,
     who: Console,
-    query: web::Query<Notice>,
+    query: web::Query<NoticeQuery>,
 ) -> Result<HttpResponse, HttpError> {
     let rows = state
         .store
@@ -1461,7 +1453,7 @@ async fn assignments_page(
     )
     .await?;
     page.set("view", &view)
-        .set("notice", notice_text(&query.notice));
+        .set("notice", query.sentence(NOTICES));
     page.render(&state)
 }
 

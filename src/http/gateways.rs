@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 
 use super::console_resources::{Said, Screen, form_page};
 use super::forms::{self, Field, Kind, Values, field, helped};
-use super::pages::Page;
+use super::pages::{NoticeQuery, Page};
 use super::resource::{
     self, AdminToken, ApiResult, Endpoint, Resource, from_json, invalid, parse_body, schema,
 };
@@ -890,22 +890,12 @@ async fn render_list(
     page.render(state)
 }
 
-#[derive(Deserialize)]
-struct Notice {
-    #[serde(default)]
-    notice: String,
-}
-
 async fn list_page(
     state: web::Data<AppState>,
     who: Console,
-    query: web::Query<Notice>,
+    query: web::Query<NoticeQuery>,
 ) -> Result<HttpResponse, HttpError> {
-    let notice = match query.notice.as_str() {
-        "saved" => "Saved.",
-        "deleted" => "Deleted.",
-        _ => "",
-    };
+    let notice = query.sentence(&[("saved", "Saved."), ("deleted", "Deleted.")]);
     render_list(&state, &who, None, notice).await
 }
 

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::forms::{ButtonView, FormView, Kind, Values, field_views, helped};
-use super::pages::{Page, see_other};
+use super::pages::{NoticeQuery, Page, see_other};
 use super::resource::{AdminToken, ApiResult, Endpoint, from_json, invalid, parse_body, schema};
 use super::session::Console;
 use super::session::CsrfOnly;
@@ -423,22 +423,18 @@ async fn render_list(
     page.render(state)
 }
 
-#[derive(Deserialize)]
-struct Notice {
-    #[serde(default)]
-    notice: String,
-}
-
 async fn list_page(
     state: web::Data<AppState>,
     who: Console,
-    query: web::Query<Notice>,
+    query: web::Query<NoticeQuery>,
 ) -> Result<HttpResponse, HttpError> {
-    let notice = match query.notice.as_str() {
-        "started" => "Started: the result shows here when the run has ended.",
-        "saved" => "Schedule saved.",
-        _ => "",
-    };
+    let notice = query.sentence(&[
+        (
+            "started",
+            "Started: the result shows here when the run has ended.",
+        ),
+        ("saved", "Schedule saved."),
+    ]);
     render_list(&state, &who, notice, None).await
 }
 

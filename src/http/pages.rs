@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use actix_web::http::{StatusCode, header};
 use actix_web::{HttpResponse, web};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tera::{Context, Tera};
 
 use super::access;
@@ -176,6 +176,24 @@ impl Pages {
             }
         };
         rendered.map_err(|e| HttpError::Render(format!("{name}: {e}")))
+    }
+}
+
+/// The `?notice=KEY` a console page is redirected to after a change, so that it says what
+/// was done.
+#[derive(Debug, Default, Deserialize)]
+pub struct NoticeQuery {
+    #[serde(default)]
+    pub notice: String,
+}
+
+impl NoticeQuery {
+    /// The sentence `known` gives for the key; empty for none or an unknown one.
+    pub fn sentence(&self, known: &[(&str, &'static str)]) -> &'static str {
+        known
+            .iter()
+            .find(|(key, _)| *key == self.notice)
+            .map_or("", |(_, sentence)| sentence)
     }
 }
 
