@@ -9,7 +9,8 @@
 //! - Desktops keep their assignment across refreshes (fields are set on the desktop as it
 //!   stands inside the write's transaction); a server deleted in the cloud takes its desktop
 //!   out of every pool, after the broker has released it (which ends its sessions).
-//! - Refreshes of one center never overlap.
+//! - Refreshes of one center never overlap: the `inventory` job skips a center being
+//!   refreshed, and "Refresh now" waits for that refresh's end, then reads again.
 //! - A provisioned machine whose first build ends in ERROR (or is still building after
 //!   [`crate::model::provisioning::BUILD_TIMEOUT`]) is a failure of its pool's provisioning:
 //!   it is counted as a refused create is, and the machine and its desktop are deleted (it
@@ -150,6 +151,8 @@ pub struct Centers {
     clouds: Mutex<HashMap<String, (Center, Arc<Cloud>)>>,
     backoff: Mutex<HashMap<String, Backoff>>,
     refreshing: Mutex<HashSet<String>>,
+    /// Told each time a refresh ends.
+    refresh_ended: tokio::sync::Notify,
     /// Servers being created (by server id): a listing that does not show them yet does not
     /// make their desktops gone.
     pub(crate) building: Mutex<HashSet<String>>,
@@ -162,12 +165,13 @@ pub struct Centers {
     verifier: Mutex<Option<crate::licence::Verifier>>,
 }
 
-/// Removes a center from the "refreshing" set when its refresh ends.
+/// Removes a center from the "refreshing" set when its refresh ends, and says so.
 struct Refreshing<'a>(&'a Centers, String);
 
 impl Drop for Refreshing<'_> {
     fn drop(&mut self) {
         lock(&self.0.refreshing).remove(&self.1);
+        self.0.refresh_ended.notify_waiters();
     }
 }
 
@@ -183,6 +187,7 @@ impl Centers {
             clouds: Mutex::new(HashMap::new()),
             backoff: Mutex::new(HashMap::new()),
             refreshing: Mutex::new(HashSet::new()),
+            refresh_ended: tokio::sync::Notify::new(),
             building: Mutex::new(HashSet::new()),
             provisioning: Mutex::new(HashMap::new()),
             provisioning_ended: tokio::sync::Notify::new(),
@@ -222,8 +227,23 @@ impl Centers {
     }
 
     /// Reads the center's inventory and brings its desktops in step; records how it went on
-    /// the center.
+    /// the center. A refresh of the center already running (the `inventory` job's) is waited
+    /// for first, so that what this one returns is read after it was asked for.
     pub async fn refresh(&self, id: &str) -> Result<Refreshed, CenterError> {
+        loop {
+            let ended = self.refresh_ended.notified();
+            tokio::pin!(ended);
+            // Registered before the try, so an end between the try and the wait is seen.
+            ended.as_mut().enable();
+            match self.try_refresh(id).await {
+                Err(CenterError::Busy) => ended.await,
+                other => return other,
+            }
+        }
+    }
+
+    /// [`Centers::refresh`], or [`CenterError::Busy`] at once when one is running.
+    pub async fn try_refresh(&self, id: &str) -> Result<Refreshed, CenterError> {
         if !lock(&self.refreshing).insert(id.to_string()) {
             return Err(CenterError::Busy);
         }
@@ -287,7 +307,7 @@ impl Centers {
             if !due {
                 continue;
             }
-            match self.refresh(&center.id).await {
+            match self.try_refresh(&center.id).await {
                 Ok(r) => done.push(format!("{}: {} servers", center.name, r.servers)),
                 Err(CenterError::Busy) => {}
                 Err(e) => failed.push(format!("{}: {e}", center.name)),
