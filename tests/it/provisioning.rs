@@ -159,12 +159,25 @@ async fn settle(centers: &Centers, pool: &str) -> Provisioned {
     }
 }
 
-#[tokio::test]
-async fn a_check_creates_up_to_the_thresholds_in_sequence_and_never_past_stop_at() {
-    let _builds = lab_builds().await;
+/// What each lab provisioning test starts from: the lab's build turn, its machines named
+/// `<prefix>-…` (deleted when it ends, before the turn passes on), the lab's m1.tiny and
+/// fake-cirros ids, and a store holding the lab center.
+struct LabRun {
+    _cleanup: ByPrefix,
+    _builds: tokio::sync::MutexGuard<'static, ()>,
+    center: Center,
+    prefix: String,
+    flavor: String,
+    image: String,
+    store: Store,
+    _dir: tempfile::TempDir,
+}
+
+async fn lab_run(name: &str) -> LabRun {
+    let builds = lab_builds().await;
     let center = lab();
-    let prefix = unique("prov");
-    let _cleanup = ByPrefix {
+    let prefix = unique(name);
+    let cleanup = ByPrefix {
         center: center.clone(),
         prefix: prefix.clone(),
     };
@@ -172,10 +185,32 @@ async fn a_check_creates_up_to_the_thresholds_in_sequence_and_never_past_stop_at
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Store::open(dir.path()).expect("store");
     store.put(&center.id, &center).expect("center");
-    let pool = pool(&prefix, &flavor, &image);
+    LabRun {
+        _cleanup: cleanup,
+        _builds: builds,
+        center,
+        prefix,
+        flavor,
+        image,
+        store,
+        _dir: dir,
+    }
+}
+
+#[tokio::test]
+async fn a_check_creates_up_to_the_thresholds_in_sequence_and_never_past_stop_at() {
+    let t = lab_run("prov").await;
+    let LabRun {
+        prefix,
+        flavor,
+        image,
+        store,
+        ..
+    } = &t;
+    let pool = pool(prefix, flavor, image);
     assert!(pool.validate(&[]).is_empty(), "{:?}", pool.validate(&[]));
     store.put(&pool.id, &pool).expect("pool");
-    let centers = Arc::new(Centers::new(store.clone(), broker(&store)));
+    let centers = Arc::new(Centers::new(store.clone(), broker(store)));
 
     // Empty pool: 0 unassigned < 2, so two machines, in order.
     let first = centers.provision_check(&pool.id).await.expect("check");
@@ -184,7 +219,7 @@ async fn a_check_creates_up_to_the_thresholds_in_sequence_and_never_past_stop_at
         [format!("{prefix}-001"), format!("{prefix}-002")],
         "{first:?}"
     );
-    let made = desktops(&store, &prefix);
+    let made = desktops(store, prefix);
     assert_eq!(names(&made), first.created);
     for d in &made {
         assert!(!d.server_id.is_empty(), "{d:?}");
@@ -196,23 +231,23 @@ async fn a_check_creates_up_to_the_thresholds_in_sequence_and_never_past_stop_at
     assert!(again.created.is_empty(), "{again:?}");
 
     // Both taken: two more, up to stop_at and not one past it.
-    assign_all(&store, &prefix);
+    assign_all(store, prefix);
     let more = centers.provision_check(&pool.id).await.expect("check");
     assert_eq!(
         more.created,
         [format!("{prefix}-003"), format!("{prefix}-004")],
         "{more:?}"
     );
-    assign_all(&store, &prefix);
+    assign_all(store, prefix);
     let full = centers.provision_check(&pool.id).await.expect("check");
     assert!(full.created.is_empty(), "{full:?}");
-    assert_eq!(desktops(&store, &prefix).len(), 4);
+    assert_eq!(desktops(store, prefix).len(), 4);
 
     // The inventory takes the machines over and keeps them (assigned, same desktops). The
     // lab's Nova may fail a build under load: that machine is then a provisioning failure,
     // counted once, and its desktop goes when the lab lets it be deleted.
     let refreshed = centers.refresh("lab").await.expect("refresh");
-    let after = desktops(&store, &prefix);
+    let after = desktops(store, prefix);
     let stored: Pool = store.get(&pool.id).expect("read").expect("pool");
     assert!(stored.provisioning.last_run.is_some());
     let failed = refreshed.failed_builds.len();
@@ -236,25 +271,23 @@ async fn a_check_creates_up_to_the_thresholds_in_sequence_and_never_past_stop_at
 
 #[tokio::test]
 async fn fifty_concurrent_sign_ins_never_overshoot_stop_at_nor_share_a_desktop() {
-    let _builds = lab_builds().await;
-    let center = lab();
-    let prefix = unique("rush");
-    let _cleanup = ByPrefix {
-        center: center.clone(),
-        prefix: prefix.clone(),
-    };
-    let (flavor, image) = flavor_and_image(&center).await;
+    let t = lab_run("rush").await;
+    let LabRun {
+        center,
+        prefix,
+        flavor,
+        image,
+        store,
+        ..
+    } = &t;
     let slapd = Slapd::start_with(&SlapdOptions {
         generated_users: 50,
         ..SlapdOptions::default()
     });
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = Store::open(dir.path()).expect("store");
-    store.put(&center.id, &center).expect("center");
     // The Lab policy and assignments, on a pool of this test's machines: two ready desktops
     // (so 2 unassigned: no provisioning yet), growing to 4.
-    let seeded = crate::lab::seed(&store, "slapd", 0, &[("generated", "user")]);
-    let mut pool = pool(&prefix, &flavor, &image);
+    let seeded = crate::lab::seed(store, "slapd", 0, &[("generated", "user")]);
+    let mut pool = pool(prefix, flavor, image);
     pool.id = seeded.id.clone();
     store.put(&pool.id, &pool).expect("pool");
     for i in 1..=2 {
@@ -271,7 +304,7 @@ async fn fifty_concurrent_sign_ins_never_overshoot_stop_at_nor_share_a_desktop()
         );
         store.put(&d.id, &d).expect("desktop");
     }
-    let broker = broker(&store);
+    let broker = broker(store);
     let server = slapd.auth_server(Security::Ldaps);
     let directory: Arc<dyn gatehouse::auth::Directory> =
         Arc::new(gatehouse::auth::LdapDirectory::new(server.clone()));
@@ -312,19 +345,19 @@ async fn fifty_concurrent_sign_ins_never_overshoot_stop_at_nor_share_a_desktop()
     assert_eq!(ids.len(), given.len(), "a desktop given twice: {given:?}");
     assert_eq!(given.len(), 2, "{given:?}");
     // Both taken: provisioning filled the pool up to stop_at, and never past it.
-    let all = desktops(&store, &prefix);
+    let all = desktops(store, prefix);
     assert_eq!(all.len(), 4, "{:?}", names(&all));
     let made: Vec<&Desktop> = all.iter().filter(|d| !d.server_id.is_empty()).collect();
     assert_eq!(
         made.iter().map(|d| d.name.as_str()).collect::<Vec<_>>(),
         [format!("{prefix}-001"), format!("{prefix}-002")]
     );
-    let cloud = Cloud::new(&center).expect("cloud");
+    let cloud = Cloud::new(center).expect("cloud");
     let servers = cloud.servers().await.expect("servers");
     assert_eq!(
         servers
             .iter()
-            .filter(|s| s.name.starts_with(&prefix))
+            .filter(|s| s.name.starts_with(prefix.as_str()))
             .count(),
         2,
         "the cloud holds exactly the machines provisioned"
@@ -333,34 +366,31 @@ async fn fifty_concurrent_sign_ins_never_overshoot_stop_at_nor_share_a_desktop()
 
 #[tokio::test]
 async fn repeated_refusals_turn_provisioning_off_with_the_cloud_s_message_until_turned_on() {
-    let _builds = lab_builds().await;
-    let center = lab();
-    let prefix = unique("fail");
-    let _cleanup = ByPrefix {
-        center: center.clone(),
-        prefix: prefix.clone(),
-    };
-    let (flavor, image) = flavor_and_image(&center).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = Store::open(dir.path()).expect("store");
-    store.put(&center.id, &center).expect("center");
-    let mut pool = pool(&prefix, "no-such-flavor", &image);
+    let t = lab_run("fail").await;
+    let LabRun {
+        prefix,
+        flavor,
+        image,
+        store,
+        ..
+    } = &t;
+    let mut pool = pool(prefix, "no-such-flavor", image);
     pool.provisioning.failure_limit = 2;
     pool.provisioning.start_below = 1;
     store.put(&pool.id, &pool).expect("pool");
-    let centers = Arc::new(Centers::new(store.clone(), broker(&store)));
+    let centers = Arc::new(Centers::new(store.clone(), broker(store)));
 
     let first = centers.provision_check(&pool.id).await.expect("check");
     assert_eq!(first.failed.len(), 1, "{first:?}");
     assert!(!first.turned_off);
     let read = |store: &Store| -> Pool { store.get(&pool.id).expect("read").expect("pool") };
-    assert_eq!(read(&store).provisioning.failures, 1);
-    assert!(read(&store).provisioning.enabled);
-    assert!(desktops(&store, &prefix).is_empty(), "the placeholder goes");
+    assert_eq!(read(store).provisioning.failures, 1);
+    assert!(read(store).provisioning.enabled);
+    assert!(desktops(store, prefix).is_empty(), "the placeholder goes");
 
     let second = centers.provision_check(&pool.id).await.expect("check");
     assert!(second.turned_off, "{second:?}");
-    let off = read(&store).provisioning;
+    let off = read(store).provisioning;
     assert!(!off.enabled);
     let reason = off.disabled_reason.clone().expect("the cloud's message");
     assert!(reason.contains("no-such-flavor"), "{reason}");
@@ -384,9 +414,9 @@ async fn repeated_refusals_turn_provisioning_off_with_the_cloud_s_message_until_
     );
 
     // The administrator fixes the flavor and turns it on again (as a save does).
-    let mut fixed = read(&store);
+    let mut fixed = read(store);
     let old = fixed.provisioning.clone();
-    fixed.provisioning.flavor = flavor;
+    fixed.provisioning.flavor = flavor.clone();
     fixed.provisioning.enabled = true;
     fixed.provisioning.keep_status(&old);
     assert_eq!(
@@ -399,7 +429,7 @@ async fn repeated_refusals_turn_provisioning_off_with_the_cloud_s_message_until_
     store.put(&fixed.id, &fixed).expect("pool");
     let on = centers.provision_check(&pool.id).await.expect("check");
     assert_eq!(on.created, [format!("{prefix}-001")], "{on:?}");
-    assert_eq!(desktops(&store, &prefix).len(), 1);
+    assert_eq!(desktops(store, prefix).len(), 1);
 }
 
 const PASSWORD: &str = "Provisioning-Test-Password-1";
