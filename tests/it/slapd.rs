@@ -169,7 +169,7 @@ impl Slapd {
                 ready = true;
                 break;
             }
-            std::thread::yield_now();
+            std::thread::sleep(Duration::from_millis(1));
         }
         if !ready {
             return Err(format!("slapd's ports do not answer:\n{}", slapd.log()));
@@ -229,12 +229,44 @@ impl Slapd {
     }
 
     /// Freezes slapd (SIGSTOP): connections stay open but nothing answers.
+    /// Freezes the directory (SIGSTOP) and returns once every thread of it has stopped: the
+    /// signal is delivered asynchronously, and a thread still running could answer one more
+    /// request.
     pub fn pause(&self) {
         signal(self.pid(), "-STOP");
+        self.wait_for_threads(true);
     }
 
+    /// Thaws the directory (SIGCONT) and returns once every thread of it runs again.
     pub fn resume(&self) {
         signal(self.pid(), "-CONT");
+        self.wait_for_threads(false);
+    }
+
+    /// Waits until every thread of slapd is stopped (`stopped`) or none is, read from
+    /// `/proc/PID/task/*/stat`.
+    fn wait_for_threads(&self, stopped: bool) {
+        let tasks = PathBuf::from(format!("/proc/{}/task", self.pid()));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let states: Vec<char> = std::fs::read_dir(&tasks)
+                .expect("slapd's /proc entry")
+                .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("stat")).ok())
+                // The state follows the command name, which is in parentheses.
+                .filter_map(|stat| stat.rsplit_once(") ")?.1.chars().next())
+                .collect();
+            let all =
+                !states.is_empty() && states.iter().all(|s| matches!(s, 'T' | 't') == stopped);
+            if all {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "slapd's threads did not {}: {states:?}",
+                if stopped { "stop" } else { "run again" }
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     /// An authentication server pointing at this directory with `security`, verifying TLS
