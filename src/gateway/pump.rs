@@ -478,47 +478,40 @@ where
             if self.down_eof || self.close_queued || self.out_range.is_some() {
                 return Ok(progress);
             }
-            match self.tcp.poll_read_ready(cx) {
+            // A read that does not fill the buffer tells the event loop the socket is drained,
+            // so the next turn waits instead of trying a read that would only fail.
+            let mut buf = self.out_buf.take().unwrap_or_else(pool::take);
+            let mut read = ReadBuf::new(&mut buf[ROOM..]);
+            let n = match Pin::new(&mut *self.tcp).poll_read(cx, &mut read) {
                 Poll::Pending => {
-                    if let Some(buf) = self.out_buf.take() {
-                        pool::give(buf);
-                    }
+                    pool::give(buf);
                     return Ok(progress);
                 }
-                Poll::Ready(Err(e)) => return Err(PumpError::Target(e)),
-                Poll::Ready(Ok(())) => {}
-            }
-            let mut buf = self.out_buf.take().unwrap_or_else(pool::take);
-            match self.tcp.try_read(&mut buf[ROOM..]) {
-                Ok(0) => {
-                    pool::give(buf);
-                    self.down_eof = true;
-                    self.queue_close(1000);
-                    return Ok(true);
-                }
-                Ok(n) => {
-                    let mask = self.mask();
-                    if let Some(m) = mask {
-                        apply_mask(&mut buf[ROOM..ROOM + n], m, 0);
-                    }
-                    let start = ws::write_header(&mut buf[..ROOM], Opcode::Binary, n, mask);
-                    self.out_range = Some((start, ROOM + n));
-                    self.out_buf = Some(buf);
-                    self.shared
-                        .bytes_down
-                        .fetch_add(n as u64, Ordering::Relaxed);
-                    self.last_data = Instant::now();
-                    progress = true;
-                    let _ = self.poll_write_ws(cx)?;
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.out_buf = Some(buf);
-                }
-                Err(e) => {
+                Poll::Ready(Err(e)) => {
                     pool::give(buf);
                     return Err(PumpError::Target(e));
                 }
+                Poll::Ready(Ok(())) => read.filled().len(),
+            };
+            if n == 0 {
+                pool::give(buf);
+                self.down_eof = true;
+                self.queue_close(1000);
+                return Ok(true);
             }
+            let mask = self.mask();
+            if let Some(m) = mask {
+                apply_mask(&mut buf[ROOM..ROOM + n], m, 0);
+            }
+            let start = ws::write_header(&mut buf[..ROOM], Opcode::Binary, n, mask);
+            self.out_range = Some((start, ROOM + n));
+            self.out_buf = Some(buf);
+            self.shared
+                .bytes_down
+                .fetch_add(n as u64, Ordering::Relaxed);
+            self.last_data = Instant::now();
+            progress = true;
+            let _ = self.poll_write_ws(cx)?;
         }
     }
 
@@ -817,30 +810,28 @@ impl RawHalf {
                 self.done = true;
                 return Poll::Ready(Ok(true));
             }
-            match from.poll_read_ready(cx) {
+            // As on the tunnel's desktop side: a short read marks the socket drained.
+            let mut buf = self.buf.take().unwrap_or_else(pool::take);
+            let mut read = ReadBuf::new(&mut buf[..BUF_SIZE]);
+            match Pin::new(&mut *from).poll_read(cx, &mut read) {
                 Poll::Pending => {
-                    self.release();
+                    pool::give(buf);
                     return ready_or_pending(progress);
                 }
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(PumpError::Client(e))),
-                Poll::Ready(Ok(())) => {}
-            }
-            let mut buf = self.buf.take().unwrap_or_else(pool::take);
-            match from.try_read(&mut buf) {
-                Ok(0) => {
-                    pool::give(buf);
-                    self.eof = true;
-                    progress = true;
-                }
-                Ok(n) => {
-                    self.buf = Some(buf);
-                    self.pending = Some((0, n));
-                    progress = true;
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.buf = Some(buf),
-                Err(e) => {
+                Poll::Ready(Err(e)) => {
                     pool::give(buf);
                     return Poll::Ready(Err(PumpError::Client(e)));
+                }
+                Poll::Ready(Ok(())) => {
+                    let n = read.filled().len();
+                    progress = true;
+                    if n == 0 {
+                        pool::give(buf);
+                        self.eof = true;
+                    } else {
+                        self.buf = Some(buf);
+                        self.pending = Some((0, n));
+                    }
                 }
             }
         }
