@@ -142,6 +142,9 @@ pub struct GatewaySettings {
     pub trusted_proxies: Vec<Cidr>,
     /// Worker threads serving connections (0: one per core).
     pub threads: usize,
+    /// How long a worker keeps polling its sockets after bytes moved, instead of sleeping
+    /// (zero: off). See [`workers`].
+    pub busy_poll: Duration,
 }
 
 impl Default for GatewaySettings {
@@ -158,6 +161,7 @@ impl Default for GatewaySettings {
             connect_timeout: Duration::from_secs(10),
             trusted_proxies: Vec::new(),
             threads: 0,
+            busy_poll: Duration::ZERO,
         }
     }
 }
@@ -255,7 +259,7 @@ impl Gateway {
         Fut: std::future::Future<Output = ()> + Send + 'static,
     {
         let workers = self.workers.get_or_init(|| {
-            workers::Workers::start(self.settings.threads)
+            workers::Workers::start(self.settings.threads, self.settings.busy_poll)
                 .inspect_err(|e| tracing::error!(error = %e, "gateway worker threads not started; connections share the main runtime"))
                 .ok()
         });

@@ -499,6 +499,7 @@ where
                 self.queue_close(1000);
                 return Ok(true);
             }
+            super::workers::note_activity();
             let mask = self.mask();
             if let Some(m) = mask {
                 apply_mask(&mut buf[ROOM..ROOM + n], m, 0);
@@ -582,6 +583,7 @@ where
                         }
                         return Ok(true);
                     }
+                    super::workers::note_activity();
                     self.in_buf = Some(buf);
                     self.in_pos = 0;
                     self.in_end = n;
@@ -829,6 +831,7 @@ impl RawHalf {
                         pool::give(buf);
                         self.eof = true;
                     } else {
+                        super::workers::note_activity();
                         self.buf = Some(buf);
                         self.pending = Some((0, n));
                     }

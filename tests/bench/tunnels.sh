@@ -18,8 +18,10 @@
 #
 # Usage: tests/bench/tunnels.sh [tcp] [ws] [wss] [ws-client] [wss-client]   (default: all)
 # Environment: HARNESS (path of tunnel-peers.sh), PEERS_TCP, PEERS_WS, PEERS_WSS (peers run
-# beside the gateway in the same run), IDLE_N_WSS (idle TLS tunnels, default 10000), and the
-# harness's own tunables (RUNS, DURATION, PINGS, IDLE_N, ...).
+# beside the gateway in the same run), IDLE_N_WSS (idle TLS tunnels, default 10000),
+# BUSY_POLL (microseconds: runs the gateway and its client with --busy-poll, named
+# gatehouse-busy in the tables; default 0, off), and the harness's own tunables (RUNS,
+# DURATION, PINGS, IDLE_N, ...).
 # Results: one summary per run under $OUT (printed at the end).
 set -euo pipefail
 
@@ -31,6 +33,9 @@ PEERS_TCP=${PEERS_TCP:-"haproxy socat"}
 PEERS_WS=${PEERS_WS:-"websocat websockify-py"}
 PEERS_WSS=${PEERS_WSS:-"websocat-tls haproxy-tls stunnel"}
 IDLE_N_WSS=${IDLE_N_WSS:-10000}
+BUSY_POLL=${BUSY_POLL:-0}
+NAME=gatehouse
+[ "$BUSY_POLL" = 0 ] || NAME=gatehouse-busy
 
 echo "building the release binary..." >&2
 cargo build --release --locked --quiet --manifest-path "$ROOT/Cargo.toml"
@@ -56,16 +61,17 @@ free_base() {
   echo 23000
 }
 
-GW="exec $BIN gateway --broker-key $WORK/broker.pem --keepalive 30"
+GW_FLAGS="--broker-key $WORK/broker.pem --keepalive 30 --busy-poll $BUSY_POLL"
+GW="exec $BIN gateway $GW_FLAGS"
 # The gateway on LISTEN_PORT + 1000 (URL scheme $1, gateway flags $2), and `gatehouse tunnel` on
 # LISTEN_PORT in front of it with a ticket for TARGET_PORT, in one process group.
 client_cmd() {
   local scheme=$1 flags=$2 probe=http
   [ "$scheme" = wss ] && probe=https
-  echo "$BIN gateway --broker-key $WORK/broker.pem --keepalive 30 $flags --allowed-ports \$TARGET_PORT & \
+  echo "$BIN gateway $GW_FLAGS $flags --allowed-ports \$TARGET_PORT & \
     for i in \$(seq 100); do curl -sk -o /dev/null $probe://127.0.0.1:\$((LISTEN_PORT + 1000))/ && break; sleep 0.1; done; \
     t=\$($BIN ticket issue --data $WORK/data --target 127.0.0.1:\$TARGET_PORT --ttl 7200 --client-addr 127.0.0.1); \
-    $BIN tunnel --gateway $scheme://127.0.0.1:\$((LISTEN_PORT + 1000))/tunnel --ticket \$t --insecure \
+    $BIN tunnel --gateway $scheme://127.0.0.1:\$((LISTEN_PORT + 1000))/tunnel --ticket \$t --insecure --busy-poll $BUSY_POLL \
       --listen 127.0.0.1:\$LISTEN_PORT & wait"
 }
 
@@ -78,7 +84,7 @@ run() {  # name mode peers skip target_offset extra_env...
   esac
   local cmd
   case "$mode" in
-    tcp) cmd="$BIN gateway --broker-key $WORK/broker.pem --listen 127.0.0.1:0 \
+    tcp) cmd="$BIN gateway $GW_FLAGS --listen 127.0.0.1:0 \
             --plain-listen 127.0.0.1:\$((LISTEN_PORT + 1000)) --port-range \$LISTEN_PORT-\$LISTEN_PORT \
             --forward-window 7200 --allowed-ports \$TARGET_PORT & pid=\$!; \
           for i in \$(seq 100); do curl -s -o /dev/null http://127.0.0.1:\$((LISTEN_PORT + 1000))/ && break; sleep 0.1; done; \
@@ -94,7 +100,7 @@ run() {  # name mode peers skip target_offset extra_env...
   case "$mode" in *-client) harness_mode=tcp ;; esac
   echo "== $name (mode $mode, peers: direct $peers gateway; skip: ${skip:-none})" >&2
   env "$@" PORT_BASE="$base" SKIP="$skip" OUT_DIR="$OUT/$name" \
-    GATEWAY_CMD="$cmd" GATEWAY_MODE="$harness_mode" GATEWAY_WS_PATH="$path" GATEWAY_NAME=gatehouse \
+    GATEWAY_CMD="$cmd" GATEWAY_MODE="$harness_mode" GATEWAY_WS_PATH="$path" GATEWAY_NAME=$NAME \
     bash "$HARNESS" direct $peers gateway >&2 || echo "run $name failed" >&2
 }
 

@@ -720,6 +720,90 @@ async fn tunnels_carry_streams_intact_both_ways_over_ws_and_wss() {
     assert_eq!(target.connections_before_probe().await, tunnels + 1);
 }
 
+/// `count` round trips of a small numbered message through `addr`, each checked.
+async fn round_trips(addr: SocketAddr, count: u32, what: &str) {
+    let mut conn = TcpStream::connect(addr).await.expect("connect");
+    conn.set_nodelay(true).expect("nodelay");
+    let mut back = [0u8; 64];
+    for i in 0..count {
+        let mut msg = [b'p'; 64];
+        msg[..4].copy_from_slice(&i.to_le_bytes());
+        conn.write_all(&msg).await.expect("write");
+        timeout(TRANSFER, conn.read_exact(&mut back))
+            .await
+            .unwrap_or_else(|_| panic!("{what}: no answer to message {i}"))
+            .unwrap_or_else(|e| panic!("{what}: read of message {i}: {e}"));
+        assert_eq!(back, msg, "{what}: message {i} came back changed");
+    }
+}
+
+/// Busy polling (in the gateway and in its client) changes when their threads sleep, never
+/// what arrives: streams and many small round trips, over ws, wss and a forwarded port.
+#[tokio::test]
+async fn with_busy_polling_streams_and_small_round_trips_arrive_intact() {
+    common::install_crypto();
+    let issuer = Issuer::new();
+    let target = Target::start().await;
+    let port = free_port();
+    let range = format!("{port}-{port}");
+    let busy = ["--busy-poll", "200"];
+    let gw = Gateway::start(
+        &issuer,
+        &[
+            "--allowed-ports",
+            "1024-65535",
+            "--port-range",
+            &range,
+            "--forward-window",
+            "600",
+            busy[0],
+            busy[1],
+        ],
+    )
+    .await;
+    let ticket = issuer.ticket(target.addr, &["--client-addr", "127.0.0.1"]);
+    let cert = gw.cert.to_str().expect("utf8").to_string();
+    let (_plain, plain_at) = start_tunnel(&gw.ws_url(), &ticket, &busy).await;
+    let (_tls, tls_at) =
+        start_tunnel(&gw.wss_url(), &ticket, &["--ca", &cert, busy[0], busy[1]]).await;
+    let (status, answer) = request_forward(&gw, &ticket).await;
+    assert_eq!(status, 200, "{answer}");
+    let forwarded = SocketAddr::from(([127, 0, 0, 1], port));
+
+    let mut connections = 0;
+    for (at, what) in [
+        (plain_at, "ws"),
+        (tls_at, "wss"),
+        (forwarded, "forwarded port"),
+    ] {
+        for len in [1, 64 * 1024, 10 * MB] {
+            echo_check_at(at, len, &format!("{what}, busy polling, {len} bytes")).await;
+        }
+        round_trips(at, 1000, what).await;
+        connections += 4;
+    }
+    target.wait_ended(connections).await;
+
+    // A window over a second is refused with the flag's name.
+    let refused = Command::new(common::bin())
+        .args([
+            "gateway",
+            "--broker-key",
+            "none.pem",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--busy-poll", "2000000"])
+        .output()
+        .expect("gatehouse runs");
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("--busy-poll") && err.contains("2000000"),
+        "{err}"
+    );
+}
+
 #[tokio::test]
 async fn an_independent_websocket_client_gets_the_binary_subprotocol_and_its_bytes() {
     common::install_crypto();
