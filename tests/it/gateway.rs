@@ -744,23 +744,8 @@ async fn with_busy_polling_streams_and_small_round_trips_arrive_intact() {
     common::install_crypto();
     let issuer = Issuer::new();
     let target = Target::start().await;
-    let port = free_port();
-    let range = format!("{port}-{port}");
     let busy = ["--busy-poll", "200"];
-    let gw = Gateway::start(
-        &issuer,
-        &[
-            "--allowed-ports",
-            "1024-65535",
-            "--port-range",
-            &range,
-            "--forward-window",
-            "600",
-            busy[0],
-            busy[1],
-        ],
-    )
-    .await;
+    let (gw, port) = forwarding_gateway(&issuer, "600", &busy).await;
     let ticket = issuer.ticket(target.addr, &["--client-addr", "127.0.0.1"]);
     let cert = gw.cert.to_str().expect("utf8").to_string();
     let (_plain, plain_at) = start_tunnel(&gw.ws_url(), &ticket, &busy).await;
@@ -2008,6 +1993,23 @@ async fn a_reloaded_certificate_keeps_open_tunnels_and_serves_new_ones() {
 }
 
 /// Asks a standalone gateway for a forwarded port; returns the HTTP status and the answer.
+/// A gateway with one forwarded port (free a moment ago) and `window` seconds for its client,
+/// started with `extra` flags; and that port.
+async fn forwarding_gateway(issuer: &Issuer, window: &str, extra: &[&str]) -> (Gateway, u16) {
+    let port = free_port();
+    let range = format!("{port}-{port}");
+    let mut args = vec![
+        "--allowed-ports",
+        "1024-65535",
+        "--port-range",
+        &range,
+        "--forward-window",
+        window,
+    ];
+    args.extend_from_slice(extra);
+    (Gateway::start(issuer, &args).await, port)
+}
+
 async fn request_forward(gw: &Gateway, ticket: &str) -> (u16, Value) {
     let answer = reqwest::Client::new()
         .post(format!("http://{}/gateway/v1/forwards", gw.plain))
@@ -2026,20 +2028,7 @@ async fn a_forwarded_port_serves_only_the_ticket_s_client_and_is_given_back() {
     common::install_crypto();
     let issuer = Issuer::new();
     let target = Target::start().await;
-    let port = free_port();
-    let range = format!("{port}-{port}");
-    let gw = Gateway::start(
-        &issuer,
-        &[
-            "--allowed-ports",
-            "1024-65535",
-            "--port-range",
-            &range,
-            "--forward-window",
-            "600",
-        ],
-    )
-    .await;
+    let (gw, port) = forwarding_gateway(&issuer, "600", &[]).await;
 
     // A ticket without a client address cannot open a forwarded port; nonsense neither.
     let unbound = issuer.ticket(target.addr, &[]);
@@ -2071,20 +2060,7 @@ async fn a_forwarded_port_serves_only_the_ticket_s_client_and_is_given_back() {
     target.wait_ended(2).await;
 
     // Nobody connects within the window: the port is given back.
-    let port2 = free_port();
-    let range2 = format!("{port2}-{port2}");
-    let quick = Gateway::start(
-        &issuer,
-        &[
-            "--allowed-ports",
-            "1024-65535",
-            "--port-range",
-            &range2,
-            "--forward-window",
-            "1",
-        ],
-    )
-    .await;
+    let (quick, port2) = forwarding_gateway(&issuer, "1", &[]).await;
     let mark = quick.proc.mark();
     let (status, answer) = request_forward(&quick, &ticket).await;
     assert_eq!(status, 200, "{answer}");
