@@ -104,7 +104,7 @@ struct GatewayArgs {
     threads: usize,
     /// Microseconds a worker keeps polling its sockets after bytes moved instead of
     /// sleeping: lower round trips on virtual machines, for CPU while traffic flows; 0: off.
-    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=MAX_BUSY_POLL_US))]
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=i64::from(crate::gateway::workers::MAX_BUSY_POLL_US)))]
     busy_poll: u32,
     /// Seconds a forwarded port waits for its client.
     #[arg(long, default_value_t = 60)]
@@ -147,7 +147,7 @@ struct TunnelArgs {
     insecure: bool,
     /// Microseconds to keep polling the sockets after bytes moved instead of sleeping: lower
     /// round trips on virtual machines, for CPU while traffic flows; 0: off.
-    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=MAX_BUSY_POLL_US))]
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=i64::from(crate::gateway::workers::MAX_BUSY_POLL_US)))]
     busy_poll: u32,
 }
 
@@ -349,9 +349,6 @@ fn parse_target(text: &str) -> Result<(String, u16)> {
     }
     Ok((host.to_string(), port))
 }
-
-/// The longest busy-polling window, in microseconds (a second).
-const MAX_BUSY_POLL_US: i64 = 1_000_000;
 
 fn multi_thread_runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()

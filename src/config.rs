@@ -421,11 +421,12 @@ impl Config {
         if let Err(e) = self.gateway.forwarding() {
             return Err(invalid("gateway.forward_ports", e));
         }
-        if self.gateway.busy_poll_us > 1_000_000 {
+        let max_busy_poll = crate::gateway::workers::MAX_BUSY_POLL_US;
+        if self.gateway.busy_poll_us > max_busy_poll {
             return Err(invalid(
                 "gateway.busy_poll_us",
                 format!(
-                    "{} microseconds is over the limit of 1000000 (one second); 0 turns busy polling off",
+                    "{} microseconds is over the limit of {max_busy_poll} (one second); 0 turns busy polling off",
                     self.gateway.busy_poll_us
                 ),
             ));

@@ -26,6 +26,10 @@ use std::time::{Duration, Instant};
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 
+/// The longest busy-polling window, in microseconds (one second): the limit of
+/// `--busy-poll` and `gateway.busy_poll_us`.
+pub const MAX_BUSY_POLL_US: u32 = 1_000_000;
+
 /// One worker thread's event loop and how many connections it serves.
 struct Worker {
     handle: Handle,
