@@ -28,10 +28,16 @@ use super::ws::{
     self, ControlFrame, FrameError, MAX_CONTROL, MAX_HEADER, Opcode, Role, apply_mask,
 };
 
-/// Payload bytes per buffer: one read, one frame (four TLS records). Measured on loopback
-/// (`tests/bench/tunnels.sh`): 64 KiB frames carry more than 32 KiB ones for both the
-/// gateway and its clients, and more than 128 KiB ones for websocat's client.
+/// Bytes per buffer: one read, one frame. Measured on loopback (`tests/bench/tunnels.sh`):
+/// 64 KiB frames carry more than 32 KiB ones for both the gateway and its clients, and more
+/// than 128 KiB ones for websocat's client.
 pub const BUF_SIZE: usize = 64 * 1024;
+/// Payload bytes per outgoing data frame, so that header and payload together are exactly
+/// `BUF_SIZE`: four full TLS records, with no short record for the last few bytes. The header
+/// of a payload this size is 4 bytes, and 4 more with a client's mask.
+const fn frame_payload(masked: bool) -> usize {
+    BUF_SIZE - 4 - if masked { 4 } else { 0 }
+}
 /// Room in front of an outgoing payload for its frame header.
 const ROOM: usize = MAX_HEADER;
 /// How long a side may stay silent after the gateway sent its close frame.
@@ -481,7 +487,8 @@ where
             // A read that does not fill the buffer tells the event loop the socket is drained,
             // so the next turn waits instead of trying a read that would only fail.
             let mut buf = self.out_buf.take().unwrap_or_else(pool::take);
-            let mut read = ReadBuf::new(&mut buf[ROOM..]);
+            let payload = frame_payload(self.role == Role::Client);
+            let mut read = ReadBuf::new(&mut buf[ROOM..ROOM + payload]);
             let n = match Pin::new(&mut *self.tcp).poll_read(cx, &mut read) {
                 Poll::Pending => {
                     pool::give(buf);
@@ -854,5 +861,22 @@ fn ready_or_pending(progress: bool) -> Poll<Result<bool, PumpError>> {
         Poll::Ready(Ok(true))
     } else {
         Poll::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_outgoing_frame_is_exactly_one_buffer() {
+        for mask in [None, Some([1, 2, 3, 4])] {
+            let payload = frame_payload(mask.is_some());
+            let mut room = [0u8; ROOM];
+            let start = ws::write_header(&mut room, Opcode::Binary, payload, mask);
+            assert_eq!(ROOM - start + payload, BUF_SIZE, "mask: {mask:?}");
+            // Four full TLS records (16 KiB of plaintext each), nothing left over.
+            assert_eq!(BUF_SIZE % (16 * 1024), 0);
+        }
     }
 }
