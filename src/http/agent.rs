@@ -20,7 +20,7 @@ use super::session::CsrfOnly;
 use super::session::{Console, client_ip};
 use super::{AppState, HttpError};
 use crate::admin::{self, Actor};
-use crate::broker::plans::{Reporter, desktop_history, desktop_timers, history};
+use crate::broker::plans::{EventOutcome, Reporter, desktop_history, desktop_timers, history};
 use crate::model::desktop::Desktop;
 use crate::model::history::{AgentToken, AgentTokenHash, issue_agent_token};
 use crate::model::timer::{DesktopUse, parse_agent_event};
@@ -76,7 +76,7 @@ pub fn endpoints() -> Vec<Endpoint> {
 }
 
 pub fn schemas() -> Vec<(&'static str, Value)> {
-    use schema::{array, boolean, date_time, described, integer, object, one_of, string};
+    use schema::{boolean, date_time, described, integer, object, one_of, string};
     vec![
         (
             "AgentEvent",
@@ -109,31 +109,7 @@ pub fn schemas() -> Vec<(&'static str, Value)> {
                 ],
             ),
         ),
-        (
-            "AgentEventOutcome",
-            object(
-                &[
-                    "desktop",
-                    "event",
-                    "timers_set",
-                    "timers_cancelled",
-                    "sessions_ended",
-                ],
-                vec![
-                    ("desktop", string()),
-                    ("event", string()),
-                    (
-                        "timers_set",
-                        array(object(
-                            &["action", "due"],
-                            vec![("action", string()), ("due", date_time())],
-                        )),
-                    ),
-                    ("timers_cancelled", integer()),
-                    ("sessions_ended", integer()),
-                ],
-            ),
-        ),
+        ("AgentEventOutcome", event_outcome_schema()),
         (
             "AgentTokenIssued",
             object(
@@ -206,12 +182,6 @@ async fn calling_desktop(state: &AppState, req: &HttpRequest) -> Result<String, 
     })
 }
 
-#[derive(Serialize)]
-struct SetView {
-    action: String,
-    due: chrono::DateTime<Utc>,
-}
-
 async fn event_api(state: web::Data<AppState>, req: HttpRequest, body: web::Bytes) -> ApiResult {
     let desktop = calling_desktop(&state, &req).await?;
     let report =
@@ -230,19 +200,48 @@ async fn event_api(state: web::Data<AppState>, req: HttpRequest, body: web::Byte
         .broker
         .report_event(&desktop, report.event, Reporter::Agent(report.user))
         .await?;
-    Ok(json_ok(
-        StatusCode::OK,
-        &json!({
-            "desktop": outcome.desktop,
-            "event": outcome.event.name(),
-            "timers_set": outcome.set.iter().map(|t| SetView {
-                action: t.action.describe(),
-                due: t.due,
-            }).collect::<Vec<_>>(),
-            "timers_cancelled": outcome.cancelled,
-            "sessions_ended": outcome.sessions_ended,
-        }),
-    ))
+    Ok(json_ok(StatusCode::OK, &event_outcome_body(&outcome)))
+}
+
+/// What a reported event did, as both the agent and the client APIs answer it.
+pub(super) fn event_outcome_body(outcome: &EventOutcome) -> Value {
+    json!({
+        "desktop": outcome.desktop,
+        "event": outcome.event.name(),
+        "timers_set": outcome.set.iter().map(|t| json!({
+            "action": t.action.describe(),
+            "due": t.due,
+        })).collect::<Vec<_>>(),
+        "timers_cancelled": outcome.cancelled,
+        "sessions_ended": outcome.sessions_ended,
+    })
+}
+
+/// The schema of [`event_outcome_body`].
+pub(super) fn event_outcome_schema() -> Value {
+    use schema::{array, date_time, integer, object, string};
+    object(
+        &[
+            "desktop",
+            "event",
+            "timers_set",
+            "timers_cancelled",
+            "sessions_ended",
+        ],
+        vec![
+            ("desktop", string()),
+            ("event", string()),
+            (
+                "timers_set",
+                array(object(
+                    &["action", "due"],
+                    vec![("action", string()), ("due", date_time())],
+                )),
+            ),
+            ("timers_cancelled", integer()),
+            ("sessions_ended", integer()),
+        ],
+    )
 }
 
 /// Issues a desktop's agent token; the previous one stops working at once. Audited and in the

@@ -147,35 +147,11 @@ pub fn documented() -> Vec<Endpoint> {
 /// The schemas the client endpoints name.
 pub fn schemas() -> Vec<(&'static str, serde_json::Value)> {
     use super::resource::schema::{
-        array, boolean, date_time, integer, nullable, object, one_of, reference, string,
+        array, boolean, integer, nullable, object, one_of, reference, string,
     };
     let protocol = one_of(&["rdp", "vnc", "spice", "ssh"]);
     vec![
-        (
-            "DesktopEventOutcome",
-            object(
-                &[
-                    "desktop",
-                    "event",
-                    "timers_set",
-                    "timers_cancelled",
-                    "sessions_ended",
-                ],
-                vec![
-                    ("desktop", string()),
-                    ("event", string()),
-                    (
-                        "timers_set",
-                        array(object(
-                            &["action", "due"],
-                            vec![("action", string()), ("due", date_time())],
-                        )),
-                    ),
-                    ("timers_cancelled", integer()),
-                    ("sessions_ended", integer()),
-                ],
-            ),
-        ),
+        ("DesktopEventOutcome", super::agent::event_outcome_schema()),
         (
             "ClientLoginRequest",
             object(
@@ -667,16 +643,7 @@ async fn desktop_event(
         event = event.name(),
         "client reported"
     );
-    Ok(ok_json(&serde_json::json!({
-        "desktop": outcome.desktop,
-        "event": event.name(),
-        "timers_set": outcome.set.iter().map(|t| serde_json::json!({
-            "action": t.action.describe(),
-            "due": t.due,
-        })).collect::<Vec<_>>(),
-        "timers_cancelled": outcome.cancelled,
-        "sessions_ended": outcome.sessions_ended,
-    })))
+    Ok(ok_json(&super::agent::event_outcome_body(&outcome)))
 }
 
 async fn disconnect(
