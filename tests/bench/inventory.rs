@@ -27,12 +27,12 @@ use std::time::{Duration, Instant};
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use serde_json::{Value, json};
 
-use gatehouse::broker::{Broker, BrokerSettings};
 use gatehouse::centers::Centers;
-use gatehouse::model::center::Center;
 use gatehouse::model::desktop::Desktop;
 use gatehouse::store::Store;
 
+#[path = "../fixtures/broker.rs"]
+mod fixture;
 #[path = "../fixtures/openstack/samples.rs"]
 mod samples;
 use samples::sample;
@@ -242,29 +242,13 @@ fn main() -> ExitCode {
     let dir = tempfile::tempdir().expect("a temporary folder");
     let (_cloud, port) = start_cloud();
     let store = Store::open(&dir.path().join("data")).expect("a store");
-    let center = Center {
-        id: "bench".into(),
-        name: "Scripted cloud".into(),
-        auth_url: format!("http://127.0.0.1:{port}/identity/v3"),
-        project_domain: "vdi".into(),
-        project: "vdi-project".into(),
-        user_domain: "vdi".into(),
-        username: "vdi-user".into(),
-        password: "secret".into(),
-        ..Center::default()
-    };
-    store.put(&center.id, &center).expect("the center");
-    let broker = Arc::new(
-        Broker::new(
-            store.clone(),
-            BrokerSettings {
-                gateway_url: "wss://gateway.example/tunnel".into(),
-                ticket_seconds: 60,
-            },
-            gatehouse::broker::connect::signing_key(&[7u8; 32]),
-        )
-        .expect("a broker"),
+    let center = fixture::center(
+        "bench",
+        "Scripted cloud",
+        &format!("http://127.0.0.1:{port}/identity/v3"),
     );
+    store.put(&center.id, &center).expect("the center");
+    let broker = Arc::new(fixture::broker(&store));
     let centers = Centers::new(store.clone(), broker);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -27,13 +27,16 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use gatehouse::broker::control::{ControlFuture, DesktopAction, DesktopControl};
-use gatehouse::broker::{Broker, BrokerSettings};
 use gatehouse::model::Protocol;
 use gatehouse::model::desktop::{Desktop, DesktopInput, PowerState};
 use gatehouse::model::plan::PowerAction;
 use gatehouse::model::pool::{Attribute, Condition, Pool, Rule};
 use gatehouse::model::timer::{DesktopTimers, PlanTimer, TimerAction, TimerCause};
 use gatehouse::store::{Record, Store, StoreError};
+
+#[allow(dead_code)]
+#[path = "../fixtures/broker.rs"]
+mod fixture;
 
 const DESKTOPS: usize = 10_000;
 const POOLS: usize = 100;
@@ -200,17 +203,7 @@ async fn run() -> Result<(), String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let store = Store::open(dir.path()).map_err(|e| e.to_string())?;
     let desktops = seed(&store).map_err(|e| e.to_string())?;
-    let broker = Arc::new(
-        Broker::new(
-            store.clone(),
-            BrokerSettings {
-                gateway_url: String::new(),
-                ticket_seconds: 60,
-            },
-            gatehouse::broker::connect::signing_key(&[1u8; 32]),
-        )
-        .map_err(|e| e.to_string())?,
-    );
+    let broker = Arc::new(fixture::broker(&store));
 
     // 1. pool_stats.
     let first = broker.count_pools().await.map_err(|e| e.to_string())?;
@@ -286,17 +279,7 @@ async fn run() -> Result<(), String> {
         mib(scanned.saturating_sub(before))
     );
     let store = Store::open(dir.path()).map_err(|e| e.to_string())?;
-    let broker = Arc::new(
-        Broker::new(
-            store.clone(),
-            BrokerSettings {
-                gateway_url: String::new(),
-                ticket_seconds: 60,
-            },
-            gatehouse::broker::connect::signing_key(&[1u8; 32]),
-        )
-        .map_err(|e| e.to_string())?,
-    );
+    let broker = Arc::new(fixture::broker(&store));
 
     // 3. Every timer due at once, fired.
     let later = Utc::now() + chrono::Duration::days(2);

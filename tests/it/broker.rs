@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use gatehouse::auth::{Directory, LdapDirectory};
-use gatehouse::broker::{Broker, BrokerError, BrokerSettings, HeldDesktops};
+use gatehouse::broker::{Broker, BrokerError, HeldDesktops};
 use gatehouse::model::Protocol;
 use gatehouse::model::desktop::{Desktop, DesktopInput};
 use gatehouse::model::directory::Security;
@@ -29,15 +29,7 @@ fn seed(store: &Store, server_id: &str, n: usize) -> Pool {
 }
 
 fn broker(store: &Store, slapd: &Slapd) -> Arc<Broker> {
-    let broker = Broker::new(
-        store.clone(),
-        BrokerSettings {
-            gateway_url: "wss://gateway.example/tunnel".into(),
-            ticket_seconds: 60,
-        },
-        gatehouse::broker::connect::signing_key(&[9u8; 32]),
-    )
-    .expect("the broker reads its store");
+    let broker = crate::fixture::broker(store);
     let server = slapd.auth_server(Security::Ldaps);
     let directory: Arc<dyn Directory> = Arc::new(LdapDirectory::new(server.clone()));
     broker.set_directories(vec![(server, directory)]);

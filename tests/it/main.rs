@@ -2,6 +2,8 @@
 //! real `gatehouse` binary on 127.0.0.1:0 with a fresh data folder and talks HTTPS to it.
 
 mod common;
+#[path = "../fixtures/broker.rs"]
+mod fixture;
 
 mod api;
 mod backup;

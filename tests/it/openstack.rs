@@ -72,17 +72,7 @@ pub(crate) async fn lab_builds() -> tokio::sync::MutexGuard<'static, ()> {
 
 /// vdi-user of domain vdi, in vdi-project of domain vdi.
 fn center() -> Center {
-    Center {
-        id: "lab".into(),
-        name: "Lab cloud".into(),
-        auth_url: KEYSTONE.into(),
-        project_domain: "vdi".into(),
-        project: "vdi-project".into(),
-        user_domain: "vdi".into(),
-        username: "vdi-user".into(),
-        password: "secret".into(),
-        ..Center::default()
-    }
+    crate::fixture::center("lab", "Lab cloud", KEYSTONE)
 }
 
 pub(crate) fn unique(prefix: &str) -> String {

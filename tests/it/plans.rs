@@ -8,9 +8,9 @@ use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use gatehouse::auth::{Directory, LdapDirectory};
+use gatehouse::broker::Broker;
 use gatehouse::broker::control::{ControlFuture, DesktopAction, DesktopControl};
 use gatehouse::broker::plans::{Reporter, desktop_history, desktop_timers};
-use gatehouse::broker::{Broker, BrokerSettings};
 use gatehouse::model::desktop::Desktop;
 use gatehouse::model::directory::Security;
 use gatehouse::model::location::ClientFacts;
@@ -98,15 +98,7 @@ fn seed(store: &Store, desktops: usize) {
 }
 
 fn broker(store: &Store, slapd: Option<&Slapd>) -> Arc<Broker> {
-    let broker = Broker::new(
-        store.clone(),
-        BrokerSettings {
-            gateway_url: "wss://gateway.example/tunnel".into(),
-            ticket_seconds: 60,
-        },
-        gatehouse::broker::connect::signing_key(&[7u8; 32]),
-    )
-    .expect("broker");
+    let broker = crate::fixture::broker(store);
     if let Some(slapd) = slapd {
         let server = slapd.auth_server(Security::Ldaps);
         let directory: Arc<dyn Directory> = Arc::new(LdapDirectory::new(server.clone()));

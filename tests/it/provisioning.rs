@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use crate::common::{self, Licensing, Server};
 use crate::openstack::{lab, lab_builds, unique};
 use crate::slapd::{GENERATED_PASSWORD, Slapd, SlapdOptions};
-use gatehouse::broker::{Broker, BrokerSettings};
+use gatehouse::broker::Broker;
 use gatehouse::centers::Centers;
 use gatehouse::centers::provision::Provisioned;
 use gatehouse::model::AuditEntry;
@@ -110,17 +110,7 @@ pub(crate) fn pool(prefix: &str, flavor: &str, image: &str) -> Pool {
 }
 
 pub(crate) fn broker(store: &Store) -> Arc<Broker> {
-    Arc::new(
-        Broker::new(
-            store.clone(),
-            BrokerSettings {
-                gateway_url: "wss://gateway.example/tunnel".into(),
-                ticket_seconds: 60,
-            },
-            gatehouse::broker::connect::signing_key(&[7u8; 32]),
-        )
-        .expect("broker"),
-    )
+    Arc::new(crate::fixture::broker(store))
 }
 
 /// The stored desktops whose name starts with `prefix`, by name.
