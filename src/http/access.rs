@@ -7,7 +7,7 @@
 //! is stays in `auth` and the extractors, which the gate leaves to answer "sign in first".
 
 use actix_web::HttpRequest;
-use actix_web::http::{Method, header};
+use actix_web::http::Method;
 use actix_web::web;
 
 use super::session::COOKIE;
@@ -111,15 +111,7 @@ pub fn allows(console: Option<&ConsoleAccess>, rule: Rule) -> bool {
 /// The signed-in session a request carries: the console cookie, or for the API a bearer token.
 fn session_of(req: &HttpRequest, state: &AppState) -> Option<Session> {
     let token = if req.path().starts_with("/api/") {
-        req.headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                let (scheme, token) = v.trim().split_once(' ')?;
-                scheme
-                    .eq_ignore_ascii_case("bearer")
-                    .then(|| token.trim().to_string())
-            })?
+        super::session::bearer(req)?.to_string()
     } else {
         req.cookie(COOKIE)?.value().to_string()
     };

@@ -8,16 +8,15 @@
 //! the desktop, so one desktop cannot report for another. Events go to the broker
 //! (`Broker::report_event`), which owns what they do. No sled.
 
-use actix_web::http::{Method, StatusCode, header};
+use actix_web::http::{Method, StatusCode};
 use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::Utc;
-use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::console_resources::{DetailView, Said, ShownSecret, form_page};
-use super::resource::{AdminToken, ApiResult, Endpoint, invalid, parse_body, schema};
+use super::resource::{AdminToken, ApiResult, Endpoint, invalid, json_ok, parse_body, schema};
 use super::session::CsrfOnly;
-use super::session::{Console, client_ip};
+use super::session::{Console, bearer, client_ip};
 use super::{AppState, HttpError};
 use crate::admin::{self, Actor};
 use crate::broker::plans::{EventOutcome, Reporter, desktop_history, desktop_timers, history};
@@ -153,25 +152,12 @@ pub fn schemas() -> Vec<(&'static str, Value)> {
     ]
 }
 
-fn json_ok<T: Serialize>(status: StatusCode, value: &T) -> HttpResponse {
-    HttpResponse::build(status)
-        .insert_header((header::CACHE_CONTROL, "no-store"))
-        .json(value)
-}
-
-fn bearer(req: &HttpRequest) -> Option<String> {
-    let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.trim().split_once(' ')?;
-    let token = token.trim();
-    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then(|| token.to_string())
-}
-
 /// The desktop whose agent token the request carries.
 async fn calling_desktop(state: &AppState, req: &HttpRequest) -> Result<String, HttpError> {
     let Some(token) = bearer(req) else {
         return Err(HttpError::AgentTokenRequired);
     };
-    let hash = crate::model::gateway::hash_token(&token);
+    let hash = crate::model::gateway::hash_token(token);
     let found = state
         .store
         .call(move |s| Ok::<_, HttpError>(s.get::<AgentToken>(&hash)?))

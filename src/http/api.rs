@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::resource::{
-    self, AdminToken, ApiResult, Endpoint, from_json, invalid, parse_body, schema,
+    self, AdminToken, ApiResult, Endpoint, from_json, invalid, json_ok, parse_body, schema,
 };
 use super::session::client_ip;
 use super::signin::Credentials;
@@ -571,12 +571,6 @@ pub fn document() -> Value {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}
         }
     })
-}
-
-fn json_ok<T: Serialize>(status: StatusCode, value: &T) -> HttpResponse {
-    HttpResponse::build(status)
-        .insert_header((header::CACHE_CONTROL, "no-store"))
-        .json(value)
 }
 
 async fn openapi() -> HttpResponse {

@@ -13,8 +13,8 @@ use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
 
-use super::resource::Endpoint;
-use super::session::client_ip;
+use super::resource::{Endpoint, json_ok};
+use super::session::{bearer, client_ip};
 use super::{AppState, HttpError};
 use crate::auth::Verdict;
 use crate::broker::{BrokerError, ClientSession, ConnectionParams, Offer};
@@ -450,20 +450,6 @@ impl ResponseError for ApiError {
     }
 }
 
-fn ok_json<T: Serialize>(body: &T) -> HttpResponse {
-    HttpResponse::Ok()
-        .insert_header((header::CACHE_CONTROL, "no-store"))
-        .json(body)
-}
-
-/// The token of `Authorization: Bearer <token>`.
-fn bearer(req: &HttpRequest) -> Option<&str> {
-    let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.trim().split_once(' ')?;
-    let token = token.trim();
-    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
-}
-
 async fn authenticated(
     state: &AppState,
     req: &HttpRequest,
@@ -546,23 +532,26 @@ async fn login(
     )
     .await?;
     let d = &session.decision;
-    Ok(ok_json(&LoginAnswer {
-        token: &token,
-        user: UserView {
-            username: &d.user.username,
-            display_name: &d.display_name,
-            server_id: &d.user.server_id,
+    Ok(json_ok(
+        StatusCode::OK,
+        &LoginAnswer {
+            token: &token,
+            user: UserView {
+                username: &d.user.username,
+                display_name: &d.display_name,
+                server_id: &d.user.server_id,
+            },
+            location: &d.location_name,
+            role: &d.role.id,
+            offer: &offer,
         },
-        location: &d.location_name,
-        role: &d.role.id,
-        offer: &offer,
-    }))
+    ))
 }
 
 async fn desktops(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     let (_, session) = authenticated(&state, &req).await?;
     let offer = state.broker.offer(&session.decision).await?;
-    Ok(ok_json(&offer))
+    Ok(json_ok(StatusCode::OK, &offer))
 }
 
 #[derive(Serialize)]
@@ -593,14 +582,17 @@ async fn connect(
         desktop = %desktop.name,
         "client connects"
     );
-    Ok(ok_json(&ConnectAnswer {
-        desktop: DesktopView {
-            id: &desktop.id,
-            name: &desktop.name,
-            display_name: desktop.shown_name(),
+    Ok(json_ok(
+        StatusCode::OK,
+        &ConnectAnswer {
+            desktop: DesktopView {
+                id: &desktop.id,
+                name: &desktop.name,
+                display_name: desktop.shown_name(),
+            },
+            connection: &params,
         },
-        connection: &params,
-    }))
+    ))
 }
 
 async fn release(
@@ -618,7 +610,10 @@ async fn release(
         desktop = %desktop.name,
         "client released a desktop"
     );
-    Ok(ok_json(&serde_json::json!({ "released": desktop.id })))
+    Ok(json_ok(
+        StatusCode::OK,
+        &serde_json::json!({ "released": desktop.id }),
+    ))
 }
 
 /// A disconnect or logout reported by the client, for the desktop it holds.
@@ -643,7 +638,10 @@ async fn desktop_event(
         event = event.name(),
         "client reported"
     );
-    Ok(ok_json(&super::agent::event_outcome_body(&outcome)))
+    Ok(json_ok(
+        StatusCode::OK,
+        &super::agent::event_outcome_body(&outcome),
+    ))
 }
 
 async fn disconnect(

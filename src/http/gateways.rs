@@ -20,7 +20,8 @@ use super::console_resources::{Said, Screen, form_page};
 use super::forms::{self, Field, Kind, Values, field, helped};
 use super::pages::{NoticeQuery, Page};
 use super::resource::{
-    self, AdminToken, ApiResult, Endpoint, Resource, from_json, invalid, parse_body, schema,
+    self, AdminToken, ApiResult, Endpoint, Resource, from_json, invalid, json_ok, parse_body,
+    schema,
 };
 use super::session::CsrfOnly;
 use super::session::{Console, client_ip};
@@ -563,12 +564,6 @@ pub fn schemas() -> Vec<(&'static str, Value)> {
     all
 }
 
-fn json_ok<T: Serialize>(status: StatusCode, value: &T) -> HttpResponse {
-    HttpResponse::build(status)
-        .insert_header((header::CACHE_CONTROL, "no-store"))
-        .json(value)
-}
-
 async fn create_api(state: web::Data<AppState>, who: AdminToken, body: web::Bytes) -> ApiResult {
     let value = parse_body(&body)?;
     let actor = who.actor();
@@ -613,18 +608,7 @@ async fn reports_api(state: web::Data<AppState>, _who: AdminToken) -> ApiResult 
 
 /// The registered gateway whose token the request carries.
 async fn calling_gateway(state: &AppState, req: &HttpRequest) -> Result<GatewayRecord, HttpError> {
-    let token = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            let (scheme, token) = v.trim().split_once(' ')?;
-            scheme
-                .eq_ignore_ascii_case("bearer")
-                .then(|| token.trim().to_string())
-        })
-        .filter(|t| !t.is_empty());
-    let Some(token) = token else {
+    let Some(token) = super::session::bearer(req).map(str::to_string) else {
         return Err(HttpError::GatewayTokenRequired);
     };
     let found = state

@@ -6,14 +6,16 @@
 //! The rules (validating, keeping and applying a schedule, auditing) are `admin`'s; starting a
 //! job is the scheduler's, which never starts a job that is still running. No sled.
 
-use actix_web::http::{Method, StatusCode, header};
+use actix_web::http::{Method, StatusCode};
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::forms::{ButtonView, FormView, Kind, Values, field_views, helped};
 use super::pages::{NoticeQuery, Page, see_other};
-use super::resource::{AdminToken, ApiResult, Endpoint, from_json, invalid, parse_body, schema};
+use super::resource::{
+    AdminToken, ApiResult, Endpoint, from_json, invalid, json_ok, parse_body, schema,
+};
 use super::session::Console;
 use super::session::CsrfOnly;
 use super::{AppState, HttpError};
@@ -201,12 +203,6 @@ pub fn schemas() -> Vec<(&'static str, Value)> {
             ),
         ),
     ]
-}
-
-fn json_ok<T: Serialize>(status: StatusCode, value: &T) -> HttpResponse {
-    HttpResponse::build(status)
-        .insert_header((header::CACHE_CONTROL, "no-store"))
-        .json(value)
 }
 
 fn no_such_job(name: &str) -> HttpError {

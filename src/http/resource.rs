@@ -128,21 +128,10 @@ impl AdminToken {
         let state = req
             .app_data::<web::Data<AppState>>()
             .ok_or_else(|| HttpError::Render("application state missing".into()))?;
-        let token = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                let (scheme, token) = v.trim().split_once(' ')?;
-                scheme
-                    .eq_ignore_ascii_case("bearer")
-                    .then(|| token.trim().to_string())
-            })
-            .filter(|t| !t.is_empty())
-            .ok_or(HttpError::TokenRequired)?;
+        let token = super::session::bearer(req).ok_or(HttpError::TokenRequired)?;
         let session = state
             .sessions
-            .get(&token)
+            .get(token)
             .filter(|s| s.username.is_some())
             .ok_or(HttpError::TokenRequired)?;
         if session.factory {
@@ -449,7 +438,8 @@ pub async fn apply_effect(state: &AppState, effect: Effect) {
 
 // ---- Generic handlers -------------------------------------------------------------------------
 
-fn json_ok<T: Serialize>(status: StatusCode, value: &T) -> HttpResponse {
+/// A JSON answer that no cache keeps: every API answer.
+pub(super) fn json_ok<T: Serialize>(status: StatusCode, value: &T) -> HttpResponse {
     HttpResponse::build(status)
         .insert_header((header::CACHE_CONTROL, "no-store"))
         .json(value)

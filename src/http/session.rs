@@ -29,6 +29,18 @@ pub fn removal_cookie() -> Cookie<'static> {
     c
 }
 
+/// The token of `Authorization: Bearer <token>` (the scheme in any case), if there is one.
+pub fn bearer(req: &HttpRequest) -> Option<&str> {
+    let value = req
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, token) = value.trim().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
 /// The client's address: the peer, or what `X-Forwarded-For` says when the peer is a
 /// trusted proxy (`server.trusted_proxies`); the header is ignored from anyone else.
 pub fn client_ip(req: &HttpRequest) -> IpAddr {
