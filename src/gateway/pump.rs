@@ -2,7 +2,8 @@
 //! desktop), in one task, without collecting messages.
 //!
 //! - Data frames are unmasked in place and written on as they arrive; what the desktop sends
-//!   becomes one binary frame per read, header and payload in one buffer (one TLS record).
+//!   becomes one binary frame per read, header and payload in one 64 KiB buffer (over TLS: four
+//!   full records, written in one system call).
 //! - Buffers come from a small per-thread pool and go back whenever a side has nothing
 //!   pending, so an idle tunnel holds none.
 //! - Each direction waits for the other's writes (bounded: one buffer per direction), so a
