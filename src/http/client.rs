@@ -675,7 +675,6 @@ async fn logout(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResp
 mod tests {
     use super::*;
     use actix_web::body::to_bytes;
-    use actix_web::test::TestRequest;
 
     async fn body_of(resp: HttpResponse) -> serde_json::Value {
         let bytes = to_bytes(resp.into_body()).await.expect("body");
@@ -741,25 +740,6 @@ mod tests {
         let body = body_of(resp).await;
         assert_eq!(body["error"], "not_signed_in");
         assert_eq!(body["message"], "Your account is disabled.");
-    }
-
-    #[test]
-    fn bearer_tokens_are_read_from_the_authorization_header() {
-        let req = TestRequest::default()
-            .insert_header((header::AUTHORIZATION, "Bearer abc123"))
-            .to_http_request();
-        assert_eq!(bearer(&req), Some("abc123"));
-        let req = TestRequest::default()
-            .insert_header((header::AUTHORIZATION, "bearer  xyz "))
-            .to_http_request();
-        assert_eq!(bearer(&req), Some("xyz"));
-        for value in ["Basic abc", "Bearer", "Bearer   ", "abc"] {
-            let req = TestRequest::default()
-                .insert_header((header::AUTHORIZATION, value))
-                .to_http_request();
-            assert_eq!(bearer(&req), None, "{value}");
-        }
-        assert_eq!(bearer(&TestRequest::default().to_http_request()), None);
     }
 
     #[test]

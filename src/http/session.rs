@@ -187,3 +187,30 @@ pub struct CsrfOnly {
     #[serde(default)]
     pub csrf: String,
 }
+
+#[cfg(test)]
+mod tests {
+    use actix_web::http::header;
+    use actix_web::test::TestRequest;
+
+    use super::*;
+
+    #[test]
+    fn bearer_tokens_are_read_from_the_authorization_header() {
+        let req = TestRequest::default()
+            .insert_header((header::AUTHORIZATION, "Bearer abc123"))
+            .to_http_request();
+        assert_eq!(bearer(&req), Some("abc123"));
+        let req = TestRequest::default()
+            .insert_header((header::AUTHORIZATION, "bearer  xyz "))
+            .to_http_request();
+        assert_eq!(bearer(&req), Some("xyz"));
+        for value in ["Basic abc", "Bearer", "Bearer   ", "abc"] {
+            let req = TestRequest::default()
+                .insert_header((header::AUTHORIZATION, value))
+                .to_http_request();
+            assert_eq!(bearer(&req), None, "{value}");
+        }
+        assert_eq!(bearer(&TestRequest::default().to_http_request()), None);
+    }
+}
