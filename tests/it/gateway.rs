@@ -311,6 +311,13 @@ impl Gateway {
         format!("wss://{}/tunnel", self.tls)
     }
 
+    /// Waits for the gateway's first line about a closed tunnel; returns it.
+    async fn tunnel_closed(&self) -> String {
+        self.proc
+            .wait_line(0, "\"tunnel closed\"", |l| l.contains("tunnel closed"))
+            .await
+    }
+
     /// Waits for the gateway's line about a refused tunnel after `from`; returns it.
     async fn refusal_after(&self, from: usize) -> String {
         self.proc
@@ -802,10 +809,7 @@ async fn an_independent_websocket_client_gets_the_binary_subprotocol_and_its_byt
     rand::rng().fill_bytes(&mut data);
     tungstenite_echo(ws, &data).await;
     target.wait_ended(1).await;
-    let closed = gw
-        .proc
-        .wait_line(0, "\"tunnel closed\"", |l| l.contains("tunnel closed"))
-        .await;
+    let closed = gw.tunnel_closed().await;
     assert!(closed.contains("end=Closed"), "{closed}");
     assert!(
         closed.contains(&format!("up={}", data.len()))
@@ -1039,10 +1043,7 @@ async fn keepalive_closes_a_client_that_never_answers_pings_and_keeps_one_that_d
     .expect("the gateway closes a client that does not answer its pings");
     assert!(pings >= 1, "pings seen: {pings}");
     assert!(close, "a close frame before the end");
-    let line = gw
-        .proc
-        .wait_line(0, "\"tunnel closed\"", |l| l.contains("tunnel closed"))
-        .await;
+    let line = gw.tunnel_closed().await;
     assert!(line.contains("end=PongTimeout"), "{line}");
     target.wait_ended(1).await;
 
@@ -1170,10 +1171,7 @@ async fn a_half_closed_tunnel_stays_open_while_the_desktop_still_answers() {
     .expect("the answer and the end");
     assert_eq!(answer, b"the answer");
     assert!(closed, "the gateway ends with its close frame");
-    let line = gw
-        .proc
-        .wait_line(0, "\"tunnel closed\"", |l| l.contains("tunnel closed"))
-        .await;
+    let line = gw.tunnel_closed().await;
     assert!(line.contains("end=Closed"), "{line}");
 }
 
@@ -1293,10 +1291,7 @@ async fn a_desktop_that_half_closes_first_still_receives_everything() {
         .expect("digest");
     assert_eq!(got, upload.len());
     assert_eq!(digest, Sha256::digest(&upload));
-    let line = gw
-        .proc
-        .wait_line(0, "\"tunnel closed\"", |l| l.contains("tunnel closed"))
-        .await;
+    let line = gw.tunnel_closed().await;
     assert!(line.contains("end=Closed"), "{line}");
 }
 
@@ -1349,10 +1344,7 @@ async fn a_client_that_shuts_its_socket_after_its_close_frame_still_gets_everyth
     assert_eq!(back.len(), data.len(), "{}", gw.proc.log());
     assert!(back == data, "the bytes came back unchanged");
     assert!(closed, "the gateway ends with its close frame");
-    let line = gw
-        .proc
-        .wait_line(0, "\"tunnel closed\"", |l| l.contains("tunnel closed"))
-        .await;
+    let line = gw.tunnel_closed().await;
     assert!(line.contains("end=Closed"), "{line}");
 }
 
