@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
@@ -102,10 +103,8 @@ struct GatewayArgs {
     /// Threads serving connections, each with its own event loop; 0: one per core.
     #[arg(long, default_value_t = 0)]
     threads: usize,
-    /// Microseconds a worker keeps polling its sockets after bytes moved instead of
-    /// sleeping: lower round trips on virtual machines, for CPU while traffic flows; 0: off.
-    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=i64::from(crate::gateway::workers::MAX_BUSY_POLL_US)))]
-    busy_poll: u32,
+    #[command(flatten)]
+    busy_poll: BusyPollArg,
     /// Seconds a forwarded port waits for its client.
     #[arg(long, default_value_t = 60)]
     forward_window: u32,
@@ -145,10 +144,24 @@ struct TunnelArgs {
     /// Do not check the gateway's certificate at all (tests only: anyone can intercept).
     #[arg(long, conflicts_with = "ca")]
     insecure: bool,
+    #[command(flatten)]
+    busy_poll: BusyPollArg,
+}
+
+/// `--busy-poll`, for the gateway and for the tunnel client alike.
+#[derive(Args)]
+struct BusyPollArg {
     /// Microseconds to keep polling the sockets after bytes moved instead of sleeping: lower
     /// round trips on virtual machines, for CPU while traffic flows; 0: off.
-    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=i64::from(crate::gateway::workers::MAX_BUSY_POLL_US)))]
-    busy_poll: u32,
+    #[arg(long = "busy-poll", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=i64::from(crate::gateway::workers::MAX_BUSY_POLL_US)))]
+    micros: u32,
+}
+
+impl BusyPollArg {
+    /// The polling window (zero: off).
+    fn window(&self) -> Duration {
+        Duration::from_micros(u64::from(self.micros))
+    }
 }
 
 #[derive(Subcommand)]
@@ -360,7 +373,6 @@ fn multi_thread_runtime() -> Result<tokio::runtime::Runtime> {
 fn gateway(args: GatewayArgs) -> Result<()> {
     use crate::gateway::client::Trust;
     use crate::gateway::upstream::Upstream;
-    use std::time::Duration;
     let flexvdi = match &args.flexvdi_config {
         Some(path) => {
             let (conf, warnings) = crate::gateway::flexvdi::load(path)?;
@@ -439,7 +451,7 @@ fn gateway(args: GatewayArgs) -> Result<()> {
         trusted_proxies: trusted,
         max_connections: args.max_connections,
         threads: args.threads,
-        busy_poll: Duration::from_micros(u64::from(args.busy_poll)),
+        busy_poll: args.busy_poll.window(),
         ..Default::default()
     };
     let range = crate::gateway::forward::parse_range(&args.port_range)
@@ -491,8 +503,8 @@ fn tunnel(args: TunnelArgs) -> Result<()> {
         .enable_all()
         .build()
         .context("while starting the runtime")?;
-    if args.busy_poll > 0 {
-        let window = std::time::Duration::from_micros(u64::from(args.busy_poll));
+    let window = args.busy_poll.window();
+    if !window.is_zero() {
         runtime.spawn(crate::gateway::workers::busy_poll(
             window,
             Default::default(),
