@@ -228,10 +228,9 @@ impl Slapd {
         );
     }
 
-    /// Freezes slapd (SIGSTOP): connections stay open but nothing answers.
-    /// Freezes the directory (SIGSTOP) and returns once every thread of it has stopped: the
-    /// signal is delivered asynchronously, and a thread still running could answer one more
-    /// request.
+    /// Freezes the directory (SIGSTOP): connections stay open but nothing answers. Returns
+    /// once every thread of it has stopped: the signal is delivered asynchronously, and a
+    /// thread still running could answer one more request.
     pub fn pause(&self) {
         signal(self.pid(), "-STOP");
         self.wait_for_threads(true);
