@@ -179,11 +179,13 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
     }
     let server = server.run();
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("gatehouse-gateway")
-        .build()
-        .map_err(AppError::Server)?;
+    let runtime = GatewayRuntime(Some(
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .thread_name("gatehouse-gateway")
+            .build()
+            .map_err(AppError::Server)?,
+    ));
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls::server_config_with_alpn(
         resolver,
         &[b"http/1.1"],
@@ -247,12 +249,44 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
     let result = server.await;
     let _ = front_stop.send(true);
     gateway.close_all();
-    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    runtime.stop(std::time::Duration::from_secs(2)).await;
     let _ = std::fs::remove_file(&socket_path);
     let _ = stop_tx.send(());
     let _ = scheduler_task.await;
     tracing::info!("Gatehouse stopped");
     result.map_err(AppError::Server)
+}
+
+/// The gateway's runtime inside `serve`. `serve` runs on the console's event loop, where a
+/// runtime must not be shut down by blocking (tokio refuses, with a panic): [`stop`] waits
+/// for it on a blocking thread, and dropping it (an early error) lets it go in the background.
+///
+/// [`stop`]: GatewayRuntime::stop
+struct GatewayRuntime(Option<tokio::runtime::Runtime>);
+
+impl GatewayRuntime {
+    /// Stops the runtime, giving its tasks up to `patience` to finish.
+    async fn stop(mut self, patience: std::time::Duration) {
+        if let Some(runtime) = self.0.take() {
+            let _ = tokio::task::spawn_blocking(move || runtime.shutdown_timeout(patience)).await;
+        }
+    }
+}
+
+impl std::ops::Deref for GatewayRuntime {
+    type Target = tokio::runtime::Runtime;
+
+    fn deref(&self) -> &Self::Target {
+        self.0.as_ref().expect("the runtime is there until stopped")
+    }
+}
+
+impl Drop for GatewayRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 /// Registers the scheduled jobs, each on its configured schedule: `backup`, `pool_stats`

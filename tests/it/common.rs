@@ -148,6 +148,27 @@ impl Server {
         }
     }
 
+    /// SIGTERM, as a service manager stops it; waits for the process to end and returns how it
+    /// ended. A watchdog sends SIGKILL after a minute, so a hang shows as a killed process.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill runs");
+        assert!(sent.success(), "SIGTERM was sent");
+        let (done, stopped) = mpsc::channel::<()>();
+        let watchdog = std::thread::spawn(move || {
+            if stopped.recv_timeout(Duration::from_secs(60)).is_err() {
+                let _ = Command::new("kill").args(["-KILL", &pid]).status();
+            }
+        });
+        let status = self.child.wait().expect("wait for the server");
+        let _ = done.send(());
+        let _ = watchdog.join();
+        status
+    }
+
     /// SIGKILL: no shutdown code runs.
     pub fn kill(mut self) {
         let _ = self.child.kill();

@@ -530,6 +530,41 @@ async fn plain_http_port_redirects_to_https() {
 }
 
 #[tokio::test]
+async fn sigterm_stops_the_appliance_cleanly_and_removes_its_console_socket() {
+    let (_dir, data) = common::fresh_data();
+    let server = Server::start(&data, None);
+    // One request through the TLS port, so the gateway's connection threads have served.
+    let health = common::client()
+        .get(format!("{}/healthz", server.base))
+        .send()
+        .await
+        .expect("the appliance answers");
+    assert_eq!(health.status(), 200);
+    let logs = server.logs();
+    let socket = logs
+        .split('"')
+        .find(|part| part.ends_with("console.sock"))
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| panic!("the console socket is in the log: {logs}"));
+    assert!(socket.exists(), "{} exists while serving", socket.display());
+    let stderr = server.stderr.clone();
+
+    let status = server.stop();
+
+    let logs = std::fs::read_to_string(&stderr).unwrap_or_default();
+    assert!(
+        status.success(),
+        "exit status {status} after SIGTERM: {logs}"
+    );
+    assert!(
+        !logs.contains("panicked"),
+        "no panic on the way out: {logs}"
+    );
+    assert!(logs.contains("Gatehouse stopped"), "{logs}");
+    assert!(!socket.exists(), "{} is removed", socket.display());
+}
+
+#[tokio::test]
 async fn session_cookie_is_secure_httponly_strict() {
     let (_dir, data) = common::fresh_data();
     let server = Server::start(&data, None);
