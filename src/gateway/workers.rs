@@ -74,22 +74,33 @@ impl Workers {
         };
         let mut workers = Vec::with_capacity(threads);
         for i in 0..threads {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            let handle = runtime.handle().clone();
             let state = Arc::new(SpinState::default());
-            if !spin.is_zero() {
-                handle.spawn(busy_poll(spin, state.clone()));
-            }
             let (stop, stopped) = oneshot::channel::<()>();
+            let (started, handle) = std::sync::mpsc::channel();
+            let spinner = state.clone();
+            // The event loop is made, run and dropped on its own thread: never on the caller's,
+            // which may itself be inside an event loop (where dropping one is refused).
             std::thread::Builder::new()
                 .name(format!("gatehouse-gw-{i}"))
                 .spawn(move || {
+                    let runtime = match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(runtime) => runtime,
+                        Err(e) => return drop(started.send(Err(e))),
+                    };
+                    if !spin.is_zero() {
+                        runtime.spawn(busy_poll(spin, spinner));
+                    }
+                    let _ = started.send(Ok(runtime.handle().clone()));
                     // Runs spawned connections until the set is dropped; dropping the runtime
                     // then drops whatever is still open.
                     let _ = runtime.block_on(stopped);
                 })?;
+            let handle = handle.recv().map_err(|_| {
+                std::io::Error::other("a gateway worker thread ended as it started")
+            })??;
             workers.push(Worker {
                 handle,
                 live: Arc::new(AtomicUsize::new(0)),
