@@ -79,8 +79,9 @@ free_base() {
   echo 23000
 }
 
-GW_FLAGS="--broker-key $WORK/broker.pem --keepalive 30 --busy-poll $BUSY_POLL"
+# The gateway's flags in every mode: as words, and as one string for the harness's commands.
 GW_ARGS=(--broker-key "$WORK/broker.pem" --keepalive 30 --busy-poll "$BUSY_POLL")
+GW_FLAGS="${GW_ARGS[*]}"
 GW="exec $BIN gateway $GW_FLAGS"
 # The gateway on LISTEN_PORT + 1000 (URL scheme $1, gateway flags $2), and `gatehouse tunnel` on
 # LISTEN_PORT in front of it with a ticket for TARGET_PORT, in one process group.
