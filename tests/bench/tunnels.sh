@@ -135,7 +135,8 @@ run() {  # name mode peers skip target_offset extra_env...
 
 # Round trips through the gateway and through the floor, taken in turn in one loop (ROUNDS
 # rounds of PINGS 64-byte round trips each), so that a noisy machine weighs on all alike. The
-# clients and the echo server are the harness's (websocat in front, TCP_NODELAY, Python).
+# clients and the echo server work as the harness's do (websocat in front, TCP_NODELAY, Python;
+# the harness keeps its own inside its script, so rtt.py below is a small copy of them).
 # Columns: direct; the gateway over ws and wss (busy polling as BUSY_POLL says); the floor
 # that never sleeps (ws, wss) and the floor of two blocking threads (ws).
 floor_rtt() {
