@@ -4,6 +4,8 @@
 #   curl -fsSL https://…/install.sh | sudo bash -s -- --archive https://…/gatehouse-X.Y.Z-x86_64.tar.gz
 #   sudo packaging/install.sh                 # from a checkout: builds with cargo first
 #   packaging/install.sh --prefix ~/gh --no-systemd --binary target/release/gatehouse
+#   curl -fsSL https://…/install.sh | sudo bash -s -- --archive https://…/gatehouse-X.Y.Z-x86_64.tar.gz \
+#       --gateway --broker https://broker.internal --gateway-token-file /root/gateway.token
 #
 # Run `install.sh --help` for every option. Re-running upgrades in place: the configuration is
 # never overwritten, the data folder is kept, and a backup is taken with the old binary before
@@ -13,6 +15,8 @@ set -euo pipefail
 readonly SERVICE_NAME=gatehouse
 readonly SERVICE_USER=gatehouse
 readonly UNIT_PATH=/etc/systemd/system/gatehouse.service
+readonly GATEWAY_SERVICE_NAME=gatehouse-gateway
+readonly GATEWAY_UNIT_PATH=/etc/systemd/system/gatehouse-gateway.service
 readonly HEALTH_TRIES=60
 
 usage() {
@@ -39,8 +43,27 @@ Where it goes:
 Other options:
   --listen ADDR     the [server] listen address written into a NEW configuration
                     (default 0.0.0.0:443; 0.0.0.0:8443 with --prefix, which runs unprivileged)
-  --print-unit      print the systemd unit this script installs, and exit
+  --print-unit      print the systemd unit this script installs, and exit (with --gateway:
+                    the gateway's unit)
   -h, --help        this help
+
+A standalone gateway on another host (`gatehouse gateway`, no data folder, no console):
+  --gateway         install the gateway instead of the broker: the service
+                    gatehouse-gateway.service, its flags in <etc>/gatehouse/gateway.env
+  --broker URL      the broker it forwards portal, console and API requests to, and is
+                    registered with (https://host[:port])
+  --gateway-token-file FILE
+                    the gateway's token from the console (Setup > Gateways): the gateway then
+                    fetches the broker's key and session-end notices and reports its tunnels
+  --broker-key FILE the broker's public key (`gatehouse broker-key export`), instead of a token
+  --broker-ca FILE  the broker's certificate authority (PEM), when the system's does not sign it
+  --cert FILE --key FILE
+                    the gateway's certificate and key (PEM; default: one generated at each start)
+  --listen ADDR     the gateway's TLS port (default 0.0.0.0:443; 0.0.0.0:8443 with --prefix)
+  The files are copied into <etc>/gatehouse (readable by the service user only) and
+  `gatehouse gateway --check` checks them before anything is installed. gateway.env is only
+  written when absent: re-running with just --gateway (and the binary's source) upgrades the
+  binary and keeps it; edit it for any other change (`gatehouse gateway --help` lists every flag).
 
 The configuration file is only written when absent. On an upgrade the service is stopped, the
 data folder is exported with the OLD binary to
@@ -84,6 +107,68 @@ ProtectHome=true
 PrivateTmp=true
 RuntimeDirectory=gatehouse
 RuntimeDirectoryMode=0700
+PrivateDevices=true
+PrivateMounts=true
+ProtectKernelTunables=true
+ProtectKernelModules=true
+ProtectKernelLogs=true
+ProtectControlGroups=true
+ProtectClock=true
+ProtectHostname=true
+ProtectProc=invisible
+ProcSubset=pid
+RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX
+RestrictNamespaces=true
+RestrictRealtime=true
+RestrictSUIDSGID=true
+LockPersonality=true
+MemoryDenyWriteExecute=true
+RemoveIPC=true
+SystemCallArchitectures=native
+SystemCallFilter=@system-service
+SystemCallFilter=~@privileged @resources
+SystemCallErrorNumber=EPERM
+
+[Install]
+WantedBy=multi-user.target
+UNIT
+}
+
+# The standalone gateway's unit: identical to packaging/gatehouse-gateway.service (a test checks it).
+print_gateway_unit() {
+    cat <<'UNIT'
+# Gatehouse standalone gateway (`gatehouse gateway`). Installed by `packaging/install.sh
+# --gateway`, which keeps an identical copy of this file (a test checks they match): edit both
+# together. Its flags are in /etc/gatehouse/gateway.env; `systemctl reload` re-reads the
+# certificate without dropping tunnels.
+[Unit]
+Description=Gatehouse standalone gateway
+Documentation=https://example.invalid/gatehouse
+Wants=network-online.target
+After=network-online.target
+
+[Service]
+Type=simple
+User=gatehouse
+Group=gatehouse
+EnvironmentFile=/etc/gatehouse/gateway.env
+ExecStart=/usr/local/bin/gatehouse gateway $GATEHOUSE_GATEWAY_ARGS
+ExecReload=/bin/kill -HUP $MAINPID
+Restart=on-failure
+RestartSec=5s
+TimeoutStopSec=30s
+LimitNOFILE=65536
+UMask=0077
+
+# Binding to port 443 (and the forwarded ports) is the only privilege it needs.
+AmbientCapabilities=CAP_NET_BIND_SERVICE
+CapabilityBoundingSet=CAP_NET_BIND_SERVICE
+NoNewPrivileges=true
+
+# It writes nothing: its certificate, token and keys are read from /etc/gatehouse.
+ProtectSystem=strict
+ProtectHome=true
+PrivateTmp=true
 PrivateDevices=true
 PrivateMounts=true
 ProtectKernelTunables=true
@@ -228,6 +313,164 @@ console_url() {
     fi
 }
 
+# Creates the system user the services run as (system-wide installs only).
+ensure_service_user() {
+    if [[ "$system_wide" -eq 1 ]] && ! id -u "$SERVICE_USER" >/dev/null 2>&1; then
+        local nologin=/usr/sbin/nologin
+        [[ -x "$nologin" ]] || nologin=/sbin/nologin
+        [[ -x "$nologin" ]] || nologin=/bin/false
+        say "creating system user $SERVICE_USER"
+        useradd --system --user-group --home-dir "$data_dir" --no-create-home \
+            --shell "$nologin" --comment "Gatehouse" "$SERVICE_USER"
+    fi
+}
+
+# Puts the new binary in place: a same-folder rename, so the path always names a whole binary.
+install_binary() {
+    staged="$bin_dir/.gatehouse.new.$$"
+    cp -- "$new_bin" "$staged"
+    chmod 0755 "$staged"
+    mv -f -- "$staged" "$target_bin"
+    staged=""
+    say "installed $new_version as $target_bin"
+}
+
+# Installs the unit file $2 as $3, (re)starts service $1 and waits until https://<listen $4>/healthz
+# answers: with $5 = -f it must answer 200, with $5 = "" any answer will do. $6 ends the error.
+start_service() {
+    local service="$1" unit="$2" unit_path="$3" addr="$4" more="$6" host health ok=0
+    local probe=(curl -ks --max-time 3 -o /dev/null)
+    if [[ "$5" == -f ]]; then probe+=(-f); fi
+    install -m 0644 -- "$unit" "$unit_path"
+    systemctl daemon-reload
+    systemctl enable --quiet "$service"
+    systemctl restart "$service"
+
+    host="${addr%:*}"
+    case "$host" in
+        0.0.0.0 | "") host=127.0.0.1 ;;
+        "[::]") host="[::1]" ;;
+    esac
+    health="https://$host:${addr##*:}/healthz"
+    say "waiting for $health"
+    for _ in $(seq 1 "$HEALTH_TRIES"); do
+        if "${probe[@]}" "$health" 2>/dev/null; then
+            ok=1
+            break
+        fi
+        if systemctl is-failed --quiet "$service"; then break; fi
+        sleep 1
+    done
+    if [[ "$ok" -ne 1 ]]; then
+        journalctl -u "$service" -n 30 --no-pager >&2 || true
+        die "$service.service did not become healthy at $health (log above; systemctl status $service)$more"
+    fi
+    say "$new_version is running"
+}
+
+# Copies $1 (a file given on the command line) to $conf_dir/$2, readable by the service only.
+copy_conf_file() {
+    local from="$1" to="$conf_dir/$2"
+    cp -- "$from" "$to.new.$$"
+    chmod 0640 "$to.new.$$"
+    if [[ "$system_wide" -eq 1 ]]; then chown root:"$SERVICE_USER" "$to.new.$$"; fi
+    mv -f -- "$to.new.$$" "$to"
+}
+
+# The flags in gateway.env (the quoted value of GATEHOUSE_GATEWAY_ARGS).
+gateway_env_args() {
+    sed -n 's/^GATEHOUSE_GATEWAY_ARGS="\(.*\)"$/\1/p' "$gateway_env" | tail -n 1
+}
+
+# The standalone gateway: its files in the configuration folder, gateway.env, the binary, and
+# gatehouse-gateway.service. Every flag and file is checked with the new binary first.
+install_gateway() {
+    gateway_env="$conf_dir/gateway.env"
+    local args check_args=() live_listen start_cmd
+    if [[ -e "$gateway_env" ]]; then
+        if [[ -n "$broker$broker_ca$broker_key$gateway_token_file$cert$key$listen_given" ]]; then
+            die "$gateway_env exists, so this is an upgrade and only the binary changes: edit that file (and the files it names) instead, or remove it to write a new one; nothing was changed"
+        fi
+        say "keeping the existing $gateway_env"
+        args="$(gateway_env_args)"
+        [[ -n "$args" ]] || die "$gateway_env has no GATEHOUSE_GATEWAY_ARGS=\"...\" line: fix it, then re-run; nothing was changed"
+        # The flags are words separated by spaces, as systemd splits them.
+        read -r -a check_args <<<"$args"
+    else
+        [[ -n "$gateway_token_file$broker_key" ]] ||
+            die "--gateway needs the broker's key: --gateway-token-file FILE (from Setup > Gateways, with --broker URL) or --broker-key FILE"
+        if [[ -n "$gateway_token_file" && -z "$broker" ]]; then
+            die "--gateway-token-file goes with --broker URL (the broker that gave the token)"
+        fi
+        [[ "$broker" != *[[:space:]]* ]] || die "--broker must not contain spaces: '$broker'"
+        case "$conf_dir" in
+            *[[:space:]]*) die "with --gateway the install path must not contain spaces: $prefix" ;;
+        esac
+        # Checked with the files where they are; installed with their copies.
+        local -a flags_at=(--listen "$listen") flags_in=(--listen "$listen")
+        if [[ -n "$broker" ]]; then flags_at+=(--broker "$broker"); flags_in+=(--broker "$broker"); fi
+        local option file name
+        for option in broker-ca:broker-ca.pem broker-key:broker.pem gateway-token-file:gateway.token \
+            cert:gateway.crt key:gateway.key; do
+            name="${option%%:*}"
+            file="${name//-/_}"
+            file="${!file}"
+            [[ -n "$file" ]] || continue
+            flags_at+=("--$name" "$file")
+            flags_in+=("--$name" "$conf_dir/${option#*:}")
+        done
+        check_args=("${flags_at[@]}")
+        args="${flags_in[*]}"
+    fi
+    "$new_bin" gateway "${check_args[@]}" --check ||
+        die "the gateway's flags or files are not right (see above): fix them, then re-run; nothing was changed"
+
+    ensure_service_user
+    mkdir -p -- "$bin_dir" "$conf_dir"
+    if [[ "$system_wide" -eq 1 ]]; then
+        chown root:"$SERVICE_USER" "$conf_dir"
+        chmod 0750 "$conf_dir"
+    fi
+    if [[ ! -e "$gateway_env" ]]; then
+        [[ -z "$broker_ca" ]] || copy_conf_file "$broker_ca" broker-ca.pem
+        [[ -z "$broker_key" ]] || copy_conf_file "$broker_key" broker.pem
+        [[ -z "$gateway_token_file" ]] || copy_conf_file "$gateway_token_file" gateway.token
+        [[ -z "$cert" ]] || copy_conf_file "$cert" gateway.crt
+        [[ -z "$key" ]] || copy_conf_file "$key" gateway.key
+        {
+            cat <<'HEAD'
+# Flags of `gatehouse gateway` for gatehouse-gateway.service, written by install.sh.
+# Every flag: `gatehouse gateway --help`; check a change with `gatehouse gateway FLAGS --check`.
+HEAD
+            printf 'GATEHOUSE_GATEWAY_ARGS="%s"\n' "$args"
+        } >"$work/gateway.env"
+        copy_conf_file "$work/gateway.env" gateway.env
+        say "wrote $gateway_env"
+    fi
+
+    if [[ -e "$target_bin" && "$use_systemd" -eq 1 ]] && systemctl is-active --quiet "$GATEWAY_SERVICE_NAME"; then
+        say "stopping $GATEWAY_SERVICE_NAME.service"
+        systemctl stop "$GATEWAY_SERVICE_NAME"
+    fi
+    install_binary
+
+    live_listen="$(sed -n 's/.*--listen \([^ ]*\).*/\1/p' <<<"$args")"
+    live_listen="${live_listen:-$listen}"
+    if [[ "$use_systemd" -eq 1 ]]; then
+        print_gateway_unit >"$work/gatehouse-gateway.service"
+        start_service "$GATEWAY_SERVICE_NAME" "$work/gatehouse-gateway.service" "$GATEWAY_UNIT_PATH" \
+            "$live_listen" "" ""
+        printf 'Gatehouse gateway: wss://%s/tunnel\n' "$live_listen"
+    else
+        start_cmd="$target_bin gateway $args"
+        if [[ "$system_wide" -eq 1 ]]; then
+            start_cmd="setpriv --reuid=$SERVICE_USER --regid=$SERVICE_USER --init-groups --inh-caps=+net_bind_service --ambient-caps=+net_bind_service $start_cmd"
+        fi
+        say "$new_version is installed; nothing was started"
+        printf 'Start it with:\n  %s\n' "$start_cmd"
+    fi
+}
+
 # The whole flow is one function, so a truncated download (curl … | bash) runs nothing.
 main() {
     # -----------------------------------------------------------------------------------------
@@ -238,52 +481,39 @@ main() {
     prefix=""
     listen=""
     use_systemd=1
+    role=broker
+    print_only=0
+    broker=""
+    broker_ca=""
+    broker_key=""
+    gateway_token_file=""
+    cert=""
+    key=""
 
     while [[ $# -gt 0 ]]; do
+        # --name=VALUE is --name VALUE.
+        if [[ "$1" == --*=* ]]; then
+            set -- "${1%%=*}" "${1#*=}" "${@:2}"
+        fi
         case "$1" in
-            --binary)
+            --binary | --archive | --prefix | --listen | --broker | --broker-ca | --broker-key | \
+                --gateway-token-file | --cert | --key)
                 need_value "$@"
-                binary="$2"
+                name="${1#--}"
+                printf -v "${name//-/_}" '%s' "$2"
                 shift 2
-                ;;
-            --binary=*)
-                binary="${1#*=}"
-                shift
-                ;;
-            --archive)
-                need_value "$@"
-                archive="$2"
-                shift 2
-                ;;
-            --archive=*)
-                archive="${1#*=}"
-                shift
-                ;;
-            --prefix)
-                need_value "$@"
-                prefix="$2"
-                shift 2
-                ;;
-            --prefix=*)
-                prefix="${1#*=}"
-                shift
-                ;;
-            --listen)
-                need_value "$@"
-                listen="$2"
-                shift 2
-                ;;
-            --listen=*)
-                listen="${1#*=}"
-                shift
                 ;;
             --no-systemd)
                 use_systemd=0
                 shift
                 ;;
+            --gateway)
+                role=gateway
+                shift
+                ;;
             --print-unit)
-                print_unit
-                exit 0
+                print_only=1
+                shift
                 ;;
             -h | --help)
                 usage
@@ -292,6 +522,13 @@ main() {
             *) die "unknown argument '$1' (see --help)" ;;
         esac
     done
+    if [[ "$print_only" -eq 1 ]]; then
+        if [[ "$role" == gateway ]]; then print_gateway_unit; else print_unit; fi
+        exit 0
+    fi
+    if [[ "$role" == broker && -n "$broker$broker_ca$broker_key$gateway_token_file$cert$key" ]]; then
+        die "--broker, --broker-ca, --broker-key, --gateway-token-file, --cert and --key go with --gateway"
+    fi
 
     # -----------------------------------------------------------------------------------------
     # The machine
@@ -337,6 +574,7 @@ main() {
         *\"* | *\\* | *$'\n'*) die "the install path must not contain quotes, backslashes or newlines: $prefix" ;;
     esac
 
+    listen_given="$listen"
     if [[ -z "$listen" ]]; then
         if [[ -n "$prefix" ]]; then listen="0.0.0.0:8443"; else listen="0.0.0.0:443"; fi
     fi
@@ -410,18 +648,15 @@ main() {
     [[ "$new_version" == gatehouse\ * ]] ||
         die "the new binary does not look like gatehouse: 'version' printed '$new_version'"
 
+    if [[ "$role" == gateway ]]; then
+        install_gateway
+        return
+    fi
+
     # -----------------------------------------------------------------------------------------
     # User and folders
     # -----------------------------------------------------------------------------------------
-    if [[ "$system_wide" -eq 1 ]] && ! id -u "$SERVICE_USER" >/dev/null 2>&1; then
-        nologin=/usr/sbin/nologin
-        [[ -x "$nologin" ]] || nologin=/sbin/nologin
-        [[ -x "$nologin" ]] || nologin=/bin/false
-        say "creating system user $SERVICE_USER"
-        useradd --system --user-group --home-dir "$data_dir" --no-create-home \
-            --shell "$nologin" --comment "Gatehouse" "$SERVICE_USER"
-    fi
-
+    ensure_service_user
     mkdir -p -- "$bin_dir" "$conf_dir"
     install -d -m 0750 -- "$data_dir" "$backup_dir"
     if [[ "$system_wide" -eq 1 ]]; then
@@ -490,13 +725,7 @@ main() {
         fi
     fi
 
-    # Same-folder rename, so the path always names a whole binary.
-    staged="$bin_dir/.gatehouse.new.$$"
-    cp -- "$new_bin" "$staged"
-    chmod 0755 "$staged"
-    mv -f -- "$staged" "$target_bin"
-    staged=""
-    say "installed $new_version as $target_bin"
+    install_binary
 
     # -----------------------------------------------------------------------------------------
     # Start (systemd), or say how to start
@@ -506,32 +735,8 @@ main() {
 
     if [[ "$use_systemd" -eq 1 ]]; then
         print_unit >"$work/gatehouse.service"
-        install -m 0644 -- "$work/gatehouse.service" "$UNIT_PATH"
-        systemctl daemon-reload
-        systemctl enable --quiet "$SERVICE_NAME"
-        systemctl restart "$SERVICE_NAME"
-
-        probe_host="${live_listen%:*}"
-        case "$probe_host" in
-            0.0.0.0 | "") probe_host=127.0.0.1 ;;
-            "[::]") probe_host="[::1]" ;;
-        esac
-        health="https://$probe_host:${live_listen##*:}/healthz"
-        say "waiting for $health"
-        ok=0
-        for _ in $(seq 1 "$HEALTH_TRIES"); do
-            if curl -kfsS --max-time 3 -o /dev/null "$health" 2>/dev/null; then
-                ok=1
-                break
-            fi
-            if systemctl is-failed --quiet "$SERVICE_NAME"; then break; fi
-            sleep 1
-        done
-        if [[ "$ok" -ne 1 ]]; then
-            journalctl -u "$SERVICE_NAME" -n 30 --no-pager >&2 || true
-            die "$SERVICE_NAME.service did not become healthy at $health (log above; systemctl status $SERVICE_NAME)${backup_file:+; the data as it was before this upgrade is in $backup_file}"
-        fi
-        say "$new_version is running"
+        start_service "$SERVICE_NAME" "$work/gatehouse.service" "$UNIT_PATH" "$live_listen" -f \
+            "${backup_file:+; the data as it was before this upgrade is in $backup_file}"
         printf 'Gatehouse console: %s\n' "$(console_url "$live_listen")"
     else
         if [[ "$system_wide" -eq 1 ]]; then

@@ -125,6 +125,11 @@ struct GatewayArgs {
     /// X-Forwarded-For name the client.
     #[arg(long, default_value = "")]
     trusted_proxies: String,
+    /// Check the flags and the files they name (broker key, token, certificate, flexVDI
+    /// configuration), print what is wrong or that all is well, and exit: nothing listens
+    /// and the broker is not contacted.
+    #[arg(long)]
+    check: bool,
 }
 
 #[derive(Args)]
@@ -486,6 +491,11 @@ fn gateway(args: GatewayArgs) -> Result<()> {
         settings,
         upstream: upstream.map(std::sync::Arc::new),
     };
+    if args.check {
+        crate::gateway::standalone::check(&options).context("gateway")?;
+        println!("gateway configuration OK");
+        return Ok(());
+    }
     multi_thread_runtime()?
         .block_on(crate::gateway::standalone::run(options))
         .context("gateway")?;

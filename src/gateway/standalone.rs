@@ -111,6 +111,18 @@ fn read_pair(cert: &Path, key: &Path) -> Result<CertPem, StandaloneError> {
     Ok(pem)
 }
 
+/// Checks what `gatehouse gateway --check` can without listening or asking the broker: the
+/// broker's key file and the certificate pair, when given, are read and must be valid.
+pub fn check(opts: &Options) -> Result<(), StandaloneError> {
+    if let Some(path) = &opts.broker_key {
+        read_broker_key(path)?;
+    }
+    if opts.cert.is_some() || opts.key.is_some() {
+        certificate(opts)?;
+    }
+    Ok(())
+}
+
 /// Runs the gateway until SIGINT or SIGTERM.
 pub async fn run(mut opts: Options) -> Result<(), StandaloneError> {
     let (stop, stopped) = tokio::sync::watch::channel(false);

@@ -89,7 +89,12 @@ pub(crate) struct Proc {
 
 impl Proc {
     pub(crate) fn spawn(what: &str, args: &[&str]) -> Proc {
-        let mut child = Command::new(common::bin())
+        Proc::spawn_program(what, common::bin(), args)
+    }
+
+    /// The same for another copy of the binary (an installed one).
+    pub(crate) fn spawn_program(what: &str, program: &str, args: &[&str]) -> Proc {
+        let mut child = Command::new(program)
             .args(args)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")

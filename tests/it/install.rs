@@ -1,7 +1,8 @@
 //! `packaging/install.sh` end to end, in `--prefix DIR --no-systemd` mode so it needs neither
 //! root nor systemd: the layout it installs, that the installed binary serves HTTPS, that a
 //! re-run upgrades in place (configuration byte-identical, a pre-upgrade backup taken) and
-//! refuses while a server holds the data folder, and the `--archive file://…` source.
+//! refuses while a server holds the data folder, and the `--archive file://…` source. The
+//! gateway role (`--gateway`) is tested in `standalone.rs`, beside the broker it registers with.
 //!
 //! Owns nothing but its temporary folders and the processes it starts, which a guard ends on
 //! `Drop`. It does not touch the system-wide paths (`/usr/local/bin`, `/etc`, `/var/lib`).
@@ -68,7 +69,7 @@ impl Layout {
     }
 }
 
-fn describe(output: &Output) -> String {
+pub(crate) fn describe(output: &Output) -> String {
     format!(
         "exit: {}\n--- stdout\n{}--- stderr\n{}",
         output.status,
@@ -79,7 +80,7 @@ fn describe(output: &Output) -> String {
 
 /// Runs install.sh with `args`, through `bash` so the executable bit of the checkout does not
 /// matter, with stdin closed.
-fn run_install<I, S>(args: I) -> Output
+pub(crate) fn run_install<I, S>(args: I) -> Output
 where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
@@ -432,18 +433,28 @@ fn piped_into_bash_without_a_source_asks_for_an_archive() {
 }
 
 #[test]
-fn installed_unit_is_the_packaged_unit() {
-    let output = run_install(["--print-unit"]);
-    assert!(
-        output.status.success(),
-        "install.sh --print-unit failed:\n{}",
-        describe(&output)
-    );
-    let packaged = Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/gatehouse.service");
-    let packaged = fs::read_to_string(packaged).expect("packaging/gatehouse.service is readable");
-    assert_eq!(
-        String::from_utf8_lossy(&output.stdout),
-        packaged,
-        "install.sh embeds a unit that differs from packaging/gatehouse.service: edit both together"
-    );
+fn installed_units_are_the_packaged_units() {
+    for (args, file) in [
+        (&["--print-unit"][..], "gatehouse.service"),
+        (
+            &["--print-unit", "--gateway"][..],
+            "gatehouse-gateway.service",
+        ),
+    ] {
+        let output = run_install(args);
+        assert!(
+            output.status.success(),
+            "install.sh {args:?} failed:\n{}",
+            describe(&output)
+        );
+        let packaged = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("packaging")
+            .join(file);
+        let packaged = fs::read_to_string(packaged).expect("the packaged unit is readable");
+        assert_eq!(
+            String::from_utf8_lossy(&output.stdout),
+            packaged,
+            "install.sh {args:?} prints a unit that differs from packaging/{file}: edit both together"
+        );
+    }
 }

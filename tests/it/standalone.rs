@@ -194,6 +194,12 @@ fn broker_data(slapd: &Slapd, data: &Path, echo: SocketAddr, cert: &Path, key: &
         policy.entries[0].protocol_plan = "gw".into();
         store.put(&policy.id.clone(), &policy).expect("policy");
     }
+    setup_with_certificate(data, cert, key);
+}
+
+/// Finishes the setup of `data` with the administrator password `PASSWORD` and the broker
+/// certificate `cert`/`key` (so that gateways can be told to trust it).
+fn setup_with_certificate(data: &Path, cert: &Path, key: &Path) {
     let password_file = data.with_extension("admin-password");
     std::fs::write(&password_file, format!("{PASSWORD}\n")).expect("write");
     let (ok, out, err) = common::run(&[
@@ -892,4 +898,231 @@ async fn max_connections_closes_the_connection_beyond_the_limit_until_one_ends()
     };
     echo_message(&mut third, b"three").await;
     echo_message(&mut second, b"still two").await;
+}
+
+/// `packaging/install.sh --gateway` on a gateway host (a `--prefix` tree here, without
+/// systemd): a bad token file is refused with nothing installed; then the token and the
+/// broker's certificate are copied where only the service reads them, the flags are written
+/// once into gateway.env, and the command it prints starts a gateway the broker takes. A
+/// re-run with only `--gateway` upgrades the binary and keeps gateway.env; settings given
+/// again are refused and change nothing.
+#[tokio::test]
+async fn install_sh_sets_up_a_standalone_gateway_that_its_broker_takes() {
+    use std::os::unix::fs::PermissionsExt;
+
+    use crate::install::{describe, run_install};
+
+    common::install_crypto();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let (broker_cert, broker_key_file) = certificate(dir.path(), "broker", &[]);
+    setup_with_certificate(&data, &broker_cert, &broker_key_file);
+    let server = Server::start(&data, None);
+    let broker = Http::new(&server.base);
+    let admin = admin_token(&server, PASSWORD).await;
+    let gw_at = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let (gw_id, _, token_file) = register_gateway(&broker, &admin, dir.path(), gw_at).await;
+
+    let host = dir.path().join("gateway-host");
+    let etc = host.join("etc/gatehouse");
+    let env_file = etc.join("gateway.env");
+    let install = |extra: &[&str]| {
+        let mut args = vec![
+            "--prefix",
+            host.to_str().expect("utf8"),
+            "--no-systemd",
+            "--binary",
+            common::bin(),
+        ];
+        args.extend_from_slice(extra);
+        run_install(args)
+    };
+    let listen = gw_at.to_string();
+    let settings = |token: &Path| {
+        vec![
+            "--gateway".to_string(),
+            "--broker".into(),
+            server.base.clone(),
+            "--broker-ca".into(),
+            broker_cert.display().to_string(),
+            "--gateway-token-file".into(),
+            token.display().to_string(),
+            "--listen".into(),
+            listen.clone(),
+        ]
+    };
+
+    // A token file that is empty: refused by `gatehouse gateway --check`, nothing installed.
+    let empty = dir.path().join("empty-token");
+    std::fs::write(&empty, "\n").expect("write");
+    let args = settings(&empty);
+    let refused = install(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(!refused.status.success(), "{}", describe(&refused));
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("is empty"), "{err}");
+    assert!(err.contains("nothing was changed"), "{err}");
+    assert!(
+        !host.join("bin/gatehouse").exists(),
+        "{}",
+        describe(&refused)
+    );
+    assert!(!env_file.exists(), "{}", describe(&refused));
+
+    let args = settings(&token_file);
+    let installed = install(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(installed.status.success(), "{}", describe(&installed));
+    for (copy, original) in [
+        ("gateway.token", &token_file),
+        ("broker-ca.pem", &broker_cert),
+    ] {
+        let path = etc.join(copy);
+        assert_eq!(
+            std::fs::read(&path).expect("copied"),
+            std::fs::read(original).expect("original"),
+            "{copy}"
+        );
+        let mode = std::fs::metadata(&path)
+            .expect("metadata")
+            .permissions()
+            .mode();
+        assert_eq!(
+            format!("{:o}", mode & 0o777),
+            "640",
+            "{copy} is the service's only"
+        );
+    }
+    let flags = format!(
+        "--listen {listen} --broker {} --broker-ca {etc}/broker-ca.pem \
+         --gateway-token-file {etc}/gateway.token",
+        server.base,
+        etc = etc.display()
+    );
+    let env = std::fs::read_to_string(&env_file).expect("gateway.env");
+    assert!(
+        env.lines()
+            .any(|l| l == format!("GATEHOUSE_GATEWAY_ARGS=\"{flags}\"")),
+        "{env}"
+    );
+    assert!(
+        !host.join("var/lib/gatehouse").exists(),
+        "a gateway keeps no data folder"
+    );
+    let printed = String::from_utf8_lossy(&installed.stdout);
+    let command = printed
+        .lines()
+        .skip_while(|l| *l != "Start it with:")
+        .nth(1)
+        .unwrap_or_else(|| panic!("a start command: {printed}"))
+        .trim()
+        .to_string();
+    let binary = host.join("bin/gatehouse");
+    assert_eq!(command, format!("{} gateway {flags}", binary.display()));
+
+    // The printed command starts a gateway that the broker takes, and that forwards to it.
+    let words: Vec<&str> = command.split(' ').collect();
+    let gateway = Proc::spawn_program("the installed gateway", words[0], &words[1..]);
+    let line = gateway
+        .wait_line(0, "\"Gatehouse gateway: wss://…\"", |l| {
+            l.starts_with("Gatehouse gateway: wss://")
+        })
+        .await;
+    assert_eq!(line, format!("Gatehouse gateway: wss://{listen}/tunnel"));
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let r = broker
+            .call(Method::GET, "/api/v1/gateway-reports", Some(&admin), None)
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        let connected = r.body.as_array().is_some_and(|list| {
+            list.iter()
+                .any(|g| g["id"] == gw_id.as_str() && g["connected"] == true)
+        });
+        if connected {
+            break;
+        }
+        pause("the installed gateway connected to its broker", deadline).await;
+    }
+    let tls = tls_connect(TcpStream::connect(gw_at).await.expect("connect")).await;
+    let (status, body) = http_request(tls, "GET", "/healthz", "", "").await;
+    assert_eq!(
+        status, 200,
+        "the broker's health through the gateway: {body}"
+    );
+
+    // An upgrade: only --gateway; gateway.env is kept to the byte.
+    let upgraded = install(&["--gateway"]);
+    assert!(upgraded.status.success(), "{}", describe(&upgraded));
+    assert!(
+        String::from_utf8_lossy(&upgraded.stderr).contains("keeping the existing"),
+        "{}",
+        describe(&upgraded)
+    );
+    assert_eq!(
+        std::fs::read_to_string(&env_file).expect("gateway.env"),
+        env
+    );
+    // Settings given again are refused: the file is the one place they change.
+    let again = install(&["--gateway", "--broker", "https://elsewhere.invalid"]);
+    assert!(!again.status.success(), "{}", describe(&again));
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("edit that file"),
+        "{}",
+        describe(&again)
+    );
+    assert_eq!(
+        std::fs::read_to_string(&env_file).expect("gateway.env"),
+        env
+    );
+    drop(gateway);
+}
+
+/// `gatehouse gateway --check`: the flags and the files they name are checked, and nothing
+/// listens; a broker key that is not one, or a key that is not the certificate's, is refused
+/// with the file and what to do.
+#[test]
+fn gateway_check_reads_the_files_and_listens_nowhere() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let key_file = dir.path().join("broker.pem");
+    let (ok, _, err) = common::run(&[
+        "broker-key",
+        "export",
+        "--data",
+        data.to_str().expect("utf8"),
+        "--out",
+        key_file.to_str().expect("utf8"),
+    ]);
+    assert!(ok, "{err}");
+    let (cert, key) = certificate(dir.path(), "gateway", &[]);
+    let (_, other_key) = certificate(dir.path(), "other", &[]);
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let check = |broker_key: &Path, key: &Path| {
+        common::run(&[
+            "gateway",
+            "--listen",
+            &listen,
+            "--broker-key",
+            broker_key.to_str().expect("utf8"),
+            "--cert",
+            cert.to_str().expect("utf8"),
+            "--key",
+            key.to_str().expect("utf8"),
+            "--check",
+        ])
+    };
+
+    let (ok, out, err) = check(&key_file, &key);
+    assert!(ok, "{out}{err}");
+    assert_eq!(out.trim(), "gateway configuration OK");
+    std::net::TcpListener::bind(("127.0.0.1", port)).expect("--check left the port free");
+
+    let (ok, out, err) = check(&cert, &key);
+    assert!(!ok, "a certificate passed for the broker's key: {out}");
+    assert!(err.contains(&cert.display().to_string()), "{err}");
+    assert!(err.contains("gatehouse broker-key export"), "{err}");
+
+    let (ok, out, err) = check(&key_file, &other_key);
+    assert!(!ok, "another certificate's key passed: {out}");
+    assert!(err.contains("certificate"), "{err}");
 }
