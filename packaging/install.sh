@@ -73,13 +73,11 @@ server that still holds the data folder must be stopped first: the script refuse
 EOF
 }
 
-# The unit installed by this script: identical to packaging/gatehouse.service (a test checks it).
-print_unit() {
+# The systemd units, printed in parts: what the broker's and the gateway's share is written once.
+# The [Unit] section and the start of [Service], for the unit described as $1.
+unit_head() {
+    printf '[Unit]\nDescription=%s\n' "$1"
     cat <<'UNIT'
-# Gatehouse: VDI connection broker and gateway. Installed by packaging/install.sh, which keeps
-# an identical copy of this file (a test checks they match): edit both together.
-[Unit]
-Description=Gatehouse VDI connection broker and gateway
 Documentation=https://example.invalid/gatehouse
 Wants=network-online.target
 After=network-online.target
@@ -88,25 +86,31 @@ After=network-online.target
 Type=simple
 User=gatehouse
 Group=gatehouse
-ExecStart=/usr/local/bin/gatehouse serve --config /etc/gatehouse/gatehouse.toml
+UNIT
+}
+
+# Restarts, limits and the one privilege.
+unit_limits() {
+    cat <<'UNIT'
 Restart=on-failure
 RestartSec=2s
 TimeoutStopSec=30s
 LimitNOFILE=65536
 UMask=0077
 
-# Binding to port 443 is the only privilege it needs.
+# Binding to port 443 (and the forwarded ports) is the only privilege it needs.
 AmbientCapabilities=CAP_NET_BIND_SERVICE
 CapabilityBoundingSet=CAP_NET_BIND_SERVICE
 NoNewPrivileges=true
 
-# Everything is read-only except the data folder (store, certificates, backups).
-ProtectSystem=strict
-ReadWritePaths=/var/lib/gatehouse
+UNIT
+}
+
+# The sandbox after the file-system lines, and [Install].
+unit_sandbox() {
+    cat <<'UNIT'
 ProtectHome=true
 PrivateTmp=true
-RuntimeDirectory=gatehouse
-RuntimeDirectoryMode=0700
 PrivateDevices=true
 PrivateMounts=true
 ProtectKernelTunables=true
@@ -134,6 +138,25 @@ WantedBy=multi-user.target
 UNIT
 }
 
+# The unit installed by this script: identical to packaging/gatehouse.service (a test checks it).
+print_unit() {
+    cat <<'UNIT'
+# Gatehouse: VDI connection broker and gateway. Installed by packaging/install.sh, which keeps
+# an identical copy of this file (a test checks they match): edit both together.
+UNIT
+    unit_head "Gatehouse VDI connection broker and gateway"
+    echo "ExecStart=/usr/local/bin/gatehouse serve --config /etc/gatehouse/gatehouse.toml"
+    unit_limits
+    cat <<'UNIT'
+# Everything is read-only except the data folder (store, certificates, backups).
+ProtectSystem=strict
+ReadWritePaths=/var/lib/gatehouse
+RuntimeDirectory=gatehouse
+RuntimeDirectoryMode=0700
+UNIT
+    unit_sandbox
+}
+
 # The standalone gateway's unit: identical to packaging/gatehouse-gateway.service (a test checks it).
 print_gateway_unit() {
     cat <<'UNIT'
@@ -141,59 +164,19 @@ print_gateway_unit() {
 # --gateway`, which keeps an identical copy of this file (a test checks they match): edit both
 # together. Its flags are in /etc/gatehouse/gateway.env; `systemctl reload` re-reads the
 # certificate without dropping tunnels.
-[Unit]
-Description=Gatehouse standalone gateway
-Documentation=https://example.invalid/gatehouse
-Wants=network-online.target
-After=network-online.target
-
-[Service]
-Type=simple
-User=gatehouse
-Group=gatehouse
+UNIT
+    unit_head "Gatehouse standalone gateway"
+    cat <<'UNIT'
 EnvironmentFile=/etc/gatehouse/gateway.env
 ExecStart=/usr/local/bin/gatehouse gateway $GATEHOUSE_GATEWAY_ARGS
 ExecReload=/bin/kill -HUP $MAINPID
-Restart=on-failure
-RestartSec=5s
-TimeoutStopSec=30s
-LimitNOFILE=65536
-UMask=0077
-
-# Binding to port 443 (and the forwarded ports) is the only privilege it needs.
-AmbientCapabilities=CAP_NET_BIND_SERVICE
-CapabilityBoundingSet=CAP_NET_BIND_SERVICE
-NoNewPrivileges=true
-
+UNIT
+    unit_limits
+    cat <<'UNIT'
 # It writes nothing: its certificate, token and keys are read from /etc/gatehouse.
 ProtectSystem=strict
-ProtectHome=true
-PrivateTmp=true
-PrivateDevices=true
-PrivateMounts=true
-ProtectKernelTunables=true
-ProtectKernelModules=true
-ProtectKernelLogs=true
-ProtectControlGroups=true
-ProtectClock=true
-ProtectHostname=true
-ProtectProc=invisible
-ProcSubset=pid
-RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX
-RestrictNamespaces=true
-RestrictRealtime=true
-RestrictSUIDSGID=true
-LockPersonality=true
-MemoryDenyWriteExecute=true
-RemoveIPC=true
-SystemCallArchitectures=native
-SystemCallFilter=@system-service
-SystemCallFilter=~@privileged @resources
-SystemCallErrorNumber=EPERM
-
-[Install]
-WantedBy=multi-user.target
 UNIT
+    unit_sandbox
 }
 
 say() { printf 'gatehouse install: %s\n' "$*" >&2; }

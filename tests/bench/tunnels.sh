@@ -58,6 +58,12 @@ STARTED=()
 stop_started() { [ ${#STARTED[@]} -eq 0 ] || kill -- "${STARTED[@]/#/-}" 2>/dev/null || true; STARTED=(); }
 trap 'stop_started; rm -rf "$WORK/data"' EXIT
 WEBSOCAT=$(command -v websocat || echo "$HOME/.cargo/bin/websocat")
+# The harness runs its Python websockify peer (Debian's python3-websockify) with the python3 on
+# PATH: one without websockify ahead of Debian's (pyenv, a virtualenv) would drop that peer.
+if ! python3 -c 'import websockify' 2>/dev/null && /usr/bin/python3 -c 'import websockify' 2>/dev/null; then
+  mkdir -p "$WORK/bin" && ln -sf /usr/bin/python3 "$WORK/bin/python3" && PATH="$WORK/bin:$PATH"
+  echo "python3 is /usr/bin/python3 here: it has websockify" >&2
+fi
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
 # One broker: its public key for the gateway, tickets for the targets.

@@ -1082,17 +1082,8 @@ async fn install_sh_sets_up_a_standalone_gateway_that_its_broker_takes() {
 #[test]
 fn gateway_check_reads_the_files_and_listens_nowhere() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let data = dir.path().join("data");
-    let key_file = dir.path().join("broker.pem");
-    let (ok, _, err) = common::run(&[
-        "broker-key",
-        "export",
-        "--data",
-        data.to_str().expect("utf8"),
-        "--out",
-        key_file.to_str().expect("utf8"),
-    ]);
-    assert!(ok, "{err}");
+    let issuer = Issuer::new();
+    let key_file = issuer.public_key.clone();
     let (cert, key) = certificate(dir.path(), "gateway", &[]);
     let (_, other_key) = certificate(dir.path(), "other", &[]);
     let port = free_port();
