@@ -318,12 +318,10 @@ install_binary() {
     say "installed $new_version as $target_bin"
 }
 
-# Installs the unit file $2 as $3, (re)starts service $1 and waits until https://<listen $4>/healthz
-# answers: with $5 = -f it must answer 200, with $5 = "" any answer will do. $6 ends the error.
+# Installs the unit file $2 as $3, (re)starts service $1 and waits until https://<listen $4>$5
+# answers 200. $6 ends the error message.
 start_service() {
-    local service="$1" unit="$2" unit_path="$3" addr="$4" more="$6" host health ok=0
-    local probe=(curl -ks --max-time 3 -o /dev/null)
-    if [[ "$5" == -f ]]; then probe+=(-f); fi
+    local service="$1" unit="$2" unit_path="$3" addr="$4" path="$5" more="$6" host health ok=0
     install -m 0644 -- "$unit" "$unit_path"
     systemctl daemon-reload
     systemctl enable --quiet "$service"
@@ -334,10 +332,10 @@ start_service() {
         0.0.0.0 | "") host=127.0.0.1 ;;
         "[::]") host="[::1]" ;;
     esac
-    health="https://$host:${addr##*:}/healthz"
+    health="https://$host:${addr##*:}$path"
     say "waiting for $health"
     for _ in $(seq 1 "$HEALTH_TRIES"); do
-        if "${probe[@]}" "$health" 2>/dev/null; then
+        if curl -kfs --max-time 3 -o /dev/null "$health" 2>/dev/null; then
             ok=1
             break
         fi
@@ -442,7 +440,7 @@ HEAD
     if [[ "$use_systemd" -eq 1 ]]; then
         print_gateway_unit >"$work/gatehouse-gateway.service"
         start_service "$GATEWAY_SERVICE_NAME" "$work/gatehouse-gateway.service" "$GATEWAY_UNIT_PATH" \
-            "$live_listen" "" ""
+            "$live_listen" /gateway/v1/health ""
         printf 'Gatehouse gateway: wss://%s/tunnel\n' "$live_listen"
     else
         start_cmd="$target_bin gateway $args"
@@ -718,7 +716,7 @@ main() {
 
     if [[ "$use_systemd" -eq 1 ]]; then
         print_unit >"$work/gatehouse.service"
-        start_service "$SERVICE_NAME" "$work/gatehouse.service" "$UNIT_PATH" "$live_listen" -f \
+        start_service "$SERVICE_NAME" "$work/gatehouse.service" "$UNIT_PATH" "$live_listen" /healthz \
             "${backup_file:+; the data as it was before this upgrade is in $backup_file}"
         printf 'Gatehouse console: %s\n' "$(console_url "$live_listen")"
     else

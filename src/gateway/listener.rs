@@ -1,6 +1,8 @@
 //! The front door of the one port: accepts TCP, reads a PROXY protocol v2 header from trusted
 //! load balancers, completes TLS (or not, on the plain port), reads the first request head,
-//! and sends the connection to a tunnel or to the HTTP backend.
+//! and sends the connection to a tunnel or to the HTTP backend. Two paths are the gateway's
+//! own and never reach the backend: [`FORWARDS_PATH`] (a broker asks for a forwarded port) and
+//! [`HEALTH_PATH`] (a load balancer asks whether this gateway is up).
 //!
 //! Every step up to the first request head runs in the connection's own task under the
 //! handshake timeout; the number of open connections is capped. The certificate comes from a
@@ -207,6 +209,19 @@ impl FrontDoor {
             self.forward_request(s, &head, buf, client, deadline).await;
             return;
         }
+        if head.path == HEALTH_PATH {
+            let (status, body) = match head.method.as_str() {
+                "GET" | "HEAD" => (200, r#"{"status":"ok"}"#),
+                _ => (405, r#"{"error":"method_not_allowed","message":"use GET"}"#),
+            };
+            let mut answer = json_response(status, body);
+            if head.method == "HEAD" {
+                answer.truncate(answer.len() - body.len());
+            }
+            let _ = s.write_all(&answer).await;
+            let _ = s.shutdown().await;
+            return;
+        }
         match &self.backend {
             Backend::Local(socket) => {
                 let origin = Origin {
@@ -241,6 +256,25 @@ impl FrontDoor {
 
 /// Where a broker asks a standalone gateway for a forwarded port.
 pub const FORWARDS_PATH: &str = "/gateway/v1/forwards";
+/// Where a load balancer (or an installer) asks whether this gateway is up: answered by the
+/// gateway itself, whatever its backend, with `200 {"status":"ok"}` and nothing more.
+pub const HEALTH_PATH: &str = "/gateway/v1/health";
+
+/// A whole `Connection: close` answer with a JSON body.
+fn json_response(status: u16, body: &str) -> Vec<u8> {
+    let reason = match status {
+        200 => "OK",
+        400 => "Bad Request",
+        403 => "Forbidden",
+        405 => "Method Not Allowed",
+        _ => "Service Unavailable",
+    };
+    format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\nCache-Control: no-store\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
 
 impl FrontDoor {
     async fn forward_request<S>(
@@ -290,18 +324,7 @@ impl FrontDoor {
                 r#"{"error":"method_not_allowed","message":"use POST"}"#.to_string(),
             ),
         };
-        let reason = match status {
-            200 => "OK",
-            400 => "Bad Request",
-            403 => "Forbidden",
-            405 => "Method Not Allowed",
-            _ => "Service Unavailable",
-        };
-        let response = format!(
-            "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\nCache-Control: no-store\r\n\r\n{body}",
-            body.len()
-        );
-        let _ = s.write_all(response.as_bytes()).await;
+        let _ = s.write_all(&json_response(status, &body)).await;
         let _ = s.shutdown().await;
     }
 }

@@ -7,6 +7,7 @@ mod fixture;
 
 mod api;
 mod backup;
+mod balancer;
 mod broker;
 mod browser;
 mod centers;

@@ -1048,6 +1048,10 @@ async fn install_sh_sets_up_a_standalone_gateway_that_its_broker_takes() {
         status, 200,
         "the broker's health through the gateway: {body}"
     );
+    // What the installer's systemd path waits for: the gateway's own health.
+    let tls = tls_connect(TcpStream::connect(gw_at).await.expect("connect")).await;
+    let (status, body) = http_request(tls, "GET", "/gateway/v1/health", "", "").await;
+    assert_eq!(status, 200, "the gateway's own health: {body}");
 
     // An upgrade: only --gateway; gateway.env is kept to the byte.
     let upgraded = install(&["--gateway"]);

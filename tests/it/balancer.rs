@@ -1,0 +1,304 @@
+//! Two standalone gateways behind a real HAProxy (Debian's `haproxy`), configured as
+//! `docs/gateway.md` says: sticky by source address, the PROXY protocol v2 to the gateways, and
+//! an HTTP health check on the gateways' own `/gateway/v1/health` over TLS.
+//!
+//! HAProxy must find both gateways healthy (its layer-7 check answered 200; the endpoint
+//! answers GET and refuses other methods). A client's
+//! tunnels all reach one gateway, which sees the client's address (not HAProxy's) and checks
+//! the ticket against it; bytes go through intact. When that gateway stops, HAProxy marks it
+//! down and the client's next tunnel opens on the other one with the same ticket.
+//!
+//! Owns the HAProxy it starts (killed on drop) and its temporary folder.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UnixStream};
+
+use crate::common;
+use crate::gateway::{
+    Gateway, Issuer, MB, Target, WAIT, connect_from, echo_check_at, free_port, http_request,
+    start_tunnel, tls_connect, tls_upgrade_status,
+};
+
+/// HAProxy in the foreground with its own configuration and stats socket; killed on drop.
+struct Haproxy {
+    child: Child,
+    addr: SocketAddr,
+    dir: tempfile::TempDir,
+}
+
+/// One server line of HAProxy's `show stat`.
+#[derive(Debug, Clone)]
+struct ServerStat {
+    status: String,
+    check_status: String,
+    check_code: String,
+}
+
+impl Haproxy {
+    fn binary() -> PathBuf {
+        [
+            "/usr/sbin/haproxy",
+            "/usr/local/sbin/haproxy",
+            "/usr/bin/haproxy",
+        ]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .expect("haproxy is installed (Debian package `haproxy`; tests/run.sh installs it)")
+    }
+
+    /// The backend of docs/gateway.md ("Several gateways behind a load balancer") in front of
+    /// `gateways` (named gw1, gw2, …), checked every 100 ms.
+    async fn start(gateways: &[SocketAddr]) -> Haproxy {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let servers: String = gateways
+            .iter()
+            .enumerate()
+            .map(|(i, gw)| {
+                format!(
+                    "    server gw{} {gw} check check-ssl verify none send-proxy-v2\n",
+                    i + 1
+                )
+            })
+            .collect();
+        let conf = format!(
+            "global\n    stats socket {sock} mode 600 level admin\n\
+             defaults\n    mode tcp\n    timeout connect 5s\n    timeout client 10m\n    timeout server 10m\n\
+             frontend vdi\n    bind {addr}\n    default_backend gateways\n\
+             backend gateways\n    balance source\n    hash-type consistent\n\
+             \x20   option httpchk GET /gateway/v1/health\n\
+             \x20   default-server inter 100ms fall 1 rise 1\n{servers}",
+            sock = Haproxy::socket_in(dir.path()).display()
+        );
+        let conf_path = dir.path().join("haproxy.cfg");
+        std::fs::write(&conf_path, conf).expect("write haproxy.cfg");
+        let log = std::fs::File::create(dir.path().join("haproxy.log")).expect("log file");
+        let mut child = Command::new(Haproxy::binary())
+            .arg("-db")
+            .arg("-f")
+            .arg(&conf_path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .spawn()
+            .expect("haproxy starts");
+        // HAProxy does not say when it listens: try its port, a bounded number of times.
+        for _ in 0..600 {
+            if TcpStream::connect(addr).await.is_ok() {
+                return Haproxy { child, addr, dir };
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "haproxy exited ({status}): {}",
+                    std::fs::read_to_string(dir.path().join("haproxy.log")).unwrap_or_default()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let _ = child.kill();
+        panic!("haproxy did not listen on {addr}");
+    }
+
+    fn socket_in(dir: &Path) -> PathBuf {
+        dir.join("admin.sock")
+    }
+
+    /// `show stat` on the stats socket: the backend's servers by name.
+    async fn servers(&self) -> HashMap<String, ServerStat> {
+        let mut sock = UnixStream::connect(Haproxy::socket_in(self.dir.path()))
+            .await
+            .expect("the stats socket");
+        sock.write_all(b"show stat\n").await.expect("ask");
+        let mut csv = String::new();
+        sock.read_to_string(&mut csv).await.expect("the answer");
+        let mut lines = csv.lines();
+        let header: Vec<&str> = lines
+            .next()
+            .and_then(|l| l.strip_prefix("# "))
+            .unwrap_or_else(|| panic!("a CSV header: {csv}"))
+            .split(',')
+            .collect();
+        let column = |name: &str| {
+            header
+                .iter()
+                .position(|h| *h == name)
+                .unwrap_or_else(|| panic!("a {name} column: {csv}"))
+        };
+        let (px, sv, status, check, code) = (
+            column("pxname"),
+            column("svname"),
+            column("status"),
+            column("check_status"),
+            column("check_code"),
+        );
+        lines
+            .map(|l| l.split(',').collect::<Vec<_>>())
+            .filter(|f| f.get(px) == Some(&"gateways") && f[sv].starts_with("gw"))
+            .map(|f| {
+                let stat = ServerStat {
+                    status: f[status].to_string(),
+                    check_status: f[check].to_string(),
+                    check_code: f[code].to_string(),
+                };
+                (f[sv].to_string(), stat)
+            })
+            .collect()
+    }
+
+    /// Waits (bounded) until `server`'s stats satisfy `done`; returns them.
+    async fn wait_server(
+        &self,
+        server: &str,
+        what: &str,
+        done: impl Fn(&ServerStat) -> bool,
+    ) -> ServerStat {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let stats = self.servers().await;
+            let stat = stats
+                .get(server)
+                .unwrap_or_else(|| panic!("{server} in HAProxy's stats: {stats:?}"));
+            if done(stat) {
+                return stat.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "gave up waiting for {server} {what}: {stat:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Opens a tunnel through `at` from the loopback address `source` with `ticket`; the answer's
+/// status (101 when the gateway took it).
+async fn tunnel_status(source: &str, at: SocketAddr, ticket: &str) -> u16 {
+    let tls = tls_connect(connect_from(source, at).await).await;
+    tls_upgrade_status(tls, &format!("/tunnel?ticket={ticket}")).await
+}
+
+/// How many tunnels a gateway logged as opened for `client`.
+fn opened_for(gw: &Gateway, client: &str) -> usize {
+    gw.proc
+        .log()
+        .lines()
+        .filter(|l| l.contains("tunnel opened") && l.contains(&format!("client={client}")))
+        .count()
+}
+
+/// Waits (bounded) until the gateways logged `n` tunnels for `client` in all; returns each
+/// one's count.
+async fn wait_opened(gateways: &[Gateway], client: &str, n: usize) -> Vec<usize> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let counts: Vec<usize> = gateways.iter().map(|gw| opened_for(gw, client)).collect();
+        if counts.iter().sum::<usize>() >= n {
+            return counts;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "gave up waiting for {n} tunnels of {client}: {counts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn haproxy_as_documented_checks_balances_and_fails_over_between_gateways() {
+    common::install_crypto();
+    let issuer = Issuer::new();
+    let target = Target::start().await;
+    let port = target.addr.port().to_string();
+    let flags = [
+        "--trusted-proxies",
+        "127.0.0.1/32",
+        "--allowed-ports",
+        &port,
+    ];
+    let mut gateways = vec![
+        Gateway::start(&issuer, &flags).await,
+        Gateway::start(&issuer, &flags).await,
+    ];
+    let haproxy = Haproxy::start(&[gateways[0].tls, gateways[1].tls]).await;
+
+    // Each gateway answers HAProxy's HTTP check itself: layer 7, 200.
+    for server in ["gw1", "gw2"] {
+        let stat = haproxy
+            .wait_server(server, "checked healthy", |s| s.check_status == "L7OK")
+            .await;
+        assert_eq!(stat.check_code, "200", "{server}: {stat:?}");
+        assert_eq!(stat.status, "UP", "{server}: {stat:?}");
+    }
+
+    // The answer itself: 200 and nothing more to GET; other methods are refused.
+    for (method, status, body) in [
+        ("GET", 200, r#"{"status":"ok"}"#),
+        (
+            "POST",
+            405,
+            r#"{"error":"method_not_allowed","message":"use GET"}"#,
+        ),
+    ] {
+        let conn = TcpStream::connect(gateways[0].plain)
+            .await
+            .expect("connect");
+        let answer = http_request(conn, method, "/gateway/v1/health", "", "").await;
+        assert_eq!(answer, (status, body.to_string()), "{method}");
+    }
+
+    // 127.0.0.2 plays a client elsewhere. Its ticket is bound to its address: the gateway
+    // must take the address from HAProxy's PROXY header, since HAProxy connects from
+    // 127.0.0.1. A ticket for 127.0.0.1 is refused to it for the same reason.
+    let ticket = issuer.ticket(target.addr, &["--client-addr", "127.0.0.2"]);
+    let not_its = issuer.ticket(target.addr, &["--client-addr", "127.0.0.1"]);
+    for _ in 0..3 {
+        assert_eq!(tunnel_status("127.0.0.2", haproxy.addr, &ticket).await, 101);
+    }
+    assert_eq!(
+        tunnel_status("127.0.0.2", haproxy.addr, &not_its).await,
+        403
+    );
+    // Sticky by source: all three reached one gateway.
+    let counts = wait_opened(&gateways, "127.0.0.2", 3).await;
+    assert!(
+        counts == [3, 0] || counts == [0, 3],
+        "one client's tunnels on one gateway: {counts:?}"
+    );
+    let serving = usize::from(counts[1] == 3);
+
+    // Bytes go through HAProxy and the gateway intact (`gatehouse tunnel` in front, from
+    // 127.0.0.1 with a ticket for it).
+    let url = format!("wss://{}/tunnel", haproxy.addr);
+    let (_tunnel, local) = start_tunnel(&url, &not_its, &["--insecure"]).await;
+    echo_check_at(local, MB, "through HAProxy").await;
+
+    // The client's gateway stops: HAProxy marks it down, and the client's next tunnel opens on
+    // the other gateway with the same ticket.
+    gateways[serving].proc.kill();
+    let name = format!("gw{}", serving + 1);
+    let stat = haproxy
+        .wait_server(&name, "marked down", |s| s.status.starts_with("DOWN"))
+        .await;
+    assert_ne!(stat.check_status, "L7OK", "{stat:?}");
+    assert_eq!(tunnel_status("127.0.0.2", haproxy.addr, &ticket).await, 101);
+    let counts = wait_opened(&gateways, "127.0.0.2", 4).await;
+    assert_eq!(
+        counts[1 - serving],
+        1,
+        "the other gateway took it: {counts:?}"
+    );
+}
