@@ -1,5 +1,6 @@
 //! Logs and metrics: the `tracing` subscriber, and the Prometheus text exposition for
-//! `GET /metrics` (process memory, HTTP requests by route and status, sign-in failures).
+//! `GET /metrics` (process memory, HTTP requests by route and status, sign-in failures, pool
+//! counts, and each gateway's open tunnels as last reported).
 //!
 //! Nothing here logs a secret: callers pass account names and addresses, never passwords,
 //! keys or tickets.
@@ -47,6 +48,30 @@ pub struct PoolLabels {
     pub state: String,
 }
 
+/// One gateway: the built-in one (`gateway_id` "builtin") or a registered one.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GatewayLabels {
+    pub gateway_id: String,
+    pub gateway_name: String,
+}
+
+/// One direction of one gateway's open tunnels: `direction` is up (client to desktop) or down.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GatewayBytesLabels {
+    pub gateway_id: String,
+    pub gateway_name: String,
+    pub direction: String,
+}
+
+/// What the gateway gauges show of one gateway.
+pub struct GatewayGauges<'a> {
+    pub id: &'a str,
+    pub name: &'a str,
+    /// It reported within the last 30 seconds (always, for the built-in gateway).
+    pub connected: bool,
+    pub tunnels: &'a [crate::gateway::TunnelReport],
+}
+
 /// The appliance's metrics.
 pub struct Metrics {
     registry: Mutex<Registry>,
@@ -54,6 +79,10 @@ pub struct Metrics {
     /// Every pool's desktops by state, as the last `pool_stats` run counted them.
     pub pool_desktops: Family<PoolLabels, Gauge>,
     pub signin_failures: Counter,
+    /// Each gateway's open tunnels, whether it reports, and the bytes its open tunnels carried.
+    gateway_tunnels: Family<GatewayLabels, Gauge>,
+    gateway_connected: Family<GatewayLabels, Gauge>,
+    gateway_tunnel_bytes: Family<GatewayBytesLabels, Gauge>,
     resident_memory: Gauge,
     virtual_memory: Gauge,
 }
@@ -85,6 +114,24 @@ impl Metrics {
             "Desktops of each pool by state (connected: with a user connected), as last counted",
             pool_desktops.clone(),
         );
+        let gateway_tunnels = Family::<GatewayLabels, Gauge>::default();
+        registry.register(
+            "gateway_tunnels",
+            "Open tunnels and forwarded connections of each gateway, as last reported",
+            gateway_tunnels.clone(),
+        );
+        let gateway_connected = Family::<GatewayLabels, Gauge>::default();
+        registry.register(
+            "gateway_connected",
+            "1 when the gateway reported within the last 30 seconds (the built-in one always)",
+            gateway_connected.clone(),
+        );
+        let gateway_tunnel_bytes = Family::<GatewayBytesLabels, Gauge>::default();
+        registry.register(
+            "gateway_tunnel_bytes",
+            "Bytes the gateway's open tunnels carried, up (client to desktop) and down",
+            gateway_tunnel_bytes.clone(),
+        );
         let resident_memory = Gauge::default();
         registry.register(
             "process_resident_memory_bytes",
@@ -102,6 +149,9 @@ impl Metrics {
             http_requests,
             pool_desktops,
             signin_failures,
+            gateway_tunnels,
+            gateway_connected,
+            gateway_tunnel_bytes,
             resident_memory,
             virtual_memory,
         }
@@ -120,6 +170,43 @@ impl Metrics {
                         state: state.to_string(),
                     })
                     .set(i64::from(value));
+            }
+        }
+    }
+
+    /// Replaces the gateway gauges with `gateways` (a deleted gateway's gauges go).
+    pub fn set_gateways<'a>(&self, gateways: impl IntoIterator<Item = GatewayGauges<'a>>) {
+        self.gateway_tunnels.clear();
+        self.gateway_connected.clear();
+        self.gateway_tunnel_bytes.clear();
+        for g in gateways {
+            let labels = GatewayLabels {
+                gateway_id: g.id.to_string(),
+                gateway_name: g.name.to_string(),
+            };
+            let count = i64::try_from(g.tunnels.len()).unwrap_or(i64::MAX);
+            self.gateway_tunnels.get_or_create(&labels).set(count);
+            self.gateway_connected
+                .get_or_create(&labels)
+                .set(i64::from(g.connected));
+            let up = g
+                .tunnels
+                .iter()
+                .map(|t| t.bytes_up)
+                .fold(0u64, u64::saturating_add);
+            let down = g
+                .tunnels
+                .iter()
+                .map(|t| t.bytes_down)
+                .fold(0u64, u64::saturating_add);
+            for (direction, bytes) in [("up", up), ("down", down)] {
+                self.gateway_tunnel_bytes
+                    .get_or_create(&GatewayBytesLabels {
+                        gateway_id: labels.gateway_id.clone(),
+                        gateway_name: labels.gateway_name.clone(),
+                        direction: direction.into(),
+                    })
+                    .set(i64::try_from(bytes).unwrap_or(i64::MAX));
             }
         }
     }
@@ -204,5 +291,54 @@ mod tests {
             .and_then(|v| v.parse().ok())
             .expect("number");
         assert!(rss > 0);
+    }
+
+    #[test]
+    fn gateway_gauges_follow_the_last_reports() {
+        use crate::gateway::{Kind, TunnelReport};
+        let tunnel = |up, down| TunnelReport {
+            id: 1,
+            kind: Kind::Tunnel,
+            session: "s".into(),
+            user: "u".into(),
+            target: "10.0.0.9:3389".into(),
+            client: std::net::IpAddr::from([192, 0, 2, 1]),
+            opened: chrono::Utc::now(),
+            bytes_up: up,
+            bytes_down: down,
+        };
+        let m = Metrics::new();
+        let two = [tunnel(10, 100), tunnel(5, u64::MAX)];
+        m.set_gateways([
+            GatewayGauges {
+                id: "builtin",
+                name: "Built-in",
+                connected: true,
+                tunnels: &[],
+            },
+            GatewayGauges {
+                id: "g1",
+                name: "DMZ",
+                connected: false,
+                tunnels: &two,
+            },
+        ]);
+        let text = m.render();
+        for line in [
+            r#"gatehouse_gateway_tunnels{gateway_id="builtin",gateway_name="Built-in"} 0"#,
+            r#"gatehouse_gateway_connected{gateway_id="builtin",gateway_name="Built-in"} 1"#,
+            r#"gatehouse_gateway_tunnels{gateway_id="g1",gateway_name="DMZ"} 2"#,
+            r#"gatehouse_gateway_connected{gateway_id="g1",gateway_name="DMZ"} 0"#,
+            r#"gatehouse_gateway_tunnel_bytes{gateway_id="g1",gateway_name="DMZ",direction="up"} 15"#,
+            // The sum saturates instead of wrapping.
+            r#"gatehouse_gateway_tunnel_bytes{gateway_id="g1",gateway_name="DMZ",direction="down"} 9223372036854775807"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
+        }
+        m.set_gateways([]);
+        assert!(
+            !m.render().contains("gateway_id="),
+            "a deleted gateway's gauges go"
+        );
     }
 }

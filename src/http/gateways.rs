@@ -279,7 +279,7 @@ pub struct GatewayStatus {
 
 /// The built-in gateway first, then every registered gateway in name order, each with its
 /// last report (kept in the store, so they survive a restart of the broker).
-async fn statuses(
+pub(super) async fn statuses(
     state: &AppState,
 ) -> Result<Vec<(Option<GatewayRecord>, GatewayStatus)>, HttpError> {
     let (gateways, mut reports) = state

@@ -29,10 +29,22 @@ async fn healthz() -> HttpResponse {
         .body("ok\n")
 }
 
-async fn metrics(state: web::Data<AppState>) -> HttpResponse {
-    HttpResponse::Ok()
+/// Every metric; the gateway gauges are set from the gateways' last reports first.
+async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, HttpError> {
+    let gateways = super::gateways::statuses(&state).await?;
+    state.metrics.set_gateways(
+        gateways
+            .iter()
+            .map(|(_, g)| crate::telemetry::GatewayGauges {
+                id: g.id.as_deref().unwrap_or("builtin"),
+                name: &g.name,
+                connected: g.connected,
+                tunnels: &g.tunnels,
+            }),
+    );
+    Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
-        .body(state.metrics.render())
+        .body(state.metrics.render()))
 }
 
 async fn dashboard(state: web::Data<AppState>, who: Console) -> Result<HttpResponse, HttpError> {

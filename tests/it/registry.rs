@@ -225,6 +225,26 @@ async fn a_registered_gateway_reports_its_tunnels_and_closes_them_when_the_broke
     assert_eq!(list[1]["connected"], true);
     assert_eq!(list[1]["tunnels"][0]["user"], "hand-made");
     assert_eq!(list[1]["tunnels"][0]["bytes_down"], 4096);
+    // And /metrics: the report's tunnel and bytes, the gateway reporting; the built-in one
+    // with no tunnel.
+    let metrics = client
+        .get(format!("{}/metrics", server.base))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    let dmz = format!(r#"gateway_id="{id}",gateway_name="DMZ""#);
+    for line in [
+        format!("gatehouse_gateway_tunnels{{{dmz}}} 1"),
+        format!("gatehouse_gateway_connected{{{dmz}}} 1"),
+        format!(r#"gatehouse_gateway_tunnel_bytes{{{dmz},direction="up"}} 2048"#),
+        format!(r#"gatehouse_gateway_tunnel_bytes{{{dmz},direction="down"}} 4096"#),
+        r#"gatehouse_gateway_tunnels{gateway_id="builtin",gateway_name="Built-in"} 0"#.into(),
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in:\n{metrics}");
+    }
     let mut console = server.console();
     console.sign_in("admin", PASSWORD).await;
     let page = console.get("/admin/setup/gateways").await;
