@@ -341,9 +341,23 @@ fn load_config(file: Option<&Path>, data: Option<&Path>) -> Result<Config> {
     Ok(config)
 }
 
+/// The first line of a secret file (a token, a password, a passphrase). A file anyone on the
+/// machine may read is still used, with a warning that says how to close it.
 fn read_secret_line(path: &Path, what: &str) -> Result<String> {
+    use std::os::unix::fs::PermissionsExt;
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("while reading the {what} file {}", path.display()))?;
+    if let Ok(meta) = std::fs::metadata(path)
+        && meta.permissions().mode() & 0o004 != 0
+    {
+        eprintln!(
+            "warning: the {what} file {} is readable by every user of this machine (mode {:o}): \
+             chmod o-rwx {}",
+            path.display(),
+            meta.permissions().mode() & 0o777,
+            path.display()
+        );
+    }
     let line = text.lines().next().unwrap_or_default().to_string();
     if line.is_empty() {
         bail!("the {what} file {} is empty", path.display());

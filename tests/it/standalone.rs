@@ -1081,10 +1081,12 @@ async fn install_sh_sets_up_a_standalone_gateway_that_its_broker_takes() {
 }
 
 /// `gatehouse gateway --check`: the flags and the files they name are checked, and nothing
-/// listens; a broker key that is not one, or a key that is not the certificate's, is refused
-/// with the file and what to do.
+/// listens; a token file anyone may read is warned about; a broker key that is not one, or a
+/// key that is not the certificate's, is refused with the file and what to do.
 #[test]
 fn gateway_check_reads_the_files_and_listens_nowhere() {
+    use std::os::unix::fs::PermissionsExt;
+
     let dir = tempfile::tempdir().expect("tempdir");
     let issuer = Issuer::new();
     let key_file = issuer.public_key.clone();
@@ -1110,7 +1112,31 @@ fn gateway_check_reads_the_files_and_listens_nowhere() {
     let (ok, out, err) = check(&key_file, &key);
     assert!(ok, "{out}{err}");
     assert_eq!(out.trim(), "gateway configuration OK");
+    assert!(!err.contains("warning"), "{err}");
     std::net::TcpListener::bind(("127.0.0.1", port)).expect("--check left the port free");
+
+    // A token file every user may read: still taken, with a warning that says how to close it.
+    let token = dir.path().join("gateway.token");
+    std::fs::write(&token, "ghgw_example\n").expect("write");
+    for (mode, warned) in [(0o644, true), (0o640, false)] {
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(mode)).expect("chmod");
+        let (ok, out, err) = common::run(&[
+            "gateway",
+            "--listen",
+            &listen,
+            "--broker",
+            "https://127.0.0.1:9",
+            "--gateway-token-file",
+            token.to_str().expect("utf8"),
+            "--check",
+        ]);
+        assert!(ok, "{out}{err}");
+        assert_eq!(
+            err.contains(&format!("chmod o-rwx {}", token.display())),
+            warned,
+            "mode {mode:o}: {err}"
+        );
+    }
 
     let (ok, out, err) = check(&cert, &key);
     assert!(!ok, "a certificate passed for the broker's key: {out}");
