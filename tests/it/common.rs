@@ -182,6 +182,18 @@ impl Server {
     pub fn console(&self) -> Console {
         Console::new(&self.base)
     }
+
+    /// `GET /metrics`, as a monitoring system reads it (no session).
+    pub async fn metrics(&self) -> String {
+        client()
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("the metrics text")
+    }
 }
 
 impl Drop for Server {

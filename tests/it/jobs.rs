@@ -684,14 +684,7 @@ async fn pool_statistics_are_counted_kept_drawn_and_exported() {
     );
     assert_eq!(admin.get("/api/v1/pools/nope/stats").await.status, 404);
 
-    let metrics = common::client()
-        .get(format!("{}/metrics", server.base))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = server.metrics().await;
     for (state, n) in [
         ("total", 3),
         ("assigned", 1),

@@ -227,14 +227,7 @@ async fn a_registered_gateway_reports_its_tunnels_and_closes_them_when_the_broke
     assert_eq!(list[1]["tunnels"][0]["bytes_down"], 4096);
     // And /metrics: the report's tunnel and bytes, the gateway reporting; the built-in one
     // with no tunnel.
-    let metrics = client
-        .get(format!("{}/metrics", server.base))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = server.metrics().await;
     let dmz = format!(r#"gateway_id="{id}",gateway_name="DMZ""#);
     for line in [
         format!("gatehouse_gateway_tunnels{{{dmz}}} 1"),
