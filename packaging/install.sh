@@ -59,7 +59,11 @@ A standalone gateway on another host (`gatehouse gateway`, no data folder, no co
   --broker-ca FILE  the broker's certificate authority (PEM), when the system's does not sign it
   --cert FILE --key FILE
                     the gateway's certificate and key (PEM; default: one generated at each start)
-  --listen ADDR     the gateway's TLS port (default 0.0.0.0:443; 0.0.0.0:8443 with --prefix)
+  --flexvdi-config FILE
+                    a flexVDI gateway configuration (JSON), read where it is: its ports,
+                    certificate and managers (the flags above win)
+  --listen ADDR     the gateway's TLS port (default 0.0.0.0:443, 0.0.0.0:8443 with --prefix;
+                    with --flexvdi-config, its ListenIP and SslPort)
   The files are copied into <etc>/gatehouse (readable by the service user only) and
   `gatehouse gateway --check` checks them before anything is installed. gateway.env is only
   written when absent: re-running with just --gateway (and the binary's source) upgrades the
@@ -367,9 +371,9 @@ gateway_env_args() {
 # gatehouse-gateway.service. Every flag and file is checked with the new binary first.
 install_gateway() {
     gateway_env="$conf_dir/gateway.env"
-    local args check_args=() live_listen start_cmd
+    local args check_args=() checked live_listen start_cmd
     if [[ -e "$gateway_env" ]]; then
-        if [[ -n "$broker$broker_ca$broker_key$gateway_token_file$cert$key$listen_given" ]]; then
+        if [[ -n "$gateway_settings$listen_given" ]]; then
             die "$gateway_env exists, so this is an upgrade and only the binary changes: edit that file (and the files it names) instead, or remove it to write a new one; nothing was changed"
         fi
         say "keeping the existing $gateway_env"
@@ -387,8 +391,21 @@ install_gateway() {
         case "$conf_dir" in
             *[[:space:]]*) die "with --gateway the install path must not contain spaces: $prefix" ;;
         esac
-        # Checked with the files where they are; installed with their copies.
-        local -a flags_at=(--listen "$listen") flags_in=(--listen "$listen")
+        # Checked with the files where they are; installed with their copies. A flexVDI
+        # configuration stays where it is (it names its own certificate files) and gives the
+        # listen address unless --listen does.
+        local -a flags_at=() flags_in=()
+        if [[ -n "$flexvdi_config" ]]; then
+            [[ -f "$flexvdi_config" ]] || die "--flexvdi-config $flexvdi_config is not a file"
+            flexvdi_config="$(cd -- "$(dirname -- "$flexvdi_config")" && pwd -P)/$(basename -- "$flexvdi_config")"
+            [[ "$flexvdi_config" != *[[:space:]]* ]] || die "--flexvdi-config must not contain spaces: '$flexvdi_config'"
+            flags_at+=(--flexvdi-config "$flexvdi_config")
+            flags_in+=(--flexvdi-config "$flexvdi_config")
+        fi
+        if [[ -z "$flexvdi_config" || -n "$listen_given" ]]; then
+            flags_at+=(--listen "$listen")
+            flags_in+=(--listen "$listen")
+        fi
         if [[ -n "$broker" ]]; then flags_at+=(--broker "$broker"); flags_in+=(--broker "$broker"); fi
         local option file name
         for option in broker-ca:broker-ca.pem broker-key:broker.pem gateway-token-file:gateway.token \
@@ -403,10 +420,15 @@ install_gateway() {
         check_args=("${flags_at[@]}")
         args="${flags_in[*]}"
     fi
-    "$new_bin" gateway "${check_args[@]}" --check ||
+    checked="$("$new_bin" gateway "${check_args[@]}" --check)" ||
         die "the gateway's flags or files are not right (see above): fix them, then re-run; nothing was changed"
+    live_listen="$(sed -n 's/^listen: //p' <<<"$checked")"
+    say "gateway configuration OK; it will listen on $live_listen"
 
     ensure_service_user
+    if [[ -n "$flexvdi_config" ]] && ! as_service_user test -r "$flexvdi_config"; then
+        die "the $SERVICE_USER user cannot read $flexvdi_config, which the service reads where it is: chgrp $SERVICE_USER it and chmod g+r it (and the certificate files it names), then re-run"
+    fi
     mkdir -p -- "$bin_dir" "$conf_dir"
     if [[ "$system_wide" -eq 1 ]]; then
         chown root:"$SERVICE_USER" "$conf_dir"
@@ -435,8 +457,6 @@ HEAD
     fi
     install_binary
 
-    live_listen="$(sed -n 's/.*--listen \([^ ]*\).*/\1/p' <<<"$args")"
-    live_listen="${live_listen:-$listen}"
     if [[ "$use_systemd" -eq 1 ]]; then
         print_gateway_unit >"$work/gatehouse-gateway.service"
         start_service "$GATEWAY_SERVICE_NAME" "$work/gatehouse-gateway.service" "$GATEWAY_UNIT_PATH" \
@@ -470,6 +490,7 @@ main() {
     gateway_token_file=""
     cert=""
     key=""
+    flexvdi_config=""
 
     while [[ $# -gt 0 ]]; do
         # --name=VALUE is --name VALUE.
@@ -478,7 +499,7 @@ main() {
         fi
         case "$1" in
             --binary | --archive | --prefix | --listen | --broker | --broker-ca | --broker-key | \
-                --gateway-token-file | --cert | --key)
+                --gateway-token-file | --cert | --key | --flexvdi-config)
                 need_value "$@"
                 name="${1#--}"
                 printf -v "${name//-/_}" '%s' "$2"
@@ -507,8 +528,9 @@ main() {
         if [[ "$role" == gateway ]]; then print_gateway_unit; else print_unit; fi
         exit 0
     fi
-    if [[ "$role" == broker && -n "$broker$broker_ca$broker_key$gateway_token_file$cert$key" ]]; then
-        die "--broker, --broker-ca, --broker-key, --gateway-token-file, --cert and --key go with --gateway"
+    gateway_settings="$broker$broker_ca$broker_key$gateway_token_file$cert$key$flexvdi_config"
+    if [[ "$role" == broker && -n "$gateway_settings" ]]; then
+        die "--broker, --broker-ca, --broker-key, --gateway-token-file, --cert, --key and --flexvdi-config go with --gateway"
     fi
 
     # -----------------------------------------------------------------------------------------

@@ -126,8 +126,8 @@ struct GatewayArgs {
     #[arg(long, default_value = "")]
     trusted_proxies: String,
     /// Check the flags and the files they name (broker key, token, certificate, flexVDI
-    /// configuration), print what is wrong or that all is well, and exit: nothing listens
-    /// and the broker is not contacted.
+    /// configuration), print what is wrong, or that all is well and the address the TLS port
+    /// would listen on, and exit: nothing listens and the broker is not contacted.
     #[arg(long)]
     check: bool,
 }
@@ -508,6 +508,7 @@ fn gateway(args: GatewayArgs) -> Result<()> {
     if args.check {
         crate::gateway::standalone::check(&options).context("gateway")?;
         println!("gateway configuration OK");
+        println!("listen: {}", options.listen);
         return Ok(());
     }
     multi_thread_runtime()?

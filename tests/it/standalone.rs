@@ -910,7 +910,7 @@ async fn max_connections_closes_the_connection_beyond_the_limit_until_one_ends()
 async fn install_sh_sets_up_a_standalone_gateway_that_its_broker_takes() {
     use std::os::unix::fs::PermissionsExt;
 
-    use crate::install::{describe, run_install};
+    use crate::install::describe;
 
     common::install_crypto();
     let dir = tempfile::tempdir().expect("tempdir");
@@ -926,17 +926,7 @@ async fn install_sh_sets_up_a_standalone_gateway_that_its_broker_takes() {
     let host = dir.path().join("gateway-host");
     let etc = host.join("etc/gatehouse");
     let env_file = etc.join("gateway.env");
-    let install = |extra: &[&str]| {
-        let mut args = vec![
-            "--prefix",
-            host.to_str().expect("utf8"),
-            "--no-systemd",
-            "--binary",
-            common::bin(),
-        ];
-        args.extend_from_slice(extra);
-        run_install(args)
-    };
+    let install = |extra: &[&str]| install_gateway_host(&host, extra);
     let listen = gw_at.to_string();
     let settings = |token: &Path| {
         vec![
@@ -1007,26 +997,8 @@ async fn install_sh_sets_up_a_standalone_gateway_that_its_broker_takes() {
         !host.join("var/lib/gatehouse").exists(),
         "a gateway keeps no data folder"
     );
-    let printed = String::from_utf8_lossy(&installed.stdout);
-    let command = printed
-        .lines()
-        .skip_while(|l| *l != "Start it with:")
-        .nth(1)
-        .unwrap_or_else(|| panic!("a start command: {printed}"))
-        .trim()
-        .to_string();
-    let binary = host.join("bin/gatehouse");
-    assert_eq!(command, format!("{} gateway {flags}", binary.display()));
-
     // The printed command starts a gateway that the broker takes, and that forwards to it.
-    let words: Vec<&str> = command.split(' ').collect();
-    let gateway = Proc::spawn_program("the installed gateway", words[0], &words[1..]);
-    let line = gateway
-        .wait_line(0, "\"Gatehouse gateway: wss://…\"", |l| {
-            l.starts_with("Gatehouse gateway: wss://")
-        })
-        .await;
-    assert_eq!(line, format!("Gatehouse gateway: wss://{listen}/tunnel"));
+    let gateway = start_installed_gateway(&host, &installed, &flags, gw_at).await;
     let deadline = Instant::now() + WAIT;
     loop {
         let r = broker
@@ -1111,7 +1083,7 @@ fn gateway_check_reads_the_files_and_listens_nowhere() {
 
     let (ok, out, err) = check(&key_file, &key);
     assert!(ok, "{out}{err}");
-    assert_eq!(out.trim(), "gateway configuration OK");
+    assert_eq!(out, format!("gateway configuration OK\nlisten: {listen}\n"));
     assert!(!err.contains("warning"), "{err}");
     std::net::TcpListener::bind(("127.0.0.1", port)).expect("--check left the port free");
 
@@ -1146,4 +1118,125 @@ fn gateway_check_reads_the_files_and_listens_nowhere() {
     let (ok, out, err) = check(&key_file, &other_key);
     assert!(!ok, "another certificate's key passed: {out}");
     assert!(err.contains("certificate"), "{err}");
+}
+
+/// Runs `install.sh --prefix HOST --no-systemd --binary <this build>` with `extra`.
+fn install_gateway_host(host: &Path, extra: &[&str]) -> std::process::Output {
+    let mut args = vec![
+        "--prefix",
+        host.to_str().expect("utf8"),
+        "--no-systemd",
+        "--binary",
+        common::bin(),
+    ];
+    args.extend_from_slice(extra);
+    crate::install::run_install(args)
+}
+
+/// Starts the gateway as `installed` (install.sh's output) says to, after checking that the
+/// command is the installed binary with `flags`; waits until it listens on `at`.
+async fn start_installed_gateway(
+    host: &Path,
+    installed: &std::process::Output,
+    flags: &str,
+    at: SocketAddr,
+) -> Proc {
+    let printed = String::from_utf8_lossy(&installed.stdout);
+    let command = printed
+        .lines()
+        .skip_while(|l| *l != "Start it with:")
+        .nth(1)
+        .unwrap_or_else(|| panic!("a start command: {printed}"))
+        .trim()
+        .to_string();
+    let binary = host.join("bin/gatehouse");
+    assert_eq!(command, format!("{} gateway {flags}", binary.display()));
+    let words: Vec<&str> = command.split(' ').collect();
+    let gateway = Proc::spawn_program("the installed gateway", words[0], &words[1..]);
+    let line = gateway
+        .wait_line(0, "\"Gatehouse gateway: wss://…\"", |l| {
+            l.starts_with("Gatehouse gateway: wss://")
+        })
+        .await;
+    assert_eq!(line, format!("Gatehouse gateway: wss://{at}/tunnel"));
+    gateway
+}
+
+/// `install.sh --gateway --flexvdi-config`: a configuration with a bad value is refused with
+/// its key and nothing installed; a good one is read where it is and gives the address the
+/// gateway listens on, which the installer names; the installed gateway answers its health.
+#[tokio::test]
+async fn install_sh_sets_up_a_gateway_from_a_flexvdi_configuration() {
+    use crate::install::describe;
+
+    common::install_crypto();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let issuer = Issuer::new();
+    let key = issuer.public_key.to_str().expect("utf8");
+    let host = dir.path().join("gateway-host");
+    let etc = host.join("etc/gatehouse");
+
+    let bad = dir.path().join("bad.conf");
+    std::fs::write(&bad, r#"{"ManagerIP": "10.0.0.2", "SslPort": "x"}"#).expect("write");
+    let refused = install_gateway_host(
+        &host,
+        &[
+            "--gateway",
+            "--flexvdi-config",
+            bad.to_str().expect("utf8"),
+            "--broker-key",
+            key,
+        ],
+    );
+    assert!(!refused.status.success(), "{}", describe(&refused));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("SslPort"),
+        "{}",
+        describe(&refused)
+    );
+    assert!(
+        !host.join("bin/gatehouse").exists(),
+        "{}",
+        describe(&refused)
+    );
+
+    let at = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let conf = dir.path().join("flexvdi-gateway.conf");
+    std::fs::write(
+        &conf,
+        json!({"ManagerIP": "10.0.0.2", "ListenIP": "127.0.0.1", "SslPort": at.port()}).to_string(),
+    )
+    .expect("write");
+    let conf = std::fs::canonicalize(&conf).expect("a canonical path");
+    let installed = install_gateway_host(
+        &host,
+        &[
+            "--gateway",
+            "--flexvdi-config",
+            conf.to_str().expect("utf8"),
+            "--broker-key",
+            key,
+        ],
+    );
+    assert!(installed.status.success(), "{}", describe(&installed));
+    assert!(
+        String::from_utf8_lossy(&installed.stderr).contains(&format!("it will listen on {at}")),
+        "{}",
+        describe(&installed)
+    );
+    let flags = format!(
+        "--flexvdi-config {} --broker-key {}/broker.pem",
+        conf.display(),
+        etc.display()
+    );
+    let env = std::fs::read_to_string(etc.join("gateway.env")).expect("gateway.env");
+    assert!(
+        env.lines()
+            .any(|l| l == format!("GATEHOUSE_GATEWAY_ARGS=\"{flags}\"")),
+        "{env}"
+    );
+    let _gateway = start_installed_gateway(&host, &installed, &flags, at).await;
+    let tls = tls_connect(TcpStream::connect(at).await.expect("connect")).await;
+    let (status, body) = http_request(tls, "GET", "/gateway/v1/health", "", "").await;
+    assert_eq!(status, 200, "{body}");
 }
