@@ -362,6 +362,14 @@ copy_conf_file() {
     mv -f -- "$to.new.$$" "$to"
 }
 
+# Dies unless $1 is one word that gateway.env can hold as it is (systemd splits the flags on
+# spaces and reads quotes, backslashes and dollars): $2 names it in the message.
+plain_word() {
+    case "$1" in
+        *[[:space:]\"\\\$\`\']*) die "$2 must not contain spaces, quotes, backslashes or dollar signs: '$1'" ;;
+    esac
+}
+
 # The flags in gateway.env (the quoted value of GATEHOUSE_GATEWAY_ARGS).
 gateway_env_args() {
     sed -n 's/^GATEHOUSE_GATEWAY_ARGS="\(.*\)"$/\1/p' "$gateway_env" | tail -n 1
@@ -387,10 +395,8 @@ install_gateway() {
         if [[ -n "$gateway_token_file" && -z "$broker" ]]; then
             die "--gateway-token-file goes with --broker URL (the broker that gave the token)"
         fi
-        [[ "$broker" != *[[:space:]]* ]] || die "--broker must not contain spaces: '$broker'"
-        case "$conf_dir" in
-            *[[:space:]]*) die "with --gateway the install path must not contain spaces: $prefix" ;;
-        esac
+        plain_word "$broker" --broker
+        plain_word "$conf_dir" "with --gateway the install path"
         # Checked with the files where they are; installed with their copies. A flexVDI
         # configuration stays where it is (it names its own certificate files) and gives the
         # listen address unless --listen does.
@@ -398,7 +404,7 @@ install_gateway() {
         if [[ -n "$flexvdi_config" ]]; then
             [[ -f "$flexvdi_config" ]] || die "--flexvdi-config $flexvdi_config is not a file"
             flexvdi_config="$(cd -- "$(dirname -- "$flexvdi_config")" && pwd -P)/$(basename -- "$flexvdi_config")"
-            [[ "$flexvdi_config" != *[[:space:]]* ]] || die "--flexvdi-config must not contain spaces: '$flexvdi_config'"
+            plain_word "$flexvdi_config" --flexvdi-config
             flags_at+=(--flexvdi-config "$flexvdi_config")
             flags_in+=(--flexvdi-config "$flexvdi_config")
         fi

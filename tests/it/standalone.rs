@@ -1163,8 +1163,9 @@ async fn start_installed_gateway(
 }
 
 /// `install.sh --gateway --flexvdi-config`: a configuration with a bad value is refused with
-/// its key and nothing installed; a good one is read where it is and gives the address the
-/// gateway listens on, which the installer names; the installed gateway answers its health.
+/// its key and nothing installed (as is a broker URL with a quote); a good one is read where
+/// it is and gives the address the gateway listens on, which the installer names; the
+/// installed gateway answers its health.
 #[tokio::test]
 async fn install_sh_sets_up_a_gateway_from_a_flexvdi_configuration() {
     use crate::install::describe;
@@ -1198,6 +1199,28 @@ async fn install_sh_sets_up_a_gateway_from_a_flexvdi_configuration() {
         !host.join("bin/gatehouse").exists(),
         "{}",
         describe(&refused)
+    );
+    // A flag gateway.env could not hold as one word is refused before anything is checked.
+    let quoted = install_gateway_host(
+        &host,
+        &[
+            "--gateway",
+            "--broker",
+            "https://gw\"x",
+            "--broker-key",
+            key,
+        ],
+    );
+    assert!(!quoted.status.success(), "{}", describe(&quoted));
+    assert!(
+        String::from_utf8_lossy(&quoted.stderr).contains("--broker must not contain"),
+        "{}",
+        describe(&quoted)
+    );
+    assert!(
+        !host.join("bin/gatehouse").exists(),
+        "{}",
+        describe(&quoted)
     );
 
     let at = SocketAddr::from(([127, 0, 0, 1], free_port()));
