@@ -32,19 +32,21 @@ async fn healthz() -> HttpResponse {
 /// Every metric; the gateway gauges are set from the gateways' last reports first.
 async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, HttpError> {
     let gateways = super::gateways::statuses(&state).await?;
-    state.metrics.set_gateways(
-        gateways
-            .iter()
-            .map(|(_, g)| crate::telemetry::GatewayGauges {
-                id: g.id.as_deref().unwrap_or("builtin"),
-                name: &g.name,
-                connected: g.connected,
-                tunnels: &g.tunnels,
-            }),
-    );
+    let text = state
+        .metrics
+        .render_with_gateways(
+            gateways
+                .iter()
+                .map(|(_, g)| crate::telemetry::GatewayGauges {
+                    id: g.id.as_deref().unwrap_or("builtin"),
+                    name: &g.name,
+                    connected: g.connected,
+                    tunnels: &g.tunnels,
+                }),
+        );
     Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
-        .body(state.metrics.render()))
+        .body(text))
 }
 
 async fn dashboard(state: web::Data<AppState>, who: Console) -> Result<HttpResponse, HttpError> {
