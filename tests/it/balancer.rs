@@ -22,7 +22,7 @@ use tokio::net::{TcpStream, UnixStream};
 use crate::common;
 use crate::gateway::{
     Gateway, Issuer, MB, Target, WAIT, connect_from, echo_check_at, free_port, http_request,
-    start_tunnel, tls_connect, tls_upgrade_status,
+    start_tunnel, tls_connect, tls_upgrade_status, wait_listening,
 };
 
 /// HAProxy in the foreground with its own configuration and stats socket; killed on drop.
@@ -89,21 +89,8 @@ impl Haproxy {
             .stderr(log)
             .spawn()
             .expect("haproxy starts");
-        // HAProxy does not say when it listens: try its port, a bounded number of times.
-        for _ in 0..600 {
-            if TcpStream::connect(addr).await.is_ok() {
-                return Haproxy { child, addr, dir };
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!(
-                    "haproxy exited ({status}): {}",
-                    std::fs::read_to_string(dir.path().join("haproxy.log")).unwrap_or_default()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let _ = child.kill();
-        panic!("haproxy did not listen on {addr}");
+        wait_listening("haproxy", &mut child, addr, &dir.path().join("haproxy.log")).await;
+        Haproxy { child, addr, dir }
     }
 
     fn socket_in(dir: &Path) -> PathBuf {

@@ -12,7 +12,7 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -1355,6 +1355,23 @@ async fn a_client_that_shuts_its_socket_after_its_close_frame_still_gets_everyth
 
 // ---- nginx in front -------------------------------------------------------------------------------
 
+/// Waits until `child` (a server that does not say when it is ready) accepts on `addr`: a
+/// bounded number of tries; if it exits or never listens, panics with its `log`.
+pub(crate) async fn wait_listening(what: &str, child: &mut Child, addr: SocketAddr, log: &Path) {
+    let log = || std::fs::read_to_string(log).unwrap_or_default();
+    for _ in 0..600 {
+        if TcpStream::connect(addr).await.is_ok() {
+            return;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("{what} exited ({status}): {}", log());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = child.kill();
+    panic!("{what} did not listen on {addr}: {}", log());
+}
+
 /// nginx as a reverse proxy in front of `upstream` (the gateway's plain port), run in the
 /// foreground with its own prefix; killed on drop.
 struct Nginx {
@@ -1415,24 +1432,8 @@ impl Nginx {
             .stderr(Stdio::null())
             .spawn()
             .expect("nginx starts");
-        // nginx does not say when it listens: try its port, briefly, a bounded number of times.
-        for _ in 0..600 {
-            if TcpStream::connect(addr).await.is_ok() {
-                return Nginx { child, addr, dir };
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!(
-                    "nginx exited ({status}): {}",
-                    std::fs::read_to_string(dir.path().join("error.log")).unwrap_or_default()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let _ = child.kill();
-        panic!(
-            "nginx did not listen on {addr}: {}",
-            std::fs::read_to_string(dir.path().join("error.log")).unwrap_or_default()
-        );
+        wait_listening("nginx", &mut child, addr, &dir.path().join("error.log")).await;
+        Nginx { child, addr, dir }
     }
 
     fn error_log(&self) -> String {
