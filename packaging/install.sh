@@ -47,6 +47,12 @@ Other options:
                     the gateway's unit)
   -h, --help        this help
 
+The broker's configuration file is only written when absent. On an upgrade the service is
+stopped, the data folder is exported with the OLD binary to
+  <data>/backups/pre-upgrade-<UTC timestamp>.ghbak
+then the binary is replaced atomically and the service started again. Without systemd, a
+server that still holds the data folder must be stopped first: the script refuses otherwise.
+
 A standalone gateway on another host (`gatehouse gateway`, no data folder, no console):
   --gateway         install the gateway instead of the broker: the service
                     gatehouse-gateway.service, its flags in <etc>/gatehouse/gateway.env
@@ -69,11 +75,6 @@ A standalone gateway on another host (`gatehouse gateway`, no data folder, no co
   written when absent: re-running with just --gateway (and the binary's source) upgrades the
   binary and keeps it; edit it for any other change (`gatehouse gateway --help` lists every flag).
 
-The configuration file is only written when absent. On an upgrade the service is stopped, the
-data folder is exported with the OLD binary to
-  <data>/backups/pre-upgrade-<UTC timestamp>.ghbak
-then the binary is replaced atomically and the service started again. Without systemd, a
-server that still holds the data folder must be stopped first: the script refuses otherwise.
 EOF
 }
 
