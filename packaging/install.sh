@@ -371,6 +371,16 @@ plain_word() {
     esac
 }
 
+# The gateway's file options and the names of their copies in the configuration folder.
+readonly GATEWAY_FILES=(broker-ca:broker-ca.pem broker-key:broker.pem
+    gateway-token-file:gateway.token cert:gateway.crt key:gateway.key)
+
+# The file given with option --$1 (empty when none was).
+given_file() {
+    local var="${1//-/_}"
+    printf '%s' "${!var}"
+}
+
 # The flags in gateway.env (the quoted value of GATEHOUSE_GATEWAY_ARGS).
 gateway_env_args() {
     sed -n 's/^GATEHOUSE_GATEWAY_ARGS="\(.*\)"$/\1/p' "$gateway_env" | tail -n 1
@@ -415,11 +425,9 @@ install_gateway() {
         fi
         if [[ -n "$broker" ]]; then flags_at+=(--broker "$broker"); flags_in+=(--broker "$broker"); fi
         local option file name
-        for option in broker-ca:broker-ca.pem broker-key:broker.pem gateway-token-file:gateway.token \
-            cert:gateway.crt key:gateway.key; do
+        for option in "${GATEWAY_FILES[@]}"; do
             name="${option%%:*}"
-            file="${name//-/_}"
-            file="${!file}"
+            file="$(given_file "$name")"
             [[ -n "$file" ]] || continue
             flags_at+=("--$name" "$file")
             flags_in+=("--$name" "$conf_dir/${option#*:}")
@@ -442,11 +450,11 @@ install_gateway() {
         chmod 0750 "$conf_dir"
     fi
     if [[ ! -e "$gateway_env" ]]; then
-        [[ -z "$broker_ca" ]] || copy_conf_file "$broker_ca" broker-ca.pem
-        [[ -z "$broker_key" ]] || copy_conf_file "$broker_key" broker.pem
-        [[ -z "$gateway_token_file" ]] || copy_conf_file "$gateway_token_file" gateway.token
-        [[ -z "$cert" ]] || copy_conf_file "$cert" gateway.crt
-        [[ -z "$key" ]] || copy_conf_file "$key" gateway.key
+        local option file
+        for option in "${GATEWAY_FILES[@]}"; do
+            file="$(given_file "${option%%:*}")"
+            [[ -z "$file" ]] || copy_conf_file "$file" "${option#*:}"
+        done
         {
             cat <<'HEAD'
 # Flags of `gatehouse gateway` for gatehouse-gateway.service, written by install.sh.
