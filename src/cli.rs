@@ -121,8 +121,8 @@ struct GatewayArgs {
     /// connection beyond it is closed at once, without an answer.
     #[arg(long, default_value_t = 20_000)]
     max_connections: usize,
-    /// Reverse proxies / load balancers (CIDR, comma-separated) whose PROXY v2 header and
-    /// X-Forwarded-For name the client.
+    /// Reverse proxies / load balancers (CIDR, comma-separated) whose PROXY protocol header
+    /// (v1 or v2) and X-Forwarded-For name the client.
     #[arg(long, default_value = "")]
     trusted_proxies: String,
     /// Check the flags and the files they name (broker key, token, certificate, flexVDI

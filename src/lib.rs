@@ -22,7 +22,7 @@
 //! | `openstack` | the OpenStack client: Keystone login and token renewal, the catalog, Nova/Glance/Neutron/Cinder reads, server create and power actions, typed errors | the store, HTTP routes |
 //! | `scheduler` | cron expressions, the job loop, each job's status and schedule (`app` registers the jobs) | what the jobs do |
 //! | `telemetry` | tracing setup and Prometheus metrics                                   | —                        |
-//! | `gateway`   | the one TLS port: TLS, PROXY v2, WebSocket tunnels checked against broker tickets, forwarded ports, broker forwarding, flexVDI routing, the standalone gateway's link to its broker | the store, business rules |
+//! | `gateway`   | the one TLS port: TLS, the PROXY protocol, WebSocket tunnels checked against broker tickets, forwarded ports, broker forwarding, flexVDI routing, the standalone gateway's link to its broker | the store, business rules |
 //! | `http`      | actix routes per area, tera pages, the one error → response mapping, the role-based access gate | sled |
 
 pub mod admin;

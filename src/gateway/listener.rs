@@ -1,5 +1,5 @@
-//! The front door of the one port: accepts TCP, reads a PROXY protocol v2 header from trusted
-//! load balancers, completes TLS (or not, on the plain port), reads the first request head,
+//! The front door of the one port: accepts TCP, reads a PROXY protocol header (v1 or v2) from
+//! trusted load balancers, completes TLS (or not, on the plain port), reads the first request head,
 //! and sends the connection to a tunnel or to the HTTP backend. Two paths are the gateway's
 //! own and never reach the backend: [`FORWARDS_PATH`] (a broker asks for a forwarded port) and
 //! [`HEALTH_PATH`] (a load balancer asks whether this gateway is up).
@@ -29,7 +29,7 @@ use tokio::time::{Instant, timeout_at};
 
 use super::Gateway;
 use super::tunnel::{self, Head, bare_response};
-use crate::model::location::{self, PROXY_V2_FIXED_LEN, ProxyError};
+use crate::model::location::{self, ProxyError};
 
 /// A request head may be at most this long.
 const MAX_HEAD: usize = 16 * 1024;
@@ -141,8 +141,9 @@ impl FrontDoor {
         }
     }
 
-    /// From a trusted proxy, a PROXY v2 header names the real client; from anyone else the
-    /// header is not believed (and the connection fails as the garbage it then is).
+    /// From a trusted proxy, a PROXY protocol header (v1 or v2) names the real client; from
+    /// anyone else the header is not believed (and the connection fails as the garbage it then
+    /// is). A trusted proxy may also send none: then it is the client.
     async fn proxy_header(
         &self,
         mut tcp: TcpStream,
@@ -153,7 +154,7 @@ impl FrontDoor {
         }
         let mut buf = Vec::with_capacity(256);
         loop {
-            match location::parse_proxy_v2(&buf) {
+            match location::parse_proxy(&buf) {
                 Ok(p) => {
                     let rest = buf.split_off(p.consumed);
                     let client = match (p.local, p.source) {
@@ -162,17 +163,12 @@ impl FrontDoor {
                     };
                     return Ok((Rewind::new(tcp, rest), client));
                 }
-                Err(ProxyError::NotProxy) if !buf.is_empty() => {
-                    return Ok((Rewind::new(tcp, buf), peer));
-                }
+                Err(ProxyError::NotProxy) => return Ok((Rewind::new(tcp, buf), peer)),
                 Err(ProxyError::Invalid(reason)) => {
                     return Err(io::Error::new(io::ErrorKind::InvalidData, reason));
                 }
                 Err(ProxyError::Incomplete { needed }) => {
                     read_more(&mut tcp, &mut buf, needed).await?;
-                }
-                Err(ProxyError::NotProxy) => {
-                    read_more(&mut tcp, &mut buf, PROXY_V2_FIXED_LEN).await?;
                 }
             }
         }
@@ -329,12 +325,14 @@ impl FrontDoor {
     }
 }
 
+/// Reads at least `at_least` more bytes into `buf`, and whatever else has arrived. What follows
+/// a PROXY header is handed on with the connection (`Rewind`), so taking more is safe, and a v1
+/// header (whose length only its CRLF tells) is not read a byte at a time.
 async fn read_more(tcp: &mut TcpStream, buf: &mut Vec<u8>, at_least: usize) -> io::Result<()> {
     let target = buf.len() + at_least;
     while buf.len() < target {
         let mut chunk = [0u8; 512];
-        let want = (target - buf.len()).min(chunk.len());
-        let n = tcp.read(&mut chunk[..want]).await?;
+        let n = tcp.read(&mut chunk).await?;
         if n == 0 {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }

@@ -3,7 +3,7 @@
 //!
 //! - [`Gateway`] holds what every tunnel is checked against (the broker's public key, the
 //!   allowed ports, the sessions the broker ended) and the registry of open tunnels.
-//! - [`listener`] is the front door: TCP accept, PROXY protocol v2 from trusted proxies, TLS,
+//! - [`listener`] is the front door: TCP accept, the PROXY protocol (v1, v2) from trusted proxies, TLS,
 //!   and the first request head, which decides between a tunnel and the HTTP backend.
 //! - [`tunnel`] checks a tunnel request and its ticket and opens the tunnel.
 //! - [`pump`] carries the bytes; [`ws`] is the WebSocket wire format; [`workers`] are the
@@ -138,7 +138,7 @@ pub struct GatewaySettings {
     pub handshake_timeout: Duration,
     /// Connecting to a desktop gives up after this.
     pub connect_timeout: Duration,
-    /// Load balancers whose PROXY v2 header and `X-Forwarded-For` are believed.
+    /// Load balancers whose PROXY header (v1 or v2) and `X-Forwarded-For` are believed.
     pub trusted_proxies: Vec<Cidr>,
     /// Worker threads serving connections (0: one per core).
     pub threads: usize,

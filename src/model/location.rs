@@ -7,8 +7,9 @@
 //!   matching location by `order` and falls back to the built-in "All" location;
 //! - the client address behind trusted reverse proxies: [`client_address`] for
 //!   `X-Forwarded-For`, [`client_address_forwarded`] for RFC 7239 `Forwarded`;
-//! - [`parse_proxy_v2`], a parser for the PROXY protocol version 2 header that load balancers
-//!   put in front of a TCP stream.
+//! - [`parse_proxy`], a parser for the PROXY protocol header (the text version 1 that nginx's
+//!   stream module sends, the binary version 2 of HAProxy and most load balancers) put in front
+//!   of a TCP stream.
 //!
 //! It must not touch: I/O of any kind (sockets, the store, HTTP types). The HTTP layer hands in
 //! header values as strings, the gateway hands in the bytes it has read so far.
@@ -578,21 +579,25 @@ fn split_outside_quotes(text: &str, sep: char) -> Vec<&str> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// PROXY protocol version 2
+// PROXY protocol, versions 1 and 2
 // ---------------------------------------------------------------------------------------------
 
+/// The 6 bytes every PROXY protocol v1 (text) header starts with.
+pub const PROXY_V1_PREFIX: [u8; 6] = *b"PROXY ";
+/// The longest v1 header, its CRLF included (the spec's 107 bytes).
+pub const PROXY_V1_MAX_LEN: usize = 107;
 /// The 12 bytes every PROXY protocol v2 header starts with.
 pub const PROXY_V2_SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
 /// Signature, version/command, family/protocol and the 2-byte length.
 pub const PROXY_V2_FIXED_LEN: usize = 16;
 
-/// A parsed PROXY protocol v2 header.
+/// A parsed PROXY protocol header (either version).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ProxyV2 {
+pub struct ProxyHeader {
     /// How many bytes of the buffer the header took; the connection's own data follows.
     pub consumed: usize,
-    /// The original client, for TCP over IPv4 or IPv6. `None` for `LOCAL`, `UNSPEC` and UNIX
-    /// sockets: then the connection's own endpoints are the truth.
+    /// The original client, for TCP over IPv4 or IPv6. `None` for v2's `LOCAL`, `UNSPEC` and
+    /// UNIX sockets and v1's `UNKNOWN`: then the connection's own endpoints are the truth.
     pub source: Option<SocketAddr>,
     /// The address the client connected to, under the same rules.
     pub destination: Option<SocketAddr>,
@@ -600,17 +605,101 @@ pub struct ProxyV2 {
     pub local: bool,
 }
 
-/// Why a buffer is not (yet) a PROXY v2 header.
+/// Why a buffer is not (yet) a PROXY protocol header.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProxyError {
     /// The buffer starts a header but stops early: read at least `needed` more bytes.
     #[error("the PROXY protocol header is incomplete: {needed} more bytes needed")]
     Incomplete { needed: usize },
-    /// The buffer does not start with the v2 signature (this includes the text v1 format).
-    #[error("the connection does not start with a PROXY protocol v2 header")]
+    /// The buffer starts with neither the v1 prefix nor the v2 signature.
+    #[error("the connection does not start with a PROXY protocol header")]
     NotProxy,
-    #[error("invalid PROXY protocol v2 header: {0}")]
+    #[error("invalid PROXY protocol header: {0}")]
     Invalid(String),
+}
+
+/// Parses a PROXY protocol header of either version at the start of `buf`: version 1 when it
+/// starts with `PROXY `, version 2 when it starts with the v2 signature. An empty buffer may
+/// still be either.
+pub fn parse_proxy(buf: &[u8]) -> Result<ProxyHeader, ProxyError> {
+    if buf.is_empty() {
+        // The shortest header of either version ("PROXY UNKNOWN\r\n") is longer than this.
+        return Err(ProxyError::Incomplete {
+            needed: PROXY_V1_PREFIX.len(),
+        });
+    }
+    if buf[0] == PROXY_V1_PREFIX[0] {
+        parse_proxy_v1(buf)
+    } else {
+        parse_proxy_v2(buf)
+    }
+}
+
+/// Parses a PROXY protocol v1 header at the start of `buf` (the spec:
+/// <https://www.haproxy.org/download/2.9/doc/proxy-protocol.txt>, section 2.1): one line of
+/// at most 107 bytes, `PROXY TCP4|TCP6 SOURCE DESTINATION SOURCE-PORT DESTINATION-PORT\r\n`
+/// with single spaces, or `PROXY UNKNOWN…\r\n`, after which the connection's own endpoints are
+/// the truth. The addresses must be of the family named, the ports decimal without a sign or
+/// leading zeros.
+pub fn parse_proxy_v1(buf: &[u8]) -> Result<ProxyHeader, ProxyError> {
+    let prefix_len = buf.len().min(PROXY_V1_PREFIX.len());
+    if buf[..prefix_len] != PROXY_V1_PREFIX[..prefix_len] {
+        return Err(ProxyError::NotProxy);
+    }
+    let window = &buf[..buf.len().min(PROXY_V1_MAX_LEN)];
+    let Some(end) = window.windows(2).position(|w| w == b"\r\n") else {
+        if buf.len() >= PROXY_V1_MAX_LEN {
+            return Err(ProxyError::Invalid(format!(
+                "a version 1 header ends with CRLF within {PROXY_V1_MAX_LEN} bytes"
+            )));
+        }
+        return Err(ProxyError::Incomplete { needed: 1 });
+    };
+    let line = buf
+        .get(PROXY_V1_PREFIX.len()..end)
+        .and_then(|l| std::str::from_utf8(l).ok())
+        .filter(|l| l.bytes().all(|b| b.is_ascii_graphic() || b == b' '))
+        .ok_or_else(|| ProxyError::Invalid("a version 1 header is printable ASCII".into()))?;
+    let mut header = ProxyHeader {
+        consumed: end + 2,
+        source: None,
+        destination: None,
+        local: false,
+    };
+    let fields: Vec<&str> = line.split(' ').collect();
+    let v6 = match fields[0] {
+        "UNKNOWN" => return Ok(header),
+        "TCP4" => false,
+        "TCP6" => true,
+        other => {
+            return Err(ProxyError::Invalid(format!(
+                "unknown protocol `{other}` (TCP4, TCP6 or UNKNOWN)"
+            )));
+        }
+    };
+    let [_, src, dst, sport, dport] = fields[..] else {
+        return Err(ProxyError::Invalid(format!(
+            "`{line}` is not `{} SOURCE DESTINATION SOURCE-PORT DESTINATION-PORT`",
+            fields[0]
+        )));
+    };
+    let family = if v6 { "IPv6" } else { "IPv4" };
+    let address = |s: &str| match s.parse::<IpAddr>() {
+        Ok(ip) if ip.is_ipv6() == v6 => Ok(ip),
+        _ => Err(ProxyError::Invalid(format!(
+            "`{s}` is not an {family} address"
+        ))),
+    };
+    let port = |s: &str| {
+        let decimal = !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        match s.parse::<u16>() {
+            Ok(p) if decimal && (s == "0" || !s.starts_with('0')) => Ok(p),
+            _ => Err(ProxyError::Invalid(format!("`{s}` is not a port"))),
+        }
+    };
+    header.source = Some(SocketAddr::new(address(src)?, port(sport)?));
+    header.destination = Some(SocketAddr::new(address(dst)?, port(dport)?));
+    Ok(header)
 }
 
 /// Parses a PROXY protocol v2 header at the start of `buf` (the spec:
@@ -621,7 +710,7 @@ pub enum ProxyError {
 /// gives the addresses; `UNSPEC` (`0x00`) and UNIX sockets (`0x31`, `0x32`) give none; UDP
 /// (`0x12`, `0x22`) cannot arrive on a TCP stream and is refused like every other value.
 /// TLVs after the addresses are skipped.
-pub fn parse_proxy_v2(buf: &[u8]) -> Result<ProxyV2, ProxyError> {
+pub fn parse_proxy_v2(buf: &[u8]) -> Result<ProxyHeader, ProxyError> {
     let sig_len = buf.len().min(PROXY_V2_SIGNATURE.len());
     if buf[..sig_len] != PROXY_V2_SIGNATURE[..sig_len] {
         return Err(ProxyError::NotProxy);
@@ -652,7 +741,7 @@ pub fn parse_proxy_v2(buf: &[u8]) -> Result<ProxyV2, ProxyError> {
         });
     }
     let block = &buf[PROXY_V2_FIXED_LEN..total];
-    let mut header = ProxyV2 {
+    let mut header = ProxyHeader {
         consumed: total,
         source: None,
         destination: None,
@@ -1318,7 +1407,7 @@ mod tests {
         assert_eq!(
             parse_proxy_v2(b"PROXY TCP4 192.0.2.1 10.0.0.1 5 6\r\n"),
             Err(ProxyError::NotProxy),
-            "the text v1 format is not accepted"
+            "the v2 parser alone does not take the text format"
         );
         // A partial buffer that already differs from the signature.
         assert_eq!(parse_proxy_v2(b"\r\n\r\nX"), Err(ProxyError::NotProxy));
@@ -1343,5 +1432,139 @@ mod tests {
         assert!(invalid(v2_header(0x21, 0x11, &[0u8; 8], &[])).contains("needs 12"));
         assert!(invalid(v2_header(0x21, 0x21, &v4_addresses(), &[])).contains("needs 36"));
         assert!(invalid(v2_header(0x21, 0x31, &[0u8; 10], &[])).contains("needs 216"));
+    }
+
+    // ---- PROXY protocol v1, and either version ----
+
+    #[test]
+    fn proxy_v1_tcp4_and_tcp6() {
+        // As nginx's stream module (`proxy_protocol on`) sends it, followed by the client's data.
+        let buf = b"PROXY TCP4 192.0.2.10 10.0.0.1 51234 443\r\n\x16\x03\x01";
+        let h = parse_proxy(buf).unwrap();
+        assert_eq!(h, parse_proxy_v1(buf).unwrap());
+        assert_eq!(h.source, Some("192.0.2.10:51234".parse().unwrap()));
+        assert_eq!(h.destination, Some("10.0.0.1:443".parse().unwrap()));
+        assert!(!h.local);
+        assert_eq!(&buf[h.consumed..], b"\x16\x03\x01");
+
+        let h = parse_proxy(b"PROXY TCP6 2001:db8::abcd ::1 0 65535\r\n").unwrap();
+        assert_eq!(h.source, Some("[2001:db8::abcd]:0".parse().unwrap()));
+        assert_eq!(h.destination, Some("[::1]:65535".parse().unwrap()));
+        assert_eq!(h.consumed, 39);
+    }
+
+    #[test]
+    fn proxy_v1_unknown_gives_no_addresses() {
+        let h = parse_proxy(b"PROXY UNKNOWN\r\nGET").unwrap();
+        assert_eq!((h.source, h.destination, h.consumed), (None, None, 15));
+        // Whatever follows UNKNOWN on the line is ignored, as the spec says.
+        let h = parse_proxy(b"PROXY UNKNOWN ffff::1 ffff::2 1 2\r\n").unwrap();
+        assert_eq!((h.source, h.consumed), (None, 35));
+    }
+
+    #[test]
+    fn proxy_v1_the_longest_header_fits() {
+        let addresses = "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff \
+                         ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff 65535 65535\r\n";
+        let tcp6 = format!("PROXY TCP6 {addresses}");
+        assert_eq!(parse_proxy(tcp6.as_bytes()).unwrap().consumed, tcp6.len());
+        // The spec's worst case: UNKNOWN followed by the longest addresses.
+        let unknown = format!("PROXY UNKNOWN {addresses}");
+        assert_eq!(unknown.len(), PROXY_V1_MAX_LEN);
+        assert_eq!(
+            parse_proxy(unknown.as_bytes()).unwrap().consumed,
+            PROXY_V1_MAX_LEN
+        );
+    }
+
+    #[test]
+    fn proxy_v1_truncated_is_incomplete_and_an_endless_line_is_invalid() {
+        let full = b"PROXY TCP4 192.0.2.10 10.0.0.1 51234 443\r\n";
+        for cut in [1, 5, 6, 20, full.len() - 1] {
+            assert_eq!(
+                parse_proxy(&full[..cut]),
+                Err(ProxyError::Incomplete { needed: 1 }),
+                "{cut} bytes"
+            );
+        }
+        assert_eq!(
+            parse_proxy(&[]),
+            Err(ProxyError::Incomplete { needed: 6 }),
+            "nothing yet may still be either version"
+        );
+        let mut endless = b"PROXY TCP4 ".to_vec();
+        endless.resize(PROXY_V1_MAX_LEN, b'1');
+        assert!(matches!(
+            parse_proxy(&endless),
+            Err(ProxyError::Invalid(reason)) if reason.contains("CRLF within 107 bytes")
+        ));
+    }
+
+    #[test]
+    fn either_version_or_neither() {
+        let v2 = v2_header(0x21, 0x11, &v4_addresses(), &[]);
+        assert_eq!(parse_proxy(&v2), parse_proxy_v2(&v2));
+        // A TLS ClientHello, a request, and text that only starts like the v1 prefix.
+        for data in [
+            &b"\x16\x03\x01\x02\x00"[..],
+            b"GET / HTTP/1.1\r\n",
+            b"PROXYTCP4",
+            b"PRIX",
+        ] {
+            assert_eq!(parse_proxy(data), Err(ProxyError::NotProxy), "{data:?}");
+        }
+    }
+
+    #[test]
+    fn proxy_v1_bad_fields_are_invalid() {
+        let invalid = |line: &str| match parse_proxy(line.as_bytes()) {
+            Err(ProxyError::Invalid(reason)) => reason,
+            other => panic!("{line:?}: expected Invalid, got {other:?}"),
+        };
+        for (line, says) in [
+            (
+                "PROXY UDP4 192.0.2.1 10.0.0.1 1 2\r\n",
+                "unknown protocol `UDP4`",
+            ),
+            ("PROXY \r\n", "unknown protocol ``"),
+            ("PROXY TCP4 192.0.2.1 10.0.0.1 1\r\n", "is not `TCP4 SOURCE"),
+            (
+                "PROXY TCP4 192.0.2.1  10.0.0.1 1 2\r\n",
+                "is not `TCP4 SOURCE",
+            ),
+            (
+                "PROXY TCP4 192.0.2.1 10.0.0.1 1 2 \r\n",
+                "is not `TCP4 SOURCE",
+            ),
+            (
+                "PROXY TCP4 2001:db8::1 10.0.0.1 1 2\r\n",
+                "`2001:db8::1` is not an IPv4",
+            ),
+            (
+                "PROXY TCP6 ::1 10.0.0.1 1 2\r\n",
+                "`10.0.0.1` is not an IPv6",
+            ),
+            (
+                "PROXY TCP4 192.0.2.01 10.0.0.1 1 2\r\n",
+                "`192.0.2.01` is not an IPv4",
+            ),
+            (
+                "PROXY TCP4 192.0.2.1 10.0.0.1 +1 2\r\n",
+                "`+1` is not a port",
+            ),
+            (
+                "PROXY TCP4 192.0.2.1 10.0.0.1 01 2\r\n",
+                "`01` is not a port",
+            ),
+            (
+                "PROXY TCP4 192.0.2.1 10.0.0.1 1 65536\r\n",
+                "`65536` is not a port",
+            ),
+            ("PROXY TCP4 192.0.2.1\t10.0.0.1 1 2\r\n", "printable ASCII"),
+            ("PROXY TCP4 192.0.2.1 10.0.0.1 1 2\n\r\n", "printable ASCII"),
+        ] {
+            let reason = invalid(line);
+            assert!(reason.contains(says), "{line:?}: {reason}");
+        }
     }
 }

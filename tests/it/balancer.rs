@@ -1,12 +1,16 @@
-//! Two standalone gateways behind a real HAProxy (Debian's `haproxy`), configured as
-//! `docs/gateway.md` says: sticky by source address, the PROXY protocol v2 to the gateways, and
-//! an HTTP health check on the gateways' own `/gateway/v1/health` over TLS.
+//! Two standalone gateways behind a real load balancer, configured as `docs/gateway.md` says:
+//! sticky by source address, and the PROXY protocol to the gateways.
 //!
-//! HAProxy must find both gateways healthy (its layer-7 check answered 200; the endpoint
-//! answers GET and refuses other methods). A client's
-//! tunnels all reach one gateway, which sees the client's address (not HAProxy's) and checks
-//! the ticket against it; bytes go through intact. When that gateway stops, HAProxy marks it
-//! down and the client's next tunnel opens on the other one with the same ticket.
+//! - HAProxy (Debian's `haproxy`): the PROXY protocol v2, and an HTTP health check on the
+//!   gateways' own `/gateway/v1/health` over TLS. It must find both gateways healthy (its
+//!   layer-7 check answered 200; the endpoint answers GET and refuses other methods), and mark
+//!   a stopped one down.
+//! - nginx's stream module (Debian's `nginx` with `libnginx-mod-stream`): the text PROXY
+//!   protocol v1, and no active check (a gateway that refuses connections is skipped).
+//!
+//! Behind each, a client's tunnels all reach one gateway, which sees the client's address (not
+//! the balancer's) and checks the ticket against it; bytes go through intact. When that gateway
+//! stops, the client's next tunnel opens on the other one with the same ticket.
 //!
 //! Owns the HAProxy it starts (killed on drop) and its temporary folder.
 
@@ -21,7 +25,7 @@ use tokio::net::{TcpStream, UnixStream};
 
 use crate::common;
 use crate::gateway::{
-    Gateway, Issuer, MB, Target, WAIT, connect_from, echo_check_at, free_port, http_request,
+    Gateway, Issuer, MB, Nginx, Target, WAIT, connect_from, echo_check_at, free_port, http_request,
     start_tunnel, tls_connect, tls_upgrade_status, wait_listening,
 };
 
@@ -204,11 +208,9 @@ async fn wait_opened(gateways: &[Gateway], client: &str, n: usize) -> Vec<usize>
     }
 }
 
-#[tokio::test]
-async fn haproxy_as_documented_checks_balances_and_fails_over_between_gateways() {
-    common::install_crypto();
-    let issuer = Issuer::new();
-    let target = Target::start().await;
+/// Two gateways that take tickets for `target` and believe the PROXY header from loopback's
+/// 127.0.0.1, where the balancers connect from.
+async fn two_gateways(issuer: &Issuer, target: &Target) -> Vec<Gateway> {
     let port = target.addr.port().to_string();
     let flags = [
         "--trusted-proxies",
@@ -216,10 +218,64 @@ async fn haproxy_as_documented_checks_balances_and_fails_over_between_gateways()
         "--allowed-ports",
         &port,
     ];
-    let mut gateways = vec![
-        Gateway::start(&issuer, &flags).await,
-        Gateway::start(&issuer, &flags).await,
-    ];
+    vec![
+        Gateway::start(issuer, &flags).await,
+        Gateway::start(issuer, &flags).await,
+    ]
+}
+
+/// What every balancer in front of `gateways` must do, at `front`: keep one client on one
+/// gateway, tell it the client's address, and carry bytes intact. Returns the client's ticket
+/// and the index of the gateway that serves it.
+async fn balances_by_source(
+    issuer: &Issuer,
+    target: &Target,
+    gateways: &[Gateway],
+    front: SocketAddr,
+) -> (String, usize) {
+    // 127.0.0.2 plays a client elsewhere. Its ticket is bound to its address: the gateway
+    // must take the address from the balancer's PROXY header, since the balancer connects from
+    // 127.0.0.1. A ticket for 127.0.0.1 is refused to it for the same reason.
+    let ticket = issuer.ticket(target.addr, &["--client-addr", "127.0.0.2"]);
+    let not_its = issuer.ticket(target.addr, &["--client-addr", "127.0.0.1"]);
+    for _ in 0..3 {
+        assert_eq!(tunnel_status("127.0.0.2", front, &ticket).await, 101);
+    }
+    assert_eq!(tunnel_status("127.0.0.2", front, &not_its).await, 403);
+    // Sticky by source: all three reached one gateway.
+    let counts = wait_opened(gateways, "127.0.0.2", 3).await;
+    assert!(
+        counts == [3, 0] || counts == [0, 3],
+        "one client's tunnels on one gateway: {counts:?}"
+    );
+    let serving = usize::from(counts[1] == 3);
+
+    // Bytes go through the balancer and the gateway intact (`gatehouse tunnel` in front, from
+    // 127.0.0.1 with a ticket for it).
+    let url = format!("wss://{front}/tunnel");
+    let (_tunnel, local) = start_tunnel(&url, &not_its, &["--insecure"]).await;
+    echo_check_at(local, MB, "through the balancer").await;
+    (ticket, serving)
+}
+
+/// After the serving gateway stopped (and the balancer knows, where it checks): the client's
+/// next tunnel opens on the other gateway with the same ticket.
+async fn fails_over(gateways: &[Gateway], serving: usize, front: SocketAddr, ticket: &str) {
+    assert_eq!(tunnel_status("127.0.0.2", front, ticket).await, 101);
+    let counts = wait_opened(gateways, "127.0.0.2", 4).await;
+    assert_eq!(
+        counts[1 - serving],
+        1,
+        "the other gateway took it: {counts:?}"
+    );
+}
+
+#[tokio::test]
+async fn haproxy_as_documented_checks_balances_and_fails_over_between_gateways() {
+    common::install_crypto();
+    let issuer = Issuer::new();
+    let target = Target::start().await;
+    let mut gateways = two_gateways(&issuer, &target).await;
     let haproxy = Haproxy::start(&[gateways[0].tls, gateways[1].tls]).await;
 
     // Each gateway answers HAProxy's HTTP check itself: layer 7, 200.
@@ -247,45 +303,59 @@ async fn haproxy_as_documented_checks_balances_and_fails_over_between_gateways()
         assert_eq!(answer, (status, body.to_string()), "{method}");
     }
 
-    // 127.0.0.2 plays a client elsewhere. Its ticket is bound to its address: the gateway
-    // must take the address from HAProxy's PROXY header, since HAProxy connects from
-    // 127.0.0.1. A ticket for 127.0.0.1 is refused to it for the same reason.
-    let ticket = issuer.ticket(target.addr, &["--client-addr", "127.0.0.2"]);
-    let not_its = issuer.ticket(target.addr, &["--client-addr", "127.0.0.1"]);
-    for _ in 0..3 {
-        assert_eq!(tunnel_status("127.0.0.2", haproxy.addr, &ticket).await, 101);
-    }
-    assert_eq!(
-        tunnel_status("127.0.0.2", haproxy.addr, &not_its).await,
-        403
-    );
-    // Sticky by source: all three reached one gateway.
-    let counts = wait_opened(&gateways, "127.0.0.2", 3).await;
-    assert!(
-        counts == [3, 0] || counts == [0, 3],
-        "one client's tunnels on one gateway: {counts:?}"
-    );
-    let serving = usize::from(counts[1] == 3);
-
-    // Bytes go through HAProxy and the gateway intact (`gatehouse tunnel` in front, from
-    // 127.0.0.1 with a ticket for it).
-    let url = format!("wss://{}/tunnel", haproxy.addr);
-    let (_tunnel, local) = start_tunnel(&url, &not_its, &["--insecure"]).await;
-    echo_check_at(local, MB, "through HAProxy").await;
+    let (ticket, serving) = balances_by_source(&issuer, &target, &gateways, haproxy.addr).await;
 
     // The client's gateway stops: HAProxy marks it down, and the client's next tunnel opens on
-    // the other gateway with the same ticket.
+    // the other gateway.
     gateways[serving].proc.kill();
     let name = format!("gw{}", serving + 1);
     let stat = haproxy
         .wait_server(&name, "marked down", |s| s.status.starts_with("DOWN"))
         .await;
     assert_ne!(stat.check_status, "L7OK", "{stat:?}");
-    assert_eq!(tunnel_status("127.0.0.2", haproxy.addr, &ticket).await, 101);
-    let counts = wait_opened(&gateways, "127.0.0.2", 4).await;
-    assert_eq!(
-        counts[1 - serving],
-        1,
-        "the other gateway took it: {counts:?}"
+    fails_over(&gateways, serving, haproxy.addr, &ticket).await;
+}
+
+/// docs/gateway.md's nginx stream configuration in front of `gateways`.
+async fn nginx_stream(gateways: &[SocketAddr]) -> Nginx {
+    let servers: String = gateways
+        .iter()
+        .map(|gw| format!("        server {gw};\n"))
+        .collect();
+    Nginx::run(&["ngx_stream_module"], |addr, _| {
+        format!(
+            "stream {{\n\
+             \x20   upstream gatehouse_gateways {{\n\
+             \x20       hash $remote_addr consistent;\n{servers}\
+             \x20   }}\n\
+             \x20   server {{\n\
+             \x20       listen {addr};\n\
+             \x20       proxy_pass gatehouse_gateways;\n\
+             \x20       proxy_protocol on;\n\
+             \x20   }}\n\
+             }}\n"
+        )
+    })
+    .await
+}
+
+#[tokio::test]
+async fn nginx_stream_as_documented_balances_and_fails_over_between_gateways() {
+    common::install_crypto();
+    let issuer = Issuer::new();
+    let target = Target::start().await;
+    let mut gateways = two_gateways(&issuer, &target).await;
+    let nginx = nginx_stream(&[gateways[0].tls, gateways[1].tls]).await;
+
+    let (ticket, serving) = balances_by_source(&issuer, &target, &gateways, nginx.addr).await;
+
+    // nginx has no active check: the stopped gateway refuses nginx's connection, and nginx
+    // takes the next one.
+    gateways[serving].proc.kill();
+    fails_over(&gateways, serving, nginx.addr, &ticket).await;
+    assert!(
+        nginx.error_log().contains("Connection refused"),
+        "nginx tried the stopped gateway first: {}",
+        nginx.error_log()
     );
 }

@@ -4,7 +4,8 @@
 //! tunnels at once, a reconnect after the network drops, every refusal with nothing reaching
 //! the desktop, keepalive and the pong timeout, nginx in front, and the appliance
 //! (`gatehouse serve`): console and tunnels on one port, tunnels closed when the broker
-//! releases the desktop, and the PROXY v2 header believed from trusted proxies only.
+//! releases the desktop, and the PROXY v2 header believed from trusted proxies only
+//! (v1 behind nginx: `balancer.rs`).
 //!
 //! The helpers at the top: [`Target`] (an echo "desktop" that counts its connections),
 //! [`Issuer`] (a broker data folder: public key and tickets), [`Gateway`] and [`Proc`]
@@ -1372,11 +1373,10 @@ pub(crate) async fn wait_listening(what: &str, child: &mut Child, addr: SocketAd
     panic!("{what} did not listen on {addr}: {}", log());
 }
 
-/// nginx as a reverse proxy in front of `upstream` (the gateway's plain port), run in the
-/// foreground with its own prefix; killed on drop.
-struct Nginx {
+/// nginx run in the foreground with its own prefix and configuration; killed on drop.
+pub(crate) struct Nginx {
     child: Child,
-    addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
     dir: tempfile::TempDir,
 }
 
@@ -1389,34 +1389,54 @@ impl Nginx {
             .expect("nginx is installed (Debian package `nginx`; tests/run.sh installs it)")
     }
 
+    /// nginx as a reverse proxy in front of `upstream` (the gateway's plain port).
     async fn start(upstream: SocketAddr) -> Nginx {
+        Nginx::run(&[], |addr, p| {
+            format!(
+                "http {{\n\
+                   access_log {p}/access.log;\n\
+                   client_body_temp_path {p}/tmp/body;\n proxy_temp_path {p}/tmp/proxy;\n\
+                   fastcgi_temp_path {p}/tmp/fastcgi;\n uwsgi_temp_path {p}/tmp/uwsgi;\n\
+                   scgi_temp_path {p}/tmp/scgi;\n\
+                   server {{\n\
+                     listen {addr};\n\
+                     location / {{\n\
+                       proxy_pass http://{upstream};\n\
+                       proxy_http_version 1.1;\n\
+                       proxy_set_header Upgrade $http_upgrade;\n\
+                       proxy_set_header Connection \"upgrade\";\n\
+                       proxy_set_header Host $host;\n\
+                       proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n\
+                       proxy_read_timeout 600s;\n\
+                       proxy_send_timeout 600s;\n\
+                       proxy_buffering off;\n\
+                     }}\n\
+                   }}\n\
+                 }}\n"
+            )
+        })
+        .await
+    }
+
+    /// nginx listening on a free loopback port with the configuration `body(addr, prefix)`
+    /// gives after the common head (foreground, one process, its files under `prefix`), with
+    /// Debian's dynamic `modules` loaded (e.g. `ngx_stream_module`).
+    pub(crate) async fn run(
+        modules: &[&str],
+        body: impl FnOnce(SocketAddr, &str) -> String,
+    ) -> Nginx {
         let dir = tempfile::tempdir().expect("tempdir");
         let p = dir.path().display().to_string();
         std::fs::create_dir_all(dir.path().join("tmp")).expect("mkdir");
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let load: String = modules
+            .iter()
+            .map(|m| format!("load_module /usr/lib/nginx/modules/{m}.so;\n"))
+            .collect();
         let conf = format!(
-            "daemon off;\nmaster_process off;\npid {p}/nginx.pid;\nerror_log {p}/error.log info;\n\
-             events {{ worker_connections 512; }}\n\
-             http {{\n\
-               access_log {p}/access.log;\n\
-               client_body_temp_path {p}/tmp/body;\n proxy_temp_path {p}/tmp/proxy;\n\
-               fastcgi_temp_path {p}/tmp/fastcgi;\n uwsgi_temp_path {p}/tmp/uwsgi;\n\
-               scgi_temp_path {p}/tmp/scgi;\n\
-               server {{\n\
-                 listen {addr};\n\
-                 location / {{\n\
-                   proxy_pass http://{upstream};\n\
-                   proxy_http_version 1.1;\n\
-                   proxy_set_header Upgrade $http_upgrade;\n\
-                   proxy_set_header Connection \"upgrade\";\n\
-                   proxy_set_header Host $host;\n\
-                   proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n\
-                   proxy_read_timeout 600s;\n\
-                   proxy_send_timeout 600s;\n\
-                   proxy_buffering off;\n\
-                 }}\n\
-               }}\n\
-             }}\n"
+            "{load}daemon off;\nmaster_process off;\npid {p}/nginx.pid;\nerror_log {p}/error.log info;\n\
+             events {{ worker_connections 512; }}\n{}",
+            body(addr, &p)
         );
         let conf_path = dir.path().join("nginx.conf");
         std::fs::write(&conf_path, conf).expect("write nginx.conf");
@@ -1436,7 +1456,7 @@ impl Nginx {
         Nginx { child, addr, dir }
     }
 
-    fn error_log(&self) -> String {
+    pub(crate) fn error_log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("error.log")).unwrap_or_default()
     }
 }
