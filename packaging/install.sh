@@ -6,6 +6,7 @@
 #   packaging/install.sh --prefix ~/gh --no-systemd --binary target/release/gatehouse
 #   curl -fsSL https://…/install.sh | sudo bash -s -- --archive https://…/gatehouse-X.Y.Z-x86_64.tar.gz \
 #       --gateway --broker https://broker.internal --gateway-token-file /root/gateway.token
+#   sudo packaging/install.sh --uninstall     # the service and the binary; keeps config and data
 #
 # Run `install.sh --help` for every option. Re-running upgrades in place: the configuration is
 # never overwritten, the data folder is kept, and a backup is taken with the old binary before
@@ -45,6 +46,12 @@ Other options:
                     (default 0.0.0.0:443; 0.0.0.0:8443 with --prefix, which runs unprivileged)
   --print-unit      print the systemd unit this script installs, and exit (with --gateway:
                     the gateway's unit)
+  --uninstall       stop and remove the service (with --gateway: the gateway's) and the binary
+                    (kept while the other service is installed); refused while a process still
+                    runs the binary. The configuration, the data folder with its backups and the
+                    service user are kept, so installing again picks up where it stopped; it
+                    prints the commands that remove them too. With --prefix DIR --no-systemd:
+                    that tree's binary.
   -h, --help        this help
 
 The broker's configuration file is only written when absent. On an upgrade the service is
@@ -487,6 +494,81 @@ HEAD
     fi
 }
 
+# Prints "PID COMMAND" for every process that runs the installed binary, or one it replaced
+# (an upgrade renames the new one over it: the kernel then names the old one "… (deleted)").
+binary_runners() {
+    local real exe pid running
+    real="$(readlink -f -- "$target_bin")"
+    for exe in /proc/[0-9]*/exe; do
+        running="$(readlink -- "$exe" 2>/dev/null)" || continue
+        [[ "$running" == "$real" || "$running" == "$real (deleted)" ]] || continue
+        pid="${exe#/proc/}"
+        pid="${pid%/exe}"
+        printf '%s %s\n' "$pid" "$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null || true)"
+    done
+}
+
+# Removes the role's service and, unless the other service still uses it, the binary. What the
+# service's owner may want again (configuration, data, backups, the user) stays; the commands
+# that remove it are printed.
+uninstall() {
+    local service unit other_unit runners what
+    local -a kept=() remove=()
+    if [[ "$role" == gateway ]]; then
+        service="$GATEWAY_SERVICE_NAME" unit="$GATEWAY_UNIT_PATH" other_unit="$UNIT_PATH"
+    else
+        service="$SERVICE_NAME" unit="$UNIT_PATH" other_unit="$GATEWAY_UNIT_PATH"
+    fi
+    if [[ "$use_systemd" -eq 0 ]]; then
+        other_unit=""
+    elif [[ -e "$unit" ]]; then
+        say "stopping and disabling $service.service"
+        systemctl disable --now --quiet "$service" || true
+        rm -f -- "$unit"
+        systemctl daemon-reload
+        say "removed $unit"
+    else
+        say "$service.service is not installed"
+    fi
+
+    if [[ ! -e "$target_bin" ]]; then
+        say "$target_bin is not there"
+    elif [[ -n "$other_unit" && -e "$other_unit" ]]; then
+        say "keeping $target_bin: $(basename -- "$other_unit") runs it"
+    else
+        runners="$(binary_runners)"
+        [[ -z "$runners" ]] ||
+            die "$target_bin still runs; stop it, then re-run to remove it (the binary was not removed):"$'\n'"$runners"
+        rm -f -- "$target_bin"
+        say "removed $target_bin"
+    fi
+
+    if [[ "$role" == gateway ]]; then
+        local option
+        for option in gateway.env "${GATEWAY_FILES[@]}"; do
+            [[ ! -e "$conf_dir/${option#*:}" ]] || kept+=("$conf_dir/${option#*:}")
+        done
+        remove=(rm -f -- "${kept[@]}")
+        what="them"
+    else
+        [[ ! -e "$conf_dir" ]] || kept+=("$conf_dir")
+        [[ ! -e "$data_dir" ]] || kept+=("$data_dir")
+        remove=(rm -rf -- "${kept[@]}")
+        what="them (the data folder holds the backups)"
+    fi
+    if [[ ${#kept[@]} -eq 0 ]]; then
+        printf 'Gatehouse %s is uninstalled.\n' "$role"
+        return
+    fi
+    printf 'Gatehouse %s is uninstalled. Kept, for installing again:\n' "$role"
+    printf '  %s\n' "${kept[@]}"
+    printf 'To remove %s too:\n  %s' "$what" "${remove[*]}"
+    if [[ "$system_wide" -eq 1 && ! -e "$other_unit" ]] && id -u "$SERVICE_USER" >/dev/null 2>&1; then
+        printf ' && userdel %s' "$SERVICE_USER"
+    fi
+    printf '\n'
+}
+
 # The whole flow is one function, so a truncated download (curl … | bash) runs nothing.
 main() {
     # -----------------------------------------------------------------------------------------
@@ -499,6 +581,7 @@ main() {
     use_systemd=1
     role=broker
     print_only=0
+    uninstall=0
     broker=""
     broker_ca=""
     broker_key=""
@@ -530,6 +613,10 @@ main() {
                 ;;
             --print-unit)
                 print_only=1
+                shift
+                ;;
+            --uninstall)
+                uninstall=1
                 shift
                 ;;
             -h | --help)
@@ -578,6 +665,9 @@ main() {
 
     # Paths: absolute, and free of characters that would need escaping inside a TOML string.
     if [[ -n "$prefix" ]]; then
+        if [[ "$uninstall" -eq 1 && ! -d "$prefix" ]]; then
+            die "--prefix $prefix is not a folder: nothing is installed there"
+        fi
         mkdir -p -- "$prefix"
         prefix="$(cd -- "$prefix" && pwd -P)"
     fi
@@ -602,6 +692,13 @@ main() {
     # Owner of what the server writes: the service user system-wide, the caller with --prefix.
     system_wide=0
     [[ -z "$prefix" ]] && system_wide=1
+
+    if [[ "$uninstall" -eq 1 ]]; then
+        [[ -z "$binary$archive$listen_given$gateway_settings" ]] ||
+            die "--uninstall takes no binary source and no settings: only --gateway, --prefix DIR and --no-systemd"
+        uninstall
+        return
+    fi
 
     work="$(mktemp -d "${TMPDIR:-/tmp}/gatehouse-install.XXXXXX")"
     staged=""

@@ -1,7 +1,8 @@
 //! `packaging/install.sh` end to end, in `--prefix DIR --no-systemd` mode so it needs neither
 //! root nor systemd: the layout it installs, that the installed binary serves HTTPS, that a
 //! re-run upgrades in place (configuration byte-identical, a pre-upgrade backup taken) and
-//! refuses while a server holds the data folder, and the `--archive file://…` source. The
+//! refuses while a server holds the data folder, the `--archive file://…` source, and
+//! `--uninstall` (the binary goes, configuration and data stay). The
 //! gateway role (`--gateway`) is tested in `standalone.rs`, beside the broker it registers with.
 //!
 //! Owns nothing but its temporary folders and the processes it starts, which a guard ends on
@@ -367,6 +368,106 @@ async fn install_serve_then_upgrade_in_place_keeps_config_and_takes_a_backup() {
     // The upgraded install starts again on the kept data folder.
     let again = Server::start(&layout);
     again.assert_healthy().await;
+}
+
+/// The entries of a folder, by name, sorted.
+fn entries(dir: &Path) -> Vec<OsString> {
+    let mut names: Vec<OsString> = fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{} is readable: {e}", dir.display()))
+        .map(|entry| entry.expect("a readable entry").file_name())
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn uninstall_removes_the_binary_keeps_config_and_data_and_waits_for_the_server_to_stop() {
+    let temp = tempfile::tempdir().expect("a temporary folder");
+    let layout = Layout::new(&temp.path().join("gatehouse"));
+    install_from_binary(&layout);
+    let config = fs::read(layout.config()).expect("the configuration is readable");
+    let uninstall = || run_install(prefix_args(&layout, &["--uninstall".as_ref()]));
+
+    // While the installed binary runs, nothing is removed, and the refusal names the process.
+    let server = Server::start(&layout);
+    server.assert_healthy().await;
+    let data = entries(&layout.data_dir());
+    assert!(
+        data.iter().any(|name| name != "backups"),
+        "the server wrote its data: {data:?}"
+    );
+    let refused = uninstall();
+    assert!(
+        !refused.status.success(),
+        "uninstalled under a running server:\n{}",
+        describe(&refused)
+    );
+    let refusal = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        refusal.contains("still runs") && refusal.contains(&server.child.id().to_string()),
+        "the refusal must name the running process:\n{}",
+        describe(&refused)
+    );
+    assert!(
+        layout.binary().exists(),
+        "a refused uninstall removed the binary"
+    );
+    server.stop();
+
+    // Stopped: the binary goes; the configuration and the data stay, and the command that
+    // removes them is printed.
+    let done = uninstall();
+    assert!(done.status.success(), "{}", describe(&done));
+    assert!(!layout.binary().exists(), "{}", describe(&done));
+    assert_eq!(
+        fs::read(layout.config()).expect("the configuration is kept"),
+        config
+    );
+    assert_eq!(entries(&layout.data_dir()), data, "the data folder is kept");
+    let conf_dir = layout
+        .config()
+        .parent()
+        .expect("a folder")
+        .display()
+        .to_string();
+    let printed = String::from_utf8_lossy(&done.stdout);
+    assert!(
+        printed.contains(&format!(
+            "rm -rf -- {conf_dir} {}",
+            layout.data_dir().display()
+        )),
+        "{}",
+        describe(&done)
+    );
+
+    // Again: nothing left to remove is no error.
+    let again = uninstall();
+    assert!(again.status.success(), "{}", describe(&again));
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("is not there"),
+        "{}",
+        describe(&again)
+    );
+    // A binary source or a setting with --uninstall is a mistake, said so.
+    let mixed = run_install(prefix_args(
+        &layout,
+        &["--uninstall".as_ref(), "--binary".as_ref(), BINARY.as_ref()],
+    ));
+    assert!(!mixed.status.success(), "{}", describe(&mixed));
+    assert!(
+        String::from_utf8_lossy(&mixed.stderr).contains("--uninstall takes no binary source"),
+        "{}",
+        describe(&mixed)
+    );
+
+    // Installing again picks up the kept configuration and data.
+    install_from_binary(&layout);
+    assert_eq!(
+        fs::read(layout.config()).expect("the configuration is readable"),
+        config
+    );
+    let server = Server::start(&layout);
+    server.assert_healthy().await;
 }
 
 #[test]

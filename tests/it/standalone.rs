@@ -1049,7 +1049,42 @@ async fn install_sh_sets_up_a_standalone_gateway_that_its_broker_takes() {
         std::fs::read_to_string(&env_file).expect("gateway.env"),
         env
     );
+
+    // Uninstalling is refused while the gateway runs; once it stopped, the binary goes and
+    // gateway.env and the copied files stay, with the command that removes them.
+    let uninstall = || {
+        crate::install::run_install([
+            "--prefix",
+            host.to_str().expect("utf8"),
+            "--no-systemd",
+            "--gateway",
+            "--uninstall",
+        ])
+    };
+    let refused = uninstall();
+    assert!(!refused.status.success(), "{}", describe(&refused));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains(&gateway.child.id().to_string()),
+        "{}",
+        describe(&refused)
+    );
+    assert!(host.join("bin/gatehouse").exists());
     drop(gateway);
+    let done = uninstall();
+    assert!(done.status.success(), "{}", describe(&done));
+    assert!(!host.join("bin/gatehouse").exists(), "{}", describe(&done));
+    assert_eq!(
+        std::fs::read_to_string(&env_file).expect("gateway.env"),
+        env
+    );
+    assert!(
+        String::from_utf8_lossy(&done.stdout).contains(&format!(
+            "rm -f -- {etc}/gateway.env {etc}/broker-ca.pem {etc}/gateway.token",
+            etc = etc.display()
+        )),
+        "{}",
+        describe(&done)
+    );
 }
 
 /// `gatehouse gateway --check`: the flags and the files they name are checked, and nothing
