@@ -44,7 +44,7 @@ enum Command {
     #[command(subcommand)]
     Config(ConfigCommand),
     /// Run a gateway on its own host: WebSocket tunnels checked with the broker's public key.
-    Gateway(GatewayArgs),
+    Gateway(Box<GatewayArgs>),
     /// Carry local connections through a gateway tunnel, for native clients.
     Tunnel(TunnelArgs),
     /// Gateway tickets, for operators checking a gateway (and for benchmarks).
@@ -125,6 +125,15 @@ struct GatewayArgs {
     /// (v1 or v2) and X-Forwarded-For name the client.
     #[arg(long, default_value = "")]
     trusted_proxies: String,
+    /// What it logs: `error`, `warn`, `info`, `debug` or `trace`, or a full filter
+    /// (`info,gatehouse::gateway=debug`). Default `info` (`debug` with a flexVDI
+    /// configuration's Debug); RUST_LOG wins when set.
+    #[arg(long)]
+    log_level: Option<String>,
+    /// How it logs to standard error: `text`, or `json` (one object a line, for a log
+    /// collector).
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
     /// Check the flags and the files they name (broker key, token, certificate, flexVDI
     /// configuration), print what is wrong, or that all is well and the address the TLS port
     /// would listen on, and exit: nothing listens and the broker is not contacted.
@@ -402,11 +411,19 @@ fn gateway(args: GatewayArgs) -> Result<()> {
         }
         None => None,
     };
-    let mut config = Config::default();
+    let mut log = crate::config::LogConfig {
+        format: args.log_format.clone(),
+        ..Default::default()
+    };
     if flexvdi.as_ref().is_some_and(|f| f.debug) {
-        config.log.level = "debug".into();
+        log.level = "debug".into();
     }
-    crate::telemetry::init_logging(&config.log);
+    if let Some(level) = &args.log_level {
+        tracing_subscriber::EnvFilter::try_new(level)
+            .map_err(|e| anyhow::anyhow!("--log-level `{level}`: {e}"))?;
+        log.level.clone_from(level);
+    }
+    crate::telemetry::init_logging(&log);
     let trusted = if args.trusted_proxies.trim().is_empty() {
         Vec::new()
     } else {
@@ -567,7 +584,7 @@ fn run(cli: Cli) -> Result<()> {
                 .context("while serving")?;
         }
         Command::Setup(args) => setup(args)?,
-        Command::Gateway(args) => gateway(args)?,
+        Command::Gateway(args) => gateway(*args)?,
         Command::Tunnel(args) => tunnel(args)?,
         Command::Ticket(TicketCommand::Issue {
             data,

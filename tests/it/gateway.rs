@@ -2099,3 +2099,69 @@ async fn a_forwarded_port_serves_only_the_ticket_s_client_and_is_given_back() {
         "the port is free again"
     );
 }
+
+/// `--log-format json`: a refusal is one JSON object whose reason and client are fields of
+/// their own, what a log collector matches on. `--log-level` takes a filter; a bad one, or a
+/// format that is neither text nor json, stops the gateway before it starts, naming the flag.
+#[tokio::test]
+async fn json_logs_give_a_refusal_its_reason_and_client_as_fields() {
+    common::install_crypto();
+    let issuer = Issuer::new();
+    let target = Target::start().await;
+    let gw = Gateway::start(
+        &issuer,
+        &[
+            "--allowed-ports",
+            "1024-65535",
+            "--log-format",
+            "json",
+            "--log-level",
+            "warn,gatehouse::gateway=info",
+        ],
+    )
+    .await;
+    let elsewhere = issuer.ticket(target.addr, &["--client-addr", "192.0.2.7"]);
+    let mark = gw.proc.mark();
+    let conn = TcpStream::connect(gw.plain).await.expect("connect");
+    let status = upgrade_status(conn, &format!("/tunnel?ticket={elsewhere}"), "").await;
+    assert_eq!(status, 403);
+    let line = gw.refusal_after(mark).await;
+    let logged: serde_json::Value =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+    assert_eq!(logged["level"], "WARN", "{line}");
+    assert_eq!(logged["fields"]["message"], "tunnel refused", "{line}");
+    assert_eq!(logged["fields"]["client"], "127.0.0.1", "{line}");
+    let reason = logged["fields"]["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("is not the ticket's client 192.0.2.7"),
+        "{line}"
+    );
+    assert_eq!(target.connections_before_probe().await, 0);
+
+    let key = issuer.public_key.to_str().expect("utf8");
+    for (flag, value, says) in [
+        (
+            "--log-level",
+            "gatehouse=loud",
+            "--log-level `gatehouse=loud`",
+        ),
+        (
+            "--log-format",
+            "xml",
+            "invalid value 'xml' for '--log-format",
+        ),
+    ] {
+        let (ok, out, err) = common::run(&[
+            "gateway",
+            "--listen",
+            "127.0.0.1:0",
+            "--broker-key",
+            key,
+            flag,
+            value,
+            "--check",
+        ]);
+        assert!(!ok, "{flag} {value} was taken: {out}");
+        assert!(err.contains(says), "{flag} {value}: {err}");
+    }
+}
