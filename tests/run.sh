@@ -9,7 +9,7 @@ set -euo pipefail
 # Debian packages the tests need. Add to this list (slapd, xrdp, …) when a test needs a server.
 # The OpenStack lab (tests/openstack/up.sh) needs python3-venv, python3-dev and build-essential
 # (its venv, and uWSGI, which pip compiles) and rabbitmq-server (Nova's message bus).
-TEST_PACKAGES="chromium chromium-driver fonts-liberation curl ca-certificates slapd ldap-utils nginx libnginx-mod-stream haproxy xvfb x11vnc novnc freerdp2-x11 freerdp2-shadow-x11 winpr-utils python3 python3-venv python3-dev build-essential rabbitmq-server"
+TEST_PACKAGES="chromium chromium-driver fonts-liberation curl ca-certificates slapd ldap-utils nginx libnginx-mod-stream apache2 haproxy xvfb x11vnc novnc freerdp2-x11 freerdp2-shadow-x11 winpr-utils python3 python3-venv python3-dev build-essential rabbitmq-server"
 
 # Answers for packages that would otherwise prompt ("package question value" lines for
 # debconf-set-selections), e.g. "slapd slapd/no_configuration boolean true".

@@ -12,12 +12,10 @@
 //! the balancer's) and checks the ticket against it; bytes go through intact. When that gateway
 //! stops, the client's next tunnel opens on the other one with the same ticket.
 //!
-//! Owns the HAProxy it starts (killed on drop) and its temporary folder.
+//! The balancers are `proxies.rs`'s, killed on drop.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -25,16 +23,10 @@ use tokio::net::{TcpStream, UnixStream};
 
 use crate::common;
 use crate::gateway::{
-    Gateway, Issuer, MB, Nginx, Target, WAIT, connect_from, echo_check_at, free_port, http_request,
-    start_tunnel, tls_connect, tls_upgrade_status, wait_listening,
+    Gateway, Issuer, MB, Target, WAIT, connect_from, echo_check_at, http_request, start_tunnel,
+    tls_connect, tls_upgrade_status,
 };
-
-/// HAProxy in the foreground with its own configuration and stats socket; killed on drop.
-struct Haproxy {
-    child: Child,
-    addr: SocketAddr,
-    dir: tempfile::TempDir,
-}
+use crate::proxies::{self, Proxy};
 
 /// One server line of HAProxy's `show stat`.
 #[derive(Debug, Clone)]
@@ -44,134 +36,69 @@ struct ServerStat {
     check_code: String,
 }
 
-impl Haproxy {
-    fn binary() -> PathBuf {
-        [
-            "/usr/sbin/haproxy",
-            "/usr/local/sbin/haproxy",
-            "/usr/bin/haproxy",
-        ]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
-        .expect("haproxy is installed (Debian package `haproxy`; tests/run.sh installs it)")
-    }
-
-    /// The backend of docs/gateway.md ("Several gateways behind a load balancer") in front of
-    /// `gateways` (named gw1, gw2, …), checked every 100 ms.
-    async fn start(gateways: &[SocketAddr]) -> Haproxy {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let servers: String = gateways
+/// `show stat` on `haproxy`'s stats socket: the backend's servers by name.
+async fn servers(haproxy: &Proxy) -> HashMap<String, ServerStat> {
+    let mut sock = UnixStream::connect(proxies::haproxy_stats_socket(haproxy))
+        .await
+        .expect("the stats socket");
+    sock.write_all(b"show stat\n").await.expect("ask");
+    let mut csv = String::new();
+    sock.read_to_string(&mut csv).await.expect("the answer");
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines
+        .next()
+        .and_then(|l| l.strip_prefix("# "))
+        .unwrap_or_else(|| panic!("a CSV header: {csv}"))
+        .split(',')
+        .collect();
+    let column = |name: &str| {
+        header
             .iter()
-            .enumerate()
-            .map(|(i, gw)| {
-                format!(
-                    "    server gw{} {gw} check check-ssl verify none send-proxy-v2\n",
-                    i + 1
-                )
-            })
-            .collect();
-        let conf = format!(
-            "global\n    stats socket {sock} mode 600 level admin\n\
-             defaults\n    mode tcp\n    timeout connect 5s\n    timeout client 10m\n    timeout server 10m\n\
-             frontend vdi\n    bind {addr}\n    default_backend gateways\n\
-             backend gateways\n    balance source\n    hash-type consistent\n\
-             \x20   option httpchk GET /gateway/v1/health\n\
-             \x20   default-server inter 100ms fall 1 rise 1\n{servers}",
-            sock = Haproxy::socket_in(dir.path()).display()
-        );
-        let conf_path = dir.path().join("haproxy.cfg");
-        std::fs::write(&conf_path, conf).expect("write haproxy.cfg");
-        let log = std::fs::File::create(dir.path().join("haproxy.log")).expect("log file");
-        let mut child = Command::new(Haproxy::binary())
-            .arg("-db")
-            .arg("-f")
-            .arg(&conf_path)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log file"))
-            .stderr(log)
-            .spawn()
-            .expect("haproxy starts");
-        wait_listening("haproxy", &mut child, addr, &dir.path().join("haproxy.log")).await;
-        Haproxy { child, addr, dir }
-    }
-
-    fn socket_in(dir: &Path) -> PathBuf {
-        dir.join("admin.sock")
-    }
-
-    /// `show stat` on the stats socket: the backend's servers by name.
-    async fn servers(&self) -> HashMap<String, ServerStat> {
-        let mut sock = UnixStream::connect(Haproxy::socket_in(self.dir.path()))
-            .await
-            .expect("the stats socket");
-        sock.write_all(b"show stat\n").await.expect("ask");
-        let mut csv = String::new();
-        sock.read_to_string(&mut csv).await.expect("the answer");
-        let mut lines = csv.lines();
-        let header: Vec<&str> = lines
-            .next()
-            .and_then(|l| l.strip_prefix("# "))
-            .unwrap_or_else(|| panic!("a CSV header: {csv}"))
-            .split(',')
-            .collect();
-        let column = |name: &str| {
-            header
-                .iter()
-                .position(|h| *h == name)
-                .unwrap_or_else(|| panic!("a {name} column: {csv}"))
-        };
-        let (px, sv, status, check, code) = (
-            column("pxname"),
-            column("svname"),
-            column("status"),
-            column("check_status"),
-            column("check_code"),
-        );
-        lines
-            .map(|l| l.split(',').collect::<Vec<_>>())
-            .filter(|f| f.get(px) == Some(&"gateways") && f[sv].starts_with("gw"))
-            .map(|f| {
-                let stat = ServerStat {
-                    status: f[status].to_string(),
-                    check_status: f[check].to_string(),
-                    check_code: f[code].to_string(),
-                };
-                (f[sv].to_string(), stat)
-            })
-            .collect()
-    }
-
-    /// Waits (bounded) until `server`'s stats satisfy `done`; returns them.
-    async fn wait_server(
-        &self,
-        server: &str,
-        what: &str,
-        done: impl Fn(&ServerStat) -> bool,
-    ) -> ServerStat {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let stats = self.servers().await;
-            let stat = stats
-                .get(server)
-                .unwrap_or_else(|| panic!("{server} in HAProxy's stats: {stats:?}"));
-            if done(stat) {
-                return stat.clone();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "gave up waiting for {server} {what}: {stat:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
+            .position(|h| *h == name)
+            .unwrap_or_else(|| panic!("a {name} column: {csv}"))
+    };
+    let (px, sv, status, check, code) = (
+        column("pxname"),
+        column("svname"),
+        column("status"),
+        column("check_status"),
+        column("check_code"),
+    );
+    lines
+        .map(|l| l.split(',').collect::<Vec<_>>())
+        .filter(|f| f.get(px) == Some(&"gateways") && f[sv].starts_with("gw"))
+        .map(|f| {
+            let stat = ServerStat {
+                status: f[status].to_string(),
+                check_status: f[check].to_string(),
+                check_code: f[code].to_string(),
+            };
+            (f[sv].to_string(), stat)
+        })
+        .collect()
 }
 
-impl Drop for Haproxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+/// Waits (bounded) until `server`'s stats in `haproxy` satisfy `done`; returns them.
+async fn wait_server(
+    haproxy: &Proxy,
+    server: &str,
+    what: &str,
+    done: impl Fn(&ServerStat) -> bool,
+) -> ServerStat {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let stats = servers(haproxy).await;
+        let stat = stats
+            .get(server)
+            .unwrap_or_else(|| panic!("{server} in HAProxy's stats: {stats:?}"));
+        if done(stat) {
+            return stat.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "gave up waiting for {server} {what}: {stat:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -276,13 +203,14 @@ async fn haproxy_as_documented_checks_balances_and_fails_over_between_gateways()
     let issuer = Issuer::new();
     let target = Target::start().await;
     let mut gateways = two_gateways(&issuer, &target).await;
-    let haproxy = Haproxy::start(&[gateways[0].tls, gateways[1].tls]).await;
+    let haproxy = proxies::haproxy(&[gateways[0].tls, gateways[1].tls]).await;
 
     // Each gateway answers HAProxy's HTTP check itself: layer 7, 200.
     for server in ["gw1", "gw2"] {
-        let stat = haproxy
-            .wait_server(server, "checked healthy", |s| s.check_status == "L7OK")
-            .await;
+        let stat = wait_server(&haproxy, server, "checked healthy", |s| {
+            s.check_status == "L7OK"
+        })
+        .await;
         assert_eq!(stat.check_code, "200", "{server}: {stat:?}");
         assert_eq!(stat.status, "UP", "{server}: {stat:?}");
     }
@@ -309,34 +237,12 @@ async fn haproxy_as_documented_checks_balances_and_fails_over_between_gateways()
     // the other gateway.
     gateways[serving].proc.kill();
     let name = format!("gw{}", serving + 1);
-    let stat = haproxy
-        .wait_server(&name, "marked down", |s| s.status.starts_with("DOWN"))
-        .await;
+    let stat = wait_server(&haproxy, &name, "marked down", |s| {
+        s.status.starts_with("DOWN")
+    })
+    .await;
     assert_ne!(stat.check_status, "L7OK", "{stat:?}");
     fails_over(&gateways, serving, haproxy.addr, &ticket).await;
-}
-
-/// docs/gateway.md's nginx stream configuration in front of `gateways`.
-async fn nginx_stream(gateways: &[SocketAddr]) -> Nginx {
-    let servers: String = gateways
-        .iter()
-        .map(|gw| format!("        server {gw};\n"))
-        .collect();
-    Nginx::run(&["ngx_stream_module"], |addr, _| {
-        format!(
-            "stream {{\n\
-             \x20   upstream gatehouse_gateways {{\n\
-             \x20       hash $remote_addr consistent;\n{servers}\
-             \x20   }}\n\
-             \x20   server {{\n\
-             \x20       listen {addr};\n\
-             \x20       proxy_pass gatehouse_gateways;\n\
-             \x20       proxy_protocol on;\n\
-             \x20   }}\n\
-             }}\n"
-        )
-    })
-    .await
 }
 
 #[tokio::test]
@@ -345,7 +251,7 @@ async fn nginx_stream_as_documented_balances_and_fails_over_between_gateways() {
     let issuer = Issuer::new();
     let target = Target::start().await;
     let mut gateways = two_gateways(&issuer, &target).await;
-    let nginx = nginx_stream(&[gateways[0].tls, gateways[1].tls]).await;
+    let nginx = proxies::nginx_stream(&[gateways[0].tls, gateways[1].tls]).await;
 
     let (ticket, serving) = balances_by_source(&issuer, &target, &gateways, nginx.addr).await;
 
@@ -354,8 +260,8 @@ async fn nginx_stream_as_documented_balances_and_fails_over_between_gateways() {
     gateways[serving].proc.kill();
     fails_over(&gateways, serving, nginx.addr, &ticket).await;
     assert!(
-        nginx.error_log().contains("Connection refused"),
+        nginx.log().contains("Connection refused"),
         "nginx tried the stopped gateway first: {}",
-        nginx.error_log()
+        nginx.log()
     );
 }

@@ -2,7 +2,7 @@
 //! `gatehouse tunnel` carrying streams intact both ways (plain and TLS), half-closes from
 //! either side, an independent WebSocket client (tungstenite) and hand-written frames, many
 //! tunnels at once, a reconnect after the network drops, every refusal with nothing reaching
-//! the desktop, keepalive and the pong timeout, nginx in front, and the appliance
+//! the desktop, keepalive and the pong timeout, nginx and Apache in front, and the appliance
 //! (`gatehouse serve`): console and tunnels on one port, tunnels closed when the broker
 //! releases the desktop, and the PROXY v2 header believed from trusted proxies only
 //! (v1 behind nginx: `balancer.rs`).
@@ -13,7 +13,7 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -38,6 +38,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
 use crate::common::{self, Server};
+use crate::proxies::{self, Proxy};
 use crate::slapd::{GENERATED_PASSWORD, Slapd, SlapdOptions};
 
 /// How long to wait for a process line, a port or a counter before the test fails.
@@ -1354,122 +1355,16 @@ async fn a_client_that_shuts_its_socket_after_its_close_frame_still_gets_everyth
     assert!(line.contains("end=Closed"), "{line}");
 }
 
-// ---- nginx in front -------------------------------------------------------------------------------
+// ---- A reverse proxy in front ---------------------------------------------------------------
 
-/// Waits until `child` (a server that does not say when it is ready) accepts on `addr`: a
-/// bounded number of tries; if it exits or never listens, panics with its `log`.
-pub(crate) async fn wait_listening(what: &str, child: &mut Child, addr: SocketAddr, log: &Path) {
-    let log = || std::fs::read_to_string(log).unwrap_or_default();
-    for _ in 0..600 {
-        if TcpStream::connect(addr).await.is_ok() {
-            return;
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("{what} exited ({status}): {}", log());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let _ = child.kill();
-    panic!("{what} did not listen on {addr}: {}", log());
-}
-
-/// nginx run in the foreground with its own prefix and configuration; killed on drop.
-pub(crate) struct Nginx {
-    child: Child,
-    pub(crate) addr: SocketAddr,
-    dir: tempfile::TempDir,
-}
-
-impl Nginx {
-    fn binary() -> PathBuf {
-        ["/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/bin/nginx"]
-            .iter()
-            .map(PathBuf::from)
-            .find(|p| p.exists())
-            .expect("nginx is installed (Debian package `nginx`; tests/run.sh installs it)")
-    }
-
-    /// nginx as a reverse proxy in front of `upstream` (the gateway's plain port).
-    async fn start(upstream: SocketAddr) -> Nginx {
-        Nginx::run(&[], |addr, p| {
-            format!(
-                "http {{\n\
-                   access_log {p}/access.log;\n\
-                   client_body_temp_path {p}/tmp/body;\n proxy_temp_path {p}/tmp/proxy;\n\
-                   fastcgi_temp_path {p}/tmp/fastcgi;\n uwsgi_temp_path {p}/tmp/uwsgi;\n\
-                   scgi_temp_path {p}/tmp/scgi;\n\
-                   server {{\n\
-                     listen {addr};\n\
-                     location / {{\n\
-                       proxy_pass http://{upstream};\n\
-                       proxy_http_version 1.1;\n\
-                       proxy_set_header Upgrade $http_upgrade;\n\
-                       proxy_set_header Connection \"upgrade\";\n\
-                       proxy_set_header Host $host;\n\
-                       proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n\
-                       proxy_read_timeout 600s;\n\
-                       proxy_send_timeout 600s;\n\
-                       proxy_buffering off;\n\
-                     }}\n\
-                   }}\n\
-                 }}\n"
-            )
-        })
-        .await
-    }
-
-    /// nginx listening on a free loopback port with the configuration `body(addr, prefix)`
-    /// gives after the common head (foreground, one process, its files under `prefix`), with
-    /// Debian's dynamic `modules` loaded (e.g. `ngx_stream_module`).
-    pub(crate) async fn run(
-        modules: &[&str],
-        body: impl FnOnce(SocketAddr, &str) -> String,
-    ) -> Nginx {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let p = dir.path().display().to_string();
-        std::fs::create_dir_all(dir.path().join("tmp")).expect("mkdir");
-        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let load: String = modules
-            .iter()
-            .map(|m| format!("load_module /usr/lib/nginx/modules/{m}.so;\n"))
-            .collect();
-        let conf = format!(
-            "{load}daemon off;\nmaster_process off;\npid {p}/nginx.pid;\nerror_log {p}/error.log info;\n\
-             events {{ worker_connections 512; }}\n{}",
-            body(addr, &p)
-        );
-        let conf_path = dir.path().join("nginx.conf");
-        std::fs::write(&conf_path, conf).expect("write nginx.conf");
-        let mut child = Command::new(Nginx::binary())
-            .arg("-p")
-            .arg(dir.path())
-            .arg("-c")
-            .arg(&conf_path)
-            .arg("-e")
-            .arg(dir.path().join("error.log"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nginx starts");
-        wait_listening("nginx", &mut child, addr, &dir.path().join("error.log")).await;
-        Nginx { child, addr, dir }
-    }
-
-    pub(crate) fn error_log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("error.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-#[tokio::test]
-async fn through_nginx_the_client_address_is_the_one_nginx_saw() {
+/// Through a TLS-terminating reverse proxy in front of the gateway's plain port (started by
+/// `start_proxy`, trusted by the gateway): bytes go through intact; the client's address is
+/// the one the proxy saw, from its X-Forwarded-For, and a client cannot name another one.
+async fn the_client_address_is_the_one_the_proxy_saw<F, Fut>(start_proxy: F)
+where
+    F: FnOnce(SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = Proxy>,
+{
     common::install_crypto();
     let issuer = Issuer::new();
     let target = Target::start().await;
@@ -1484,20 +1379,20 @@ async fn through_nginx_the_client_address_is_the_one_nginx_saw() {
         ],
     )
     .await;
-    let nginx = Nginx::start(gw.plain).await;
-    let via_nginx = format!("ws://{}/tunnel", nginx.addr);
+    let proxy = start_proxy(gw.plain).await;
+    let via_proxy = format!("ws://{}/tunnel", proxy.addr);
 
-    // `gatehouse tunnel` through nginx with a ticket for this host (127.0.0.1).
+    // `gatehouse tunnel` through the proxy with a ticket for this host (127.0.0.1).
     let local = issuer.ticket(target.addr, &["--client-addr", "127.0.0.1"]);
-    let (_tunnel, at) = start_tunnel(&via_nginx, &local, &[]).await;
-    echo_check_at(at, 10 * MB, "through nginx").await;
+    let (_tunnel, at) = start_tunnel(&via_proxy, &local, &[]).await;
+    echo_check_at(at, 10 * MB, "through the proxy").await;
 
-    // From "another host" (127.0.0.2) with its own ticket: the gateway's peer is nginx
-    // (127.0.0.1), so only nginx's X-Forwarded-For can name 127.0.0.2.
+    // From "another host" (127.0.0.2) with its own ticket: the gateway's peer is the proxy
+    // (127.0.0.1), so only the proxy's X-Forwarded-For can name 127.0.0.2.
     let mark = gw.proc.mark();
     let theirs = issuer.ticket(target.addr, &["--client-addr", "127.0.0.2"]);
-    let conn = connect_from("127.0.0.2", nginx.addr).await;
-    let ws = tungstenite_client(conn, &format!("{via_nginx}?ticket={theirs}")).await;
+    let conn = connect_from("127.0.0.2", proxy.addr).await;
+    let ws = tungstenite_client(conn, &format!("{via_proxy}?ticket={theirs}")).await;
     tungstenite_echo(ws, b"from the other host").await;
     let opened = gw
         .proc
@@ -1506,16 +1401,17 @@ async fn through_nginx_the_client_address_is_the_one_nginx_saw() {
     assert!(opened.contains("client=127.0.0.2"), "{opened}");
 
     // An attacker on 127.0.0.2 with a ticket bound to 127.0.0.1, naming that address in its
-    // own X-Forwarded-For: nginx appends the real peer, the gateway takes the right-most
+    // own X-Forwarded-For: the proxy appends the real peer, the gateway takes the right-most
     // untrusted address, and refuses.
     let stolen = issuer.ticket(untouched.addr, &["--client-addr", "127.0.0.1"]);
     for forwarded in ["X-Forwarded-For: 127.0.0.1\r\n", ""] {
         let mark = gw.proc.mark();
-        // nginx keeps its side of the connection alive after the 403: only the answer counts.
-        let mut conn = connect_from("127.0.0.2", nginx.addr).await;
+        // The proxy keeps its side of the connection alive after the 403: only the answer
+        // counts.
+        let mut conn = connect_from("127.0.0.2", proxy.addr).await;
         let status =
             upgrade_answer(&mut conn, &format!("/tunnel?ticket={stolen}"), forwarded).await;
-        assert_eq!(status, 403, "{forwarded:?}: {}", nginx.error_log());
+        assert_eq!(status, 403, "{forwarded:?}: {}", proxy.log());
         let line = gw.refusal_after(mark).await;
         assert!(
             line.contains("client 127.0.0.2 is not the ticket's client 127.0.0.1"),
@@ -1539,6 +1435,16 @@ async fn through_nginx_the_client_address_is_the_one_nginx_saw() {
     );
     assert_eq!(untouched.connections_before_probe().await, 0);
     assert_eq!(target.connections_before_probe().await, 2);
+}
+
+#[tokio::test]
+async fn through_nginx_the_client_address_is_the_one_nginx_saw() {
+    the_client_address_is_the_one_the_proxy_saw(proxies::nginx_reverse_proxy).await;
+}
+
+#[tokio::test]
+async fn through_apache_the_client_address_is_the_one_apache_saw() {
+    the_client_address_is_the_one_the_proxy_saw(proxies::apache_reverse_proxy).await;
 }
 
 // ---- The appliance: `gatehouse serve` ----------------------------------------------------------

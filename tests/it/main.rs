@@ -27,6 +27,7 @@ mod plans;
 mod portal;
 mod portal_browser;
 mod provisioning;
+mod proxies;
 mod registry;
 mod roles;
 mod slapd;
