@@ -121,6 +121,10 @@ struct GatewayArgs {
     /// connection beyond it is closed at once, without an answer.
     #[arg(long, default_value_t = 20_000)]
     max_connections: usize,
+    /// Open tunnels (and forwarded connections) one session may hold at once; more are
+    /// refused, so that one user cannot take the connections the others need.
+    #[arg(long, default_value_t = crate::gateway::DEFAULT_MAX_TUNNELS_PER_SESSION)]
+    max_tunnels_per_session: usize,
     /// Reverse proxies / load balancers (CIDR, comma-separated) whose PROXY protocol header
     /// (v1 or v2) and X-Forwarded-For name the client.
     #[arg(long, default_value = "")]
@@ -461,6 +465,12 @@ fn gateway(args: GatewayArgs) -> Result<()> {
     if args.max_connections == 0 {
         bail!("--max-connections must be at least 1 (20000 by default)");
     }
+    if args.max_tunnels_per_session == 0 {
+        bail!(
+            "--max-tunnels-per-session must be at least 1 ({} by default)",
+            crate::gateway::DEFAULT_MAX_TUNNELS_PER_SESSION
+        );
+    }
     let trust = Trust::from_flags(args.broker_ca.as_deref(), args.broker_insecure);
     let upstream = match (&flexvdi, &args.broker) {
         (_, Some(url)) => {
@@ -486,6 +496,7 @@ fn gateway(args: GatewayArgs) -> Result<()> {
         timers: crate::gateway::Timers::from_secs(keepalive, pong, args.idle_timeout),
         trusted_proxies: trusted,
         max_connections: args.max_connections,
+        max_tunnels_per_session: args.max_tunnels_per_session,
         threads: args.threads,
         busy_poll: args.busy_poll.window(),
         ..Default::default()

@@ -216,6 +216,8 @@ pub struct GatewayConfig {
     pub idle_timeout: u32,
     /// Open client connections at most (console and tunnels together).
     pub max_connections: usize,
+    /// Open tunnels (and forwarded connections) one session may hold at once.
+    pub max_tunnels_per_session: usize,
     /// Threads serving client connections, each with its own event loop; 0: one per core.
     pub threads: usize,
     /// Microseconds a worker keeps polling its sockets after bytes moved instead of
@@ -241,6 +243,7 @@ impl Default for GatewayConfig {
             pong_timeout: 10,
             idle_timeout: 0,
             max_connections: 20_000,
+            max_tunnels_per_session: crate::gateway::DEFAULT_MAX_TUNNELS_PER_SESSION,
             threads: 0,
             busy_poll_us: 0,
             handshake_timeout: 10,
@@ -267,6 +270,7 @@ impl GatewayConfig {
                 self.idle_timeout,
             ),
             max_connections: self.max_connections,
+            max_tunnels_per_session: self.max_tunnels_per_session,
             handshake_timeout: Duration::from_secs(u64::from(self.handshake_timeout)),
             connect_timeout: Duration::from_secs(10),
             trusted_proxies,
@@ -437,7 +441,11 @@ impl Config {
             ("gateway.handshake_timeout", self.gateway.handshake_timeout),
             (
                 "gateway.max_connections",
-                self.gateway.max_connections as u32,
+                u32::try_from(self.gateway.max_connections).unwrap_or(u32::MAX),
+            ),
+            (
+                "gateway.max_tunnels_per_session",
+                u32::try_from(self.gateway.max_tunnels_per_session).unwrap_or(u32::MAX),
             ),
         ] {
             if value == 0 {

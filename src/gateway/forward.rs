@@ -145,7 +145,9 @@ impl Gateway {
         client: IpAddr,
     ) {
         // The registry entry makes the forward visible and lets "session ended" close it.
-        let guard = self.register_as(ticket.clone(), client, Kind::ForwardedPort(port));
+        let Ok(guard) = self.register_as(ticket.clone(), client, Kind::ForwardedPort(port)) else {
+            return; // A waiting port is never counted against the session: not reached.
+        };
         let used = Arc::new(AtomicBool::new(false));
         let window = tokio::time::sleep(self.forward_settings.window);
         tokio::pin!(window);
@@ -192,7 +194,14 @@ impl Gateway {
                 let Ok(mut conn) = TcpStream::from_std(conn) else {
                     return;
                 };
-                let guard = gateway.register_as(ticket.clone(), client, Kind::Forwarded(port));
+                let guard = match gateway.register_as(ticket.clone(), client, Kind::Forwarded(port)) {
+                    Ok(guard) => guard,
+                    Err(refusal) => {
+                        tracing::warn!(port, %client, reason = %refusal, "forwarded connection refused");
+                        gateway.refused.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    }
+                };
                 let mut desktop = match tunnel::connect(&ticket.host, ticket.port, &gateway).await {
                     Ok(d) => d,
                     Err(e) => {

@@ -126,6 +126,10 @@ impl fmt::Display for PortRanges {
     }
 }
 
+/// A session's open tunnels at most, by default: a SPICE client with several USB devices
+/// opens about twenty channels, an RDP client a few connections.
+pub const DEFAULT_MAX_TUNNELS_PER_SESSION: usize = 64;
+
 /// How a gateway behaves; built from `[gateway]` in the configuration or from the
 /// `gatehouse gateway` flags.
 #[derive(Debug, Clone)]
@@ -134,6 +138,9 @@ pub struct GatewaySettings {
     pub timers: Timers,
     /// Open client connections at most (console and tunnels together).
     pub max_connections: usize,
+    /// Open tunnels (and connections through forwarded ports) one session may hold at once,
+    /// so that one user cannot take the connections every other user needs.
+    pub max_tunnels_per_session: usize,
     /// TLS handshake and the first request head must complete within this.
     pub handshake_timeout: Duration,
     /// Connecting to a desktop gives up after this.
@@ -157,6 +164,7 @@ impl Default for GatewaySettings {
                 idle: None,
             },
             max_connections: 20_000,
+            max_tunnels_per_session: DEFAULT_MAX_TUNNELS_PER_SESSION,
             handshake_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),
             trusted_proxies: Vec::new(),
@@ -181,6 +189,8 @@ pub enum Refusal {
     Client { client: IpAddr, ticket: IpAddr },
     #[error("the session ended")]
     SessionEnded,
+    #[error("the session already has {0} open tunnels, its most (max_tunnels_per_session)")]
+    TooManyTunnels(usize),
 }
 
 /// What a registry entry is.
@@ -225,7 +235,7 @@ pub struct Gateway {
     pub forward_settings: forward::ForwardSettings,
     forwards: forward::Forwards,
     key: RwLock<VerifyingKey>,
-    open: Mutex<HashMap<u64, OpenTunnel>>,
+    open: Mutex<Registry>,
     /// Sessions the broker ended, kept until their tickets could no longer be used.
     ended: Mutex<HashMap<String, i64>>,
     next_id: AtomicU64,
@@ -242,7 +252,7 @@ impl Gateway {
             forward_settings: forward::ForwardSettings::default(),
             forwards: forward::Forwards::default(),
             key: RwLock::new(key),
-            open: Mutex::new(HashMap::new()),
+            open: Mutex::new(Registry::default()),
             ended: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             refused: AtomicU64::new(0),
@@ -336,30 +346,42 @@ impl Gateway {
         Ok(ticket)
     }
 
-    /// Records an open tunnel; it leaves the registry when the guard drops.
-    pub fn register(self: &Arc<Self>, ticket: Ticket, client: IpAddr) -> TunnelGuard {
+    /// Records a tunnel about to open; it leaves the registry when the guard drops. Refused
+    /// when its session already holds `max_tunnels_per_session` tunnels.
+    pub fn register(
+        self: &Arc<Self>,
+        ticket: Ticket,
+        client: IpAddr,
+    ) -> Result<TunnelGuard, Refusal> {
         self.register_as(ticket, client, Kind::Tunnel)
     }
 
-    fn register_as(self: &Arc<Self>, ticket: Ticket, client: IpAddr, kind: Kind) -> TunnelGuard {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+    fn register_as(
+        self: &Arc<Self>,
+        ticket: Ticket,
+        client: IpAddr,
+        kind: Kind,
+    ) -> Result<TunnelGuard, Refusal> {
         let shared = Arc::new(TunnelShared::default());
-        self.opened_total.fetch_add(1, Ordering::Relaxed);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let tunnel = OpenTunnel {
+            kind,
+            ticket,
+            client,
+            opened: Utc::now(),
+            shared: shared.clone(),
+        };
         self.open.lock().unwrap_or_else(|p| p.into_inner()).insert(
             id,
-            OpenTunnel {
-                kind,
-                ticket,
-                client,
-                opened: Utc::now(),
-                shared: shared.clone(),
-            },
-        );
-        TunnelGuard {
+            tunnel,
+            self.settings.max_tunnels_per_session,
+        )?;
+        self.opened_total.fetch_add(1, Ordering::Relaxed);
+        Ok(TunnelGuard {
             gateway: self.clone(),
             id,
             shared,
-        }
+        })
     }
 
     /// The broker ended a session: close its tunnels and refuse its tickets from now on.
@@ -373,7 +395,11 @@ impl Gateway {
         }
         let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         let mut closed = 0;
-        for t in open.values().filter(|t| t.ticket.session == session) {
+        for t in open
+            .tunnels
+            .values()
+            .filter(|t| t.ticket.session == session)
+        {
             t.shared.close();
             closed += 1;
         }
@@ -382,19 +408,30 @@ impl Gateway {
 
     /// Closes every tunnel (the gateway is stopping).
     pub fn close_all(&self) {
-        for t in self.open.lock().unwrap_or_else(|p| p.into_inner()).values() {
+        for t in self
+            .open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .tunnels
+            .values()
+        {
             t.shared.close();
         }
     }
 
     pub fn open_count(&self) -> usize {
-        self.open.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .tunnels
+            .len()
     }
 
     /// The open tunnels, oldest first.
     pub fn report(&self) -> Vec<TunnelReport> {
         let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         let mut list: Vec<TunnelReport> = open
+            .tunnels
             .iter()
             .map(|(id, t)| TunnelReport {
                 id: *id,
@@ -426,7 +463,50 @@ impl Drop for TunnelGuard {
             .open
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.id);
+            .remove(self.id);
+    }
+}
+
+/// The open tunnels by id, and how many each session holds (forwarded ports waiting for their
+/// client are listed, not counted: they are the session's port, not a connection).
+#[derive(Default)]
+struct Registry {
+    tunnels: HashMap<u64, OpenTunnel>,
+    per_session: HashMap<String, usize>,
+}
+
+impl Registry {
+    fn counts(kind: Kind) -> bool {
+        !matches!(kind, Kind::ForwardedPort(_))
+    }
+
+    fn insert(&mut self, id: u64, tunnel: OpenTunnel, limit: usize) -> Result<(), Refusal> {
+        if Registry::counts(tunnel.kind) {
+            let held = self
+                .per_session
+                .entry(tunnel.ticket.session.clone())
+                .or_default();
+            if *held >= limit {
+                return Err(Refusal::TooManyTunnels(limit));
+            }
+            *held += 1;
+        }
+        self.tunnels.insert(id, tunnel);
+        Ok(())
+    }
+
+    fn remove(&mut self, id: u64) {
+        let Some(tunnel) = self.tunnels.remove(&id) else {
+            return;
+        };
+        if Registry::counts(tunnel.kind)
+            && let Some(held) = self.per_session.get_mut(&tunnel.ticket.session)
+        {
+            *held -= 1;
+            if *held == 0 {
+                self.per_session.remove(&tunnel.ticket.session);
+            }
+        }
     }
 }
 
@@ -512,7 +592,7 @@ mod tests {
             Err(Refusal::Ticket(TicketError::BadSignature))
         );
 
-        let guard = gw.register(ticket(3389, None), client);
+        let guard = gw.register(ticket(3389, None), client).expect("registered");
         assert_eq!(gw.open_count(), 1);
         assert_eq!(gw.report()[0].target, "10.0.0.5:3389");
         assert_eq!(gw.end_session("s1", now.timestamp() + 60), 1);
@@ -523,5 +603,41 @@ mod tests {
         );
         drop(guard);
         assert_eq!(gw.open_count(), 0);
+    }
+
+    #[test]
+    fn a_session_holds_at_most_its_limit_of_tunnels() {
+        let key = SigningKey::from_bytes(&[7; 32]);
+        let settings = GatewaySettings {
+            max_tunnels_per_session: 2,
+            ..GatewaySettings::default()
+        };
+        let gw = Arc::new(Gateway::new(settings, key.verifying_key()));
+        let client: IpAddr = "192.0.2.9".parse().expect("ip");
+        let of = |session: &str, kind: Kind| {
+            let t = Ticket {
+                session: session.into(),
+                ..ticket(3389, None)
+            };
+            gw.register_as(t, client, kind)
+        };
+        // A forwarded port waiting for its client is the session's, not one of its connections.
+        let port = of("s1", Kind::ForwardedPort(20001)).expect("the port");
+        let first = of("s1", Kind::Tunnel).expect("first");
+        let second = of("s1", Kind::Forwarded(20001)).expect("second");
+        assert_eq!(
+            of("s1", Kind::Tunnel).err(),
+            Some(Refusal::TooManyTunnels(2))
+        );
+        // Another session is not held back by this one.
+        let theirs = of("s2", Kind::Tunnel).expect("another session's");
+        assert_eq!(gw.open_count(), 4);
+        // A tunnel that ends makes room; the count goes with the last one.
+        drop(first);
+        let third = of("s1", Kind::Tunnel).expect("room again");
+        drop((second, third, theirs, port));
+        assert_eq!(gw.open_count(), 0);
+        let open = gw.open.lock().expect("lock");
+        assert!(open.per_session.is_empty(), "{:?}", open.per_session);
     }
 }

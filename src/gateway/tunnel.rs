@@ -140,13 +140,18 @@ pub async fn serve<S>(
             return;
         }
     };
-    let ticket = match gateway.check(
-        head.query_param("ticket").as_deref(),
-        client,
-        head.query_param("target").as_deref(),
-        chrono::Utc::now(),
-    ) {
-        Ok(t) => t,
+    // The registry holds the tunnel from here, so a session over its limit is refused before
+    // the desktop is asked.
+    let checked = gateway
+        .check(
+            head.query_param("ticket").as_deref(),
+            client,
+            head.query_param("target").as_deref(),
+            chrono::Utc::now(),
+        )
+        .and_then(|ticket| Ok((gateway.register(ticket.clone(), client)?, ticket)));
+    let (guard, ticket) = match checked {
+        Ok(registered) => registered,
         Err(refusal) => {
             tracing::warn!(%client, reason = %refusal, "tunnel refused");
             gateway
@@ -186,7 +191,6 @@ pub async fn serve<S>(
         return;
     }
     drop(head);
-    let guard = gateway.register(ticket.clone(), client);
     tracing::info!(%client, user = %ticket.user, session = %ticket.session, %target, "tunnel opened");
     let result = pump::run(
         &mut stream,
@@ -207,12 +211,15 @@ pub async fn serve<S>(
             .bytes_down
             .load(std::sync::atomic::Ordering::Relaxed),
     );
+    // Out of the registry before the log says so: the session may open another at once.
+    drop(guard);
+    let (user, session) = (&ticket.user, &ticket.session);
     match result {
         Ok(end) => {
-            tracing::info!(%client, user = %ticket.user, %target, ?end, up, down, "tunnel closed")
+            tracing::info!(%client, %user, %session, %target, ?end, up, down, "tunnel closed")
         }
         Err(e) => {
-            tracing::info!(%client, user = %ticket.user, %target, error = %e, up, down, "tunnel failed")
+            tracing::info!(%client, %user, %session, %target, error = %e, up, down, "tunnel failed")
         }
     }
 }

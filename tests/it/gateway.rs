@@ -2071,3 +2071,91 @@ async fn json_logs_give_a_refusal_its_reason_and_client_as_fields() {
         assert!(err.contains(says), "{flag} {value}: {err}");
     }
 }
+
+/// `--max-tunnels-per-session`: a session holds at most that many tunnels at once. One more is
+/// refused before the desktop is asked, with the reason logged; another session is not held
+/// back; a tunnel that ends makes room. A limit of 0 is refused at start.
+#[tokio::test]
+async fn a_session_opens_at_most_its_limit_of_tunnels() {
+    common::install_crypto();
+    let issuer = Issuer::new();
+    let target = Target::start().await;
+    let gw = Gateway::start(
+        &issuer,
+        &[
+            "--allowed-ports",
+            "1024-65535",
+            "--max-tunnels-per-session",
+            "2",
+        ],
+    )
+    .await;
+    let ticket = issuer.ticket(target.addr, &[]);
+    let url = format!("{}?ticket={ticket}", gw.ws_url());
+    let open = || async {
+        let conn = TcpStream::connect(gw.plain).await.expect("connect");
+        tungstenite_client(conn, &url).await
+    };
+    let mark = gw.proc.mark();
+    let mut first = open().await;
+    let opened = gw
+        .proc
+        .wait_line(mark, "\"tunnel opened\"", |l| l.contains("tunnel opened"))
+        .await;
+    let session = opened
+        .split_whitespace()
+        .find(|w| w.starts_with("session="))
+        .unwrap_or_else(|| panic!("the session in {opened}"))
+        .to_string();
+    let mut second = open().await;
+    for (ws, said) in [(&mut first, &b"one"[..]), (&mut second, b"two")] {
+        ws.send(Message::binary(said.to_vec())).await.expect("send");
+        let echoed = ws.next().await.expect("an answer").expect("a frame");
+        assert_eq!(echoed.into_data().as_ref(), said);
+    }
+
+    let mark = gw.proc.mark();
+    let conn = TcpStream::connect(gw.plain).await.expect("connect");
+    assert_eq!(
+        upgrade_status(conn, &format!("/tunnel?ticket={ticket}"), "").await,
+        403
+    );
+    let line = gw.refusal_after(mark).await;
+    assert!(line.contains("already has 2 open tunnels"), "{line}");
+    assert_eq!(target.connections_before_probe().await, 2);
+
+    // Another session (every ticket issued here is its own session) is not held back.
+    let theirs = issuer.ticket(target.addr, &[]);
+    let conn = TcpStream::connect(gw.plain).await.expect("connect");
+    let ws = tungstenite_client(conn, &format!("{}?ticket={theirs}", gw.ws_url())).await;
+    tungstenite_echo(ws, b"another session").await;
+
+    // The first tunnel ends (it has left the registry when the gateway logs so): the session
+    // may open one again.
+    let mark = gw.proc.mark();
+    first.close(None).await.expect("close");
+    drop(first);
+    gw.proc
+        .wait_line(mark, "the session's \"tunnel closed\"", |l| {
+            l.contains("tunnel closed") && l.contains(&session)
+        })
+        .await;
+    tungstenite_echo(open().await, b"room again").await;
+    drop(second);
+
+    let (ok, out, err) = common::run(&[
+        "gateway",
+        "--listen",
+        "127.0.0.1:0",
+        "--broker-key",
+        issuer.public_key.to_str().expect("utf8"),
+        "--max-tunnels-per-session",
+        "0",
+        "--check",
+    ]);
+    assert!(!ok, "a limit of 0 was taken: {out}");
+    assert!(
+        err.contains("--max-tunnels-per-session must be at least 1"),
+        "{err}"
+    );
+}

@@ -331,7 +331,9 @@ async fn a_registered_gateway_reports_its_tunnels_and_closes_them_when_the_broke
         .to_string();
     let ticket = Ticket::verify(&ticket_text, &key, chrono::Utc::now()).expect("the broker's");
     let from: IpAddr = ticket.client.expect("bound to the client");
-    let guard = gateway.register(ticket.clone(), from);
+    let guard = gateway
+        .register(ticket.clone(), from)
+        .expect("under the session's limit");
 
     // Its report reaches the console.
     let deadline = Instant::now() + PATIENCE;
