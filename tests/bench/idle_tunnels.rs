@@ -123,6 +123,8 @@ fn run() -> Result<()> {
         .args(["gateway", "--listen", "127.0.0.1:0", "--broker-key", key_s])
         .args(["--allowed-ports", &desktop_port.to_string()])
         .args(["--max-connections", &(n + 100).to_string()])
+        // Every tunnel here (the warm-up ones too) carries the one ticket, so one session.
+        .args(["--max-tunnels-per-session", &(n + 100).to_string()])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

@@ -86,7 +86,9 @@ free_base() {
 }
 
 # The gateway's flags in every mode: as words, and as one string for the harness's commands.
-GW_ARGS=(--broker-key "$WORK/broker.pem" --keepalive 30 --busy-poll "$BUSY_POLL")
+# The harness opens all its idle tunnels with one ticket, so as one session: no session limit.
+GW_ARGS=(--broker-key "$WORK/broker.pem" --keepalive 30 --busy-poll "$BUSY_POLL"
+  --max-tunnels-per-session 1000000)
 GW_FLAGS="${GW_ARGS[*]}"
 GW="exec $BIN gateway $GW_FLAGS"
 # The gateway on LISTEN_PORT + 1000 (URL scheme $1, gateway flags $2), and `gatehouse tunnel` on
