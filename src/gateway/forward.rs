@@ -145,9 +145,7 @@ impl Gateway {
         client: IpAddr,
     ) {
         // The registry entry makes the forward visible and lets "session ended" close it.
-        let Ok(guard) = self.register_as(ticket.clone(), client, Kind::ForwardedPort(port)) else {
-            return; // A waiting port is never counted against the session: not reached.
-        };
+        let guard = self.register_port(ticket.clone(), client, port);
         let used = Arc::new(AtomicBool::new(false));
         let window = tokio::time::sleep(self.forward_settings.window);
         tokio::pin!(window);
@@ -194,7 +192,7 @@ impl Gateway {
                 let Ok(mut conn) = TcpStream::from_std(conn) else {
                     return;
                 };
-                let guard = match gateway.register_as(ticket.clone(), client, Kind::Forwarded(port)) {
+                let guard = match gateway.register_counted(ticket.clone(), client, Kind::Forwarded(port)) {
                     Ok(guard) => guard,
                     Err(refusal) => {
                         tracing::warn!(port, %client, reason = %refusal, "forwarded connection refused");

@@ -353,35 +353,57 @@ impl Gateway {
         ticket: Ticket,
         client: IpAddr,
     ) -> Result<TunnelGuard, Refusal> {
-        self.register_as(ticket, client, Kind::Tunnel)
+        self.register_counted(ticket, client, Kind::Tunnel)
     }
 
-    fn register_as(
+    /// Records a connection of `kind` (a tunnel, or one through a forwarded port) within its
+    /// session's limit.
+    fn register_counted(
         self: &Arc<Self>,
         ticket: Ticket,
         client: IpAddr,
         kind: Kind,
     ) -> Result<TunnelGuard, Refusal> {
+        let limit = self.settings.max_tunnels_per_session;
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if open.held(&ticket.session) >= limit {
+            return Err(Refusal::TooManyTunnels(limit));
+        }
+        Ok(self.enter(&mut open, ticket, client, kind))
+    }
+
+    /// Records a forwarded port waiting for its client: the session's port, not one of its
+    /// connections, so never refused.
+    fn register_port(self: &Arc<Self>, ticket: Ticket, client: IpAddr, port: u16) -> TunnelGuard {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        self.enter(&mut open, ticket, client, Kind::ForwardedPort(port))
+    }
+
+    fn enter(
+        self: &Arc<Self>,
+        open: &mut Registry,
+        ticket: Ticket,
+        client: IpAddr,
+        kind: Kind,
+    ) -> TunnelGuard {
         let shared = Arc::new(TunnelShared::default());
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let tunnel = OpenTunnel {
-            kind,
-            ticket,
-            client,
-            opened: Utc::now(),
-            shared: shared.clone(),
-        };
-        self.open.lock().unwrap_or_else(|p| p.into_inner()).insert(
+        open.insert(
             id,
-            tunnel,
-            self.settings.max_tunnels_per_session,
-        )?;
+            OpenTunnel {
+                kind,
+                ticket,
+                client,
+                opened: Utc::now(),
+                shared: shared.clone(),
+            },
+        );
         self.opened_total.fetch_add(1, Ordering::Relaxed);
-        Ok(TunnelGuard {
+        TunnelGuard {
             gateway: self.clone(),
             id,
             shared,
-        })
+        }
     }
 
     /// The broker ended a session: close its tunnels and refuse its tickets from now on.
@@ -480,19 +502,19 @@ impl Registry {
         !matches!(kind, Kind::ForwardedPort(_))
     }
 
-    fn insert(&mut self, id: u64, tunnel: OpenTunnel, limit: usize) -> Result<(), Refusal> {
+    /// How many counted tunnels `session` holds.
+    fn held(&self, session: &str) -> usize {
+        self.per_session.get(session).copied().unwrap_or(0)
+    }
+
+    fn insert(&mut self, id: u64, tunnel: OpenTunnel) {
         if Registry::counts(tunnel.kind) {
-            let held = self
+            *self
                 .per_session
                 .entry(tunnel.ticket.session.clone())
-                .or_default();
-            if *held >= limit {
-                return Err(Refusal::TooManyTunnels(limit));
-            }
-            *held += 1;
+                .or_default() += 1;
         }
         self.tunnels.insert(id, tunnel);
-        Ok(())
     }
 
     fn remove(&mut self, id: u64) {
@@ -614,15 +636,13 @@ mod tests {
         };
         let gw = Arc::new(Gateway::new(settings, key.verifying_key()));
         let client: IpAddr = "192.0.2.9".parse().expect("ip");
-        let of = |session: &str, kind: Kind| {
-            let t = Ticket {
-                session: session.into(),
-                ..ticket(3389, None)
-            };
-            gw.register_as(t, client, kind)
+        let session = |session: &str| Ticket {
+            session: session.into(),
+            ..ticket(3389, None)
         };
+        let of = |s: &str, kind: Kind| gw.register_counted(session(s), client, kind);
         // A forwarded port waiting for its client is the session's, not one of its connections.
-        let port = of("s1", Kind::ForwardedPort(20001)).expect("the port");
+        let port = gw.register_port(session("s1"), client, 20001);
         let first = of("s1", Kind::Tunnel).expect("first");
         let second = of("s1", Kind::Forwarded(20001)).expect("second");
         assert_eq!(
