@@ -108,9 +108,16 @@ pub fn allows(console: Option<&ConsoleAccess>, rule: Rule) -> bool {
     }
 }
 
+/// The path the router matches: percent-escapes decoded (`/%61pi/v1/roles` is
+/// `/api/v1/roles`). Every decision about where a request goes is made on this path, never on
+/// the raw one, or an escaped path would reach a handler its rule never saw.
+pub fn routed_path(req: &HttpRequest) -> &str {
+    req.match_info().as_str()
+}
+
 /// The signed-in session a request carries: the console cookie, or for the API a bearer token.
 fn session_of(req: &HttpRequest, state: &AppState) -> Option<Session> {
-    let token = if req.path().starts_with("/api/") {
+    let token = if routed_path(req).starts_with("/api/") {
         super::session::bearer(req)?.to_string()
     } else {
         req.cookie(COOKIE)?.value().to_string()
@@ -121,7 +128,8 @@ fn session_of(req: &HttpRequest, state: &AppState) -> Option<Session> {
 /// The gate: `Err` when a signed-in directory user's role does not reach the request's area.
 /// Requests without a signed-in session pass: the handler's extractor asks them to sign in.
 pub fn gate(req: &HttpRequest) -> Result<(), HttpError> {
-    let rule = rule(req.method(), req.path());
+    let path = routed_path(req);
+    let rule = rule(req.method(), path);
     if rule == Rule::Open {
         return Ok(());
     }
@@ -136,7 +144,7 @@ pub fn gate(req: &HttpRequest) -> Result<(), HttpError> {
     }
     tracing::warn!(
         user = session.username.as_deref().unwrap_or_default(),
-        path = req.path(),
+        path,
         "refused by role"
     );
     Err(HttpError::Forbidden(match rule {

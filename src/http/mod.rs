@@ -218,7 +218,7 @@ pub fn app(
                 match fut {
                     Ok(f) => Ok(f.await?.map_into_left_body()),
                     Err((req, e)) => {
-                        let resp = error::refused(req.path(), &e);
+                        let resp = error::refused(access::routed_path(req.request()), &e);
                         Ok(req.into_response(resp).map_into_right_body())
                     }
                 }
@@ -229,13 +229,13 @@ pub fn app(
             let gated = req
                 .app_data::<web::Data<AppState>>()
                 .is_some_and(|s| !s.wizard_done.load(Ordering::Relaxed))
-                && !open_before_setup(req.path());
+                && !open_before_setup(access::routed_path(req.request()));
             let fut = if gated { Err(req) } else { Ok(srv.call(req)) };
             async move {
                 match fut {
                     Ok(f) => Ok(f.await?.map_into_left_body()),
                     Err(req) => {
-                        let resp = error::setup_required(req.path());
+                        let resp = error::setup_required(access::routed_path(req.request()));
                         Ok(req.into_response(resp).map_into_right_body())
                     }
                 }

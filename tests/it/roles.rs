@@ -152,6 +152,29 @@ async fn roles_decide_what_directory_users_see_and_change() {
     let r = create_pool(&mut auditor, "Auditor pool").await;
     assert_eq!(r.status, 403, "{}", r.body);
     assert!(r.body.contains("data-code=\"forbidden\""), "{}", r.body);
+    for path in [
+        "/%61dmin/configuration/pools/new",
+        "/admin/%63onfiguration/pools/new",
+    ] {
+        let r = auditor
+            .post(
+                path,
+                &[
+                    ("name", "Escaped pool"),
+                    ("rules", "[]"),
+                    ("match_all", "on"),
+                    ("description", ""),
+                ],
+            )
+            .await;
+        assert_eq!(r.status, 403, "{path}: {}", r.body);
+    }
+    let r = auditor.get("/%61dmin/system/backups/files/x.ghbak").await;
+    assert_eq!(
+        r.status, 403,
+        "downloading a backup is an export: {}",
+        r.body
+    );
     let r = auditor
         .post("/admin/system/jobs/run", &[("name", "backup")])
         .await;
@@ -201,6 +224,19 @@ async fn roles_decide_what_directory_users_see_and_change() {
     .await;
     assert_eq!(status, 403, "{body}");
     assert_eq!(body["error"], "forbidden", "{body}");
+    // The router decodes percent-escapes; the role gate decides on the same path.
+    for path in ["/%61pi/v1/pools", "/api/v1/%70ools", "/api/%76%31/pools"] {
+        let (status, body) = api(
+            &server,
+            &bob,
+            reqwest::Method::POST,
+            path,
+            Some(json!({"name": "Escaped auditor pool"})),
+        )
+        .await;
+        assert_eq!(status, 403, "{path}: {body}");
+        assert_eq!(body["error"], "forbidden", "{path}: {body}");
+    }
     let (status, body) = api(
         &server,
         &bob,
