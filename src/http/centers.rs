@@ -115,7 +115,7 @@ impl Resource for Center {
             )
         }))
     }
-    fn remove(s: &Store, id: &str) -> Result<(), StoreError> {
+    fn remove(s: &Store, id: &str) -> Result<(), HttpError> {
         // The center and its desktops go together; the machines stay in the cloud.
         let mine: Vec<String> = s
             .list::<Desktop>()?
@@ -138,11 +138,7 @@ impl Resource for Center {
             tx.delete::<Center, String>(id)?;
             Ok(())
         })
-        .map_err(|e| match e {
-            TxError::Store(e) => e,
-            TxError::Abort(reason) => StoreError::Engine(reason),
-            TxError::Conflict(_) => StoreError::Engine("transaction conflict".into()),
-        })
+        .map_err(super::resource::refused_meanwhile)
     }
     fn redact(&mut self) {
         Center::redact(self);

@@ -272,9 +272,11 @@ pub trait Resource: Record + Serialize + Clone + Send + Sync + 'static {
     fn refuse_delete(&self, _s: &Store) -> Result<Option<String>, StoreError> {
         Ok(None)
     }
-    /// Deletes it (and what belongs only to it) at once.
-    fn remove(s: &Store, id: &str) -> Result<(), StoreError> {
-        s.delete::<Self>(id).map(|_| ())
+    /// Deletes it (and what belongs only to it) at once. A removal that finds, inside its
+    /// transaction, that the record may no longer go (a desktop assigned since
+    /// `refuse_delete` looked) answers `Conflict` and deletes nothing.
+    fn remove(s: &Store, id: &str) -> Result<(), HttpError> {
+        Ok(s.delete::<Self>(id).map(|_| ())?)
     }
     /// Blanks write-only secrets before the record leaves the server.
     fn redact(&mut self) {}
@@ -823,16 +825,13 @@ impl Resource for AuthServer {
     fn check(&self, _s: &Store, _old: Option<&Self>) -> Result<Vec<FieldError>, StoreError> {
         Ok(self.validate())
     }
-    fn remove(s: &Store, id: &str) -> Result<(), StoreError> {
+    fn remove(s: &Store, id: &str) -> Result<(), HttpError> {
         s.transact(&[AuthServer::TREE, AssignmentTable::TREE], |tx| {
-            tx.delete::<AuthServer, ()>(id)?;
-            tx.delete::<AssignmentTable, ()>(id)?;
+            tx.delete::<AuthServer, String>(id)?;
+            tx.delete::<AssignmentTable, String>(id)?;
             Ok(())
         })
-        .map_err(|e| match e {
-            TxError::Store(e) => e,
-            other => StoreError::Engine(other.to_string_lossy()),
-        })
+        .map_err(refused_meanwhile)
     }
     fn redact(&mut self) {
         self.bind_password.clear();
@@ -880,17 +879,13 @@ impl Resource for AuthServer {
     }
 }
 
-trait LossyTx {
-    fn to_string_lossy(&self) -> String;
-}
-
-impl<E> LossyTx for TxError<E> {
-    fn to_string_lossy(&self) -> String {
-        match self {
-            TxError::Abort(_) => "transaction aborted".into(),
-            TxError::Store(e) => e.to_string(),
-            TxError::Conflict(_) => "transaction conflict".into(),
-        }
+/// A removal's transaction that aborted with a reason: the record changed since it was
+/// checked, and the answer says what to do.
+pub(super) fn refused_meanwhile(e: TxError<String>) -> HttpError {
+    match e {
+        TxError::Abort(reason) => HttpError::Conflict(reason),
+        TxError::Store(e) => e.into(),
+        TxError::Conflict(_) => StoreError::Engine("transaction conflict".into()).into(),
     }
 }
 
@@ -1399,6 +1394,25 @@ fn provisioning_schema() -> Value {
     )
 }
 
+/// Why an assigned desktop may not be deleted.
+fn assigned_to(user: &str) -> String {
+    format!("The desktop is assigned to {user}: release it first.")
+}
+
+/// A desktop as the hand-entry form edits it: the form's fields from `edited`, everything
+/// else (assignment, power and agent state, the cloud's fields) from `base`.
+fn edited_over(edited: Desktop, base: &Desktop) -> Desktop {
+    Desktop {
+        name: edited.name,
+        display_name: edited.display_name,
+        address: edited.address,
+        port: edited.port,
+        protocol: edited.protocol,
+        os: edited.os,
+        ..base.clone()
+    }
+}
+
 impl Resource for Desktop {
     type Input = DesktopInput;
     const PATH: &'static str = "desktops";
@@ -1417,19 +1431,14 @@ impl Resource for Desktop {
         let mut d = Desktop::from_input(input, chrono::Utc::now());
         d.id = id.to_string();
         if let Some(old) = old {
-            // What the hand-entry form does not carry stays as it was.
-            let edited = d;
-            d = Desktop {
-                name: edited.name,
-                display_name: edited.display_name,
-                address: edited.address,
-                port: edited.port,
-                protocol: edited.protocol,
-                os: edited.os,
-                ..old.clone()
-            };
+            d = edited_over(d, old);
         }
         d
+    }
+    fn keep_current(&mut self, current: &Self) {
+        // Assignment, power state and the rest are the broker's and the runs': a user may
+        // have been assigned this desktop since the save read it.
+        *self = edited_over(self.clone(), current);
     }
     fn check(&self, s: &Store, _old: Option<&Self>) -> Result<Vec<FieldError>, StoreError> {
         let mut errors = self.validate();
@@ -1447,10 +1456,17 @@ impl Resource for Desktop {
         Ok(errors)
     }
     fn refuse_delete(&self, _s: &Store) -> Result<Option<String>, StoreError> {
-        Ok(self
-            .assigned_user
-            .as_ref()
-            .map(|user| format!("The desktop is assigned to {user}: release it first.")))
+        Ok(self.assigned_user.as_ref().map(|user| assigned_to(user)))
+    }
+    fn remove(s: &Store, id: &str) -> Result<(), HttpError> {
+        s.transact(&[Desktop::TREE], |tx| {
+            if let Some(user) = tx.get::<Desktop, String>(id)?.and_then(|d| d.assigned_user) {
+                return Err(TxError::Abort(assigned_to(&user)));
+            }
+            tx.delete::<Desktop, String>(id)?;
+            Ok(())
+        })
+        .map_err(refused_meanwhile)
     }
     fn schema() -> Value {
         object(
@@ -1644,6 +1660,55 @@ mod tests {
         let mut shown = old.clone();
         shown.redact();
         assert_eq!(shown.bind_password, "");
+    }
+
+    fn desktop_input(name: &str, address: &str) -> DesktopInput {
+        DesktopInput {
+            name: name.into(),
+            display_name: String::new(),
+            address: address.into(),
+            port: None,
+            protocol: crate::model::Protocol::Rdp,
+            os: String::new(),
+        }
+    }
+
+    #[test]
+    fn an_edit_keeps_an_assignment_made_since_the_save_read_the_desktop() {
+        let old = Desktop::build(desktop_input("d1", "10.0.0.1"), "d1", None);
+        assert_eq!(old.assigned_user, None);
+        let mut edited = Desktop::build(desktop_input("d1-renamed", "10.0.0.2"), "d1", Some(&old));
+        // Meanwhile the broker assigned it, in its own transaction.
+        let mut current = old.clone();
+        current.assigned_user = Some("ad/alice".into());
+        current.assigned_at = Some(chrono::Utc::now());
+        edited.keep_current(&current);
+        assert_eq!(edited.assigned_user.as_deref(), Some("ad/alice"));
+        assert_eq!(edited.assigned_at, current.assigned_at);
+        assert_eq!(
+            (edited.name.as_str(), edited.address.as_str()),
+            ("d1-renamed", "10.0.0.2"),
+            "the edit itself is saved"
+        );
+    }
+
+    #[test]
+    fn a_desktop_assigned_since_the_delete_checked_it_stays() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("store");
+        let mut d = Desktop::build(desktop_input("d1", "10.0.0.1"), "d1", None);
+        assert_eq!(d.refuse_delete(&store).expect("check"), None);
+        d.assigned_user = Some("ad/alice".into());
+        store.put("d1", &d).expect("put");
+        let Err(HttpError::Conflict(reason)) = Desktop::remove(&store, "d1") else {
+            panic!("an assigned desktop was deleted");
+        };
+        assert!(reason.contains("ad/alice"), "{reason}");
+        assert!(store.get::<Desktop>("d1").expect("get").is_some());
+        d.assigned_user = None;
+        store.put("d1", &d).expect("put");
+        Desktop::remove(&store, "d1").expect("a free desktop goes");
+        assert!(store.get::<Desktop>("d1").expect("get").is_none());
     }
 
     #[test]
