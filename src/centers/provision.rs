@@ -262,6 +262,15 @@ impl Centers {
             if let Ok(center) = self.center(p.center.trim()).await {
                 placeholder.protocol = center.protocol;
             }
+            if !compiled.matches(pool_id, &placeholder) {
+                // Its rules (or a parent's, or the center's protocol) changed since the pool
+                // was saved: the pool would never count the machine and create without end.
+                let message = crate::model::pool::not_a_member(&placeholder);
+                self.record_failure(&pool, &message, true).await?;
+                out.turned_off = true;
+                out.note = format!("provisioning turned itself off: {message}");
+                return Ok(());
+            }
             let name = placeholder.name.clone();
             // Written first, so that every count from now on sees it.
             if !self.insert_placeholder(&placeholder).await? {
@@ -286,7 +295,7 @@ impl Centers {
                     let message = e.to_string();
                     tracing::warn!(pool = %pool.name, machine = %name, error = %message, "provisioning failed");
                     out.failed.push(message.clone());
-                    if self.record_failure(&pool, &message).await? {
+                    if self.record_failure(&pool, &message, false).await? {
                         out.turned_off = true;
                         out.note = format!("provisioning turned itself off: {message}");
                     }
@@ -380,7 +389,7 @@ impl Centers {
         tracing::warn!(pool = %failed.pool, machine = %machine.name, error = %failed.message, "a provisioned machine's build failed");
         let id = failed.pool.clone();
         if let Some(pool) = self.store.call(move |s| s.get::<Pool>(&id)).await? {
-            self.record_failure(&pool, &failed.message).await?;
+            self.record_failure(&pool, &failed.message, false).await?;
         }
         let deleted = match self.cloud(center) {
             Ok(cloud) => match cloud.delete_server(&machine.server_id).await {
@@ -419,9 +428,15 @@ impl Centers {
         Ok(warning)
     }
 
-    /// Counts a failure on the pool; at its limit turns provisioning off with the message,
-    /// writes the audit line and the alert. Whether it turned off.
-    async fn record_failure(&self, pool: &Pool, message: &str) -> Result<bool, CenterError> {
+    /// Counts a failure on the pool; at its limit (or `at_once`: a failure no retry
+    /// mends) turns provisioning off with the message, writes the audit line and the alert.
+    /// Whether it turned off.
+    async fn record_failure(
+        &self,
+        pool: &Pool,
+        message: &str,
+        at_once: bool,
+    ) -> Result<bool, CenterError> {
         let (id, text, now) = (pool.id.clone(), message.to_string(), self.broker.now());
         let turned_off = self
             .store
@@ -434,7 +449,7 @@ impl Centers {
                     p.failures = p.failures.saturating_add(1);
                     p.last_run = Some(now);
                     p.last_result = format!("failed: {text}");
-                    let off = p.enabled && p.failures >= p.failure_limit.max(1);
+                    let off = p.enabled && (at_once || p.failures >= p.failure_limit.max(1));
                     if off {
                         p.enabled = false;
                         p.disabled_reason = Some(text.clone());
@@ -446,11 +461,17 @@ impl Centers {
             })
             .await?;
         if turned_off {
+            let why = if at_once {
+                String::new()
+            } else {
+                format!(
+                    " after {} failures in a row",
+                    pool.provisioning.failure_limit.max(1)
+                )
+            };
             let detail = format!(
-                "provisioning of pool `{}` ({}) turned itself off after {} failures in a row: {message}",
-                pool.name,
-                pool.id,
-                pool.provisioning.failure_limit.max(1)
+                "provisioning of pool `{}` ({}) turned itself off{why}: {message}",
+                pool.name, pool.id,
             );
             tracing::error!(pool = %pool.name, error = %message, "provisioning turned itself off");
             let alert = Alert {

@@ -1234,11 +1234,19 @@ impl Resource for Pool {
         let pools: Vec<Pool> = s.values::<Pool>()?;
         let mut errors = self.validate(&pools);
         let center = self.provisioning.center.trim();
-        if self.provisioning.enabled && !center.is_empty() && s.get::<Center>(center)?.is_none() {
-            errors.push(FieldError::new(
+        if !self.provisioning.enabled || center.is_empty() || !errors.is_empty() {
+            return Ok(errors);
+        }
+        match s.get::<Center>(center)? {
+            None => errors.push(FieldError::new(
                 "provisioning.center",
                 format!("there is no center `{center}`: choose one under Setup > Centers"),
-            ));
+            )),
+            Some(center) => {
+                if let Some(reason) = self.provisioned_name_problem(&pools, center.protocol) {
+                    errors.push(FieldError::new("provisioning.name", reason));
+                }
+            }
         }
         Ok(errors)
     }

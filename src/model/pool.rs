@@ -23,10 +23,10 @@ use std::sync::Arc;
 use regex::{Regex, RegexBuilder};
 use serde::{Deserialize, Serialize};
 
-use super::FieldError;
 use super::desktop::Desktop;
 use super::new_id;
 use super::provisioning::Provisioning;
+use super::{FieldError, Protocol};
 use crate::store::Record;
 
 /// The most memory one compiled regular expression of a rule may take.
@@ -127,31 +127,25 @@ impl Pool {
                 errors.push(FieldError::new(format!("rules[{i}].{field}"), reason));
             }
         }
+        // Whether the machines it creates belong to it depends on the center's protocol:
+        // checked by the save, which knows the center (`provisioned_name_problem`).
         errors.extend(self.provisioning.validate());
-        if errors.is_empty()
-            && self.provisioning.enabled
-            && let Some(reason) = self.provisioned_name_problem(pools)
-        {
-            errors.push(FieldError::new("provisioning.name", reason));
-        }
         errors
     }
 
-    /// Why machines named by the provisioning settings would not be members of this pool (as
-    /// it would be saved into `pools`), if so: the pool would never see what it creates and
-    /// would create without end.
-    pub fn provisioned_name_problem(&self, pools: &[Pool]) -> Option<String> {
+    /// Why machines named by the provisioning settings, with the center's `protocol`, would
+    /// not be members of this pool (as it would be saved into `pools`), if so: the pool would
+    /// never see what it creates and would create without end.
+    pub fn provisioned_name_problem(&self, pools: &[Pool], protocol: Protocol) -> Option<String> {
         let mut all: Vec<Pool> = pools.iter().filter(|p| p.id != self.id).cloned().collect();
         all.push(self.clone());
         let chain = chain(&all, &self.id)?;
         let p = &self.provisioning;
         for n in p.sample_numbers() {
-            let desktop = p.placeholder(&self.id, n, chrono::Utc::now());
+            let mut desktop = p.placeholder(&self.id, n, chrono::Utc::now());
+            desktop.protocol = protocol;
             if !evaluate_one(&chain, &desktop) {
-                return Some(format!(
-                    "a machine named `{}` would not belong to this pool (its rules, or its parent's, leave it out): the pool would never count what it creates; change the name or the rules",
-                    desktop.name
-                ));
+                return Some(not_a_member(&desktop));
             }
         }
         None
@@ -1026,6 +1020,15 @@ fn find(list: &[Arc<str>], desktop_id: &str) -> std::result::Result<usize, usize
     list.binary_search_by(|id| (**id).cmp(desktop_id))
 }
 
+/// Why a machine provisioning would create is refused: it would not be counted in its pool.
+pub fn not_a_member(desktop: &Desktop) -> String {
+    format!(
+        "a machine named `{}` ({}) would not belong to this pool (its rules, or its parent's, leave it out): the pool would never count what it creates; change the name or the rules",
+        desktop.name,
+        desktop.protocol.as_str()
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use chrono::Utc;
@@ -1411,21 +1414,24 @@ mod tests {
             name: "desk-{SEQUENCE}".into(),
             ..Provisioning::default()
         };
-        let errors = p.validate(&[]);
-        assert_eq!(errors.len(), 1, "{errors:?}");
-        assert_eq!(errors[0].field, "provisioning.name");
+        assert!(p.validate(&[]).is_empty(), "the center's protocol decides");
+        let problem = p
+            .provisioned_name_problem(&[], Protocol::Rdp)
+            .expect("refused");
         assert!(
-            errors[0]
-                .reason
-                .contains("`desk-001` would not belong to this pool"),
-            "{errors:?}"
+            problem.contains("`desk-001` (rdp) would not belong to this pool"),
+            "{problem}"
         );
         p.provisioning.name = "vdi-{SEQUENCE}".into();
-        assert!(p.validate(&[]).is_empty());
-        // Turned off, the settings may stay as they are.
-        p.provisioning.name = "desk-{SEQUENCE}".into();
-        p.provisioning.enabled = false;
-        assert!(p.validate(&[]).is_empty());
+        assert_eq!(p.provisioned_name_problem(&[], Protocol::Rdp), None);
+
+        // A rule on the protocol: the center's protocol is the machines'.
+        p.rules = vec![rule(Attribute::Protocol, Condition::Equals, "vnc")];
+        assert_eq!(p.provisioned_name_problem(&[], Protocol::Vnc), None);
+        let problem = p
+            .provisioned_name_problem(&[], Protocol::Rdp)
+            .expect("refused");
+        assert!(problem.contains("(rdp)"), "{problem}");
     }
 
     #[test]

@@ -422,6 +422,55 @@ async fn repeated_refusals_turn_provisioning_off_with_the_cloud_s_message_until_
     assert_eq!(desktops(store, prefix).len(), 1);
 }
 
+/// A pool whose machines would not belong to it (its rule names RDP machines; its center was
+/// switched to VNC after the pool was saved) must not create at all: it would never count
+/// them and would create until the cloud's quota runs out.
+#[tokio::test]
+async fn a_pool_that_would_not_count_its_machines_turns_provisioning_off_before_creating() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path()).expect("store");
+    let mut center = lab();
+    center.protocol = Protocol::Rdp;
+    let prefix = unique("proto");
+    let mut pool = pool(&prefix, "f", "i");
+    pool.rules
+        .push(Rule::new(Attribute::Protocol, Condition::Equals, "rdp"));
+    assert_eq!(
+        pool.provisioned_name_problem(&[], center.protocol),
+        None,
+        "valid as saved"
+    );
+    // The center changed since; its address is nobody's, so a create could not even reach a
+    // cloud.
+    center.protocol = Protocol::Vnc;
+    center.auth_url = "http://127.0.0.1:9/v3".into();
+    store.put(&center.id, &center).expect("center");
+    store.put(&pool.id, &pool).expect("pool");
+    let centers = Arc::new(Centers::new(store.clone(), broker(&store)));
+
+    let run = centers.provision_check(&pool.id).await.expect("check");
+    assert!(run.turned_off, "{run:?}");
+    assert!(run.created.is_empty() && run.failed.is_empty(), "{run:?}");
+    assert!(desktops(&store, &prefix).is_empty(), "no placeholder stays");
+    let stored: Pool = store.get(&pool.id).expect("read").expect("pool");
+    assert!(!stored.provisioning.enabled);
+    let reason = stored.provisioning.disabled_reason.expect("why");
+    assert!(
+        reason.contains(&format!(
+            "`{prefix}-001` (vnc) would not belong to this pool"
+        )),
+        "{reason}"
+    );
+    let alerts: Vec<Alert> = store.values::<Alert>().expect("alerts");
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert!(alerts[0].message.contains(&reason), "{alerts:?}");
+    let again = centers.provision_check(&pool.id).await.expect("check");
+    assert!(
+        again.created.is_empty() && again.failed.is_empty(),
+        "{again:?}"
+    );
+}
+
 const PASSWORD: &str = "Provisioning-Test-Password-1";
 
 async fn send(server: &Server, method: Method, path: &str, token: &str, body: Value) -> Value {
@@ -498,6 +547,23 @@ async fn a_licence_without_provisioning_refuses_enabling_it() {
         fields[0]["reason"]
             .as_str()
             .is_some_and(|r| r.contains("does not allow provisioning")),
+        "{refused}"
+    );
+    // Machines the pool would not count (the center makes RDP ones) are refused by name.
+    let mut vnc_only = pool("gh-vnc", "f", "i");
+    vnc_only
+        .rules
+        .push(Rule::new(Attribute::Protocol, Condition::Equals, "vnc"));
+    let mut vnc_body = serde_json::to_value(vnc_only).expect("json");
+    vnc_body.as_object_mut().expect("object").remove("id");
+    let refused = send(&server, Method::POST, "/api/v1/pools", &token, vnc_body).await;
+    assert_eq!(refused["status"], 400, "{refused}");
+    let fields = refused["body"]["fields"].as_array().expect("fields");
+    assert!(
+        fields.iter().any(|f| f["field"] == "provisioning.name"
+            && f["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("`gh-vnc-001` (rdp) would not belong"))),
         "{refused}"
     );
     // Off, the same pool is saved, with its settings kept.
