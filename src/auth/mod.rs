@@ -338,6 +338,19 @@ struct Failures {
     count: u32,
     last: Instant,
     locked_until: Option<Instant>,
+    /// A refusal during this lockout was already answered as the first.
+    refused: bool,
+}
+
+/// The longest user name (with its domain) a sign-in takes, in bytes.
+pub const MAX_NAME: usize = 256;
+/// The longest password a sign-in takes, in bytes.
+pub const MAX_PASSWORD: usize = 1024;
+
+/// Whether a typed user name or password is longer than any sign-in takes: refused before
+/// the throttle, the directory or the audit log see it.
+pub fn too_long(user: &str, password: &str) -> bool {
+    user.len() > MAX_NAME || password.len() > MAX_PASSWORD
 }
 
 /// The throttle's verdict before a password is even checked.
@@ -345,8 +358,10 @@ struct Failures {
 pub enum Verdict {
     /// Go ahead; answer a failure no sooner than this delay.
     Allowed { delay: Duration },
-    /// Refuse without checking the password.
-    Locked { for_: Duration },
+    /// Refuse without checking the password. `first`: the first refusal of this lockout,
+    /// the one worth an audit line (the rest are counted, so a flood of attempts cannot fill
+    /// the audit log).
+    Locked { for_: Duration, first: bool },
 }
 
 impl Throttle {
@@ -377,7 +392,14 @@ impl Throttle {
         for key in Self::keys(account, address) {
             if let Some(f) = map.get_mut(&key) {
                 match f.locked_until {
-                    Some(until) if until > now => return Verdict::Locked { for_: until - now },
+                    Some(until) if until > now => {
+                        let first = !f.refused;
+                        f.refused = true;
+                        return Verdict::Locked {
+                            for_: until - now,
+                            first,
+                        };
+                    }
                     Some(_) => {
                         map.remove(&key);
                     }
@@ -412,6 +434,7 @@ impl Throttle {
                 count: 0,
                 last: now,
                 locked_until: None,
+                refused: false,
             });
             f.count += 1;
             f.last = now;
@@ -561,8 +584,15 @@ mod tests {
         assert!(!t.failure("admin", ip));
         assert!(t.failure("ADMIN", ip), "third failure locks the account");
         assert!(
-            matches!(t.check("admin", other_ip), Verdict::Locked { .. }),
+            matches!(
+                t.check("admin", other_ip),
+                Verdict::Locked { first: true, .. }
+            ),
             "account lock holds from anywhere"
+        );
+        assert!(
+            matches!(t.check("admin", ip), Verdict::Locked { first: false, .. }),
+            "one refusal per lockout is the first"
         );
         // The address: 5 failures across accounts.
         let t = Throttle::new(100, 5, Duration::from_secs(600));

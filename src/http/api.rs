@@ -585,8 +585,17 @@ struct TokenRequest {
     password: String,
 }
 
+/// A sign-in whose user name or password is longer than any account's.
+pub(super) const TOO_LONG: &str = "The user name or password is too long.";
+/// The audit line of the first refusal of a lockout.
+pub(super) const LOCKED: &str =
+    "refused while locked out (further attempts until the lockout ends are counted, not logged)";
+
 async fn issue_token(state: web::Data<AppState>, req: HttpRequest, body: web::Bytes) -> ApiResult {
     let TokenRequest { username, password } = from_json("sign-in", &parse_body(&body)?)?;
+    if crate::auth::too_long(&username, &password) {
+        return Err(HttpError::BadRequest(TOO_LONG.into()).into());
+    }
     let username = username.trim().to_string();
     let ip = client_ip(&req);
     let mut actor = Actor {
@@ -594,21 +603,15 @@ async fn issue_token(state: web::Data<AppState>, req: HttpRequest, body: web::By
         source: ip.to_string(),
     };
     let delay = match state.throttle.check(&username, ip) {
-        Verdict::Locked { for_ } => {
+        Verdict::Locked { for_, first } => {
             state.metrics.signin_failures.inc();
-            let a = actor.clone();
-            state
-                .store
-                .call(move |s| {
-                    admin::audit(
-                        s,
-                        &a,
-                        "api.signin.locked",
-                        "refused while locked out",
-                        false,
-                    )
-                })
-                .await?;
+            if first {
+                let a = actor.clone();
+                state
+                    .store
+                    .call(move |s| admin::audit(s, &a, "api.signin.locked", LOCKED, false))
+                    .await?;
+            }
             let minutes = for_.as_secs().div_ceil(60).max(1);
             return Err(HttpError::Locked { minutes }.into());
         }

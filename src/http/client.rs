@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use super::resource::{Endpoint, json_ok};
 use super::session::{bearer, client_ip};
 use super::{AppState, HttpError};
-use crate::auth::Verdict;
+use crate::auth::{MAX_NAME, Verdict};
 use crate::broker::{BrokerError, ClientSession, ConnectionParams, Offer};
 use crate::model::directory::split_login;
 use crate::model::location::ClientFacts;
@@ -24,8 +24,6 @@ use crate::model::location::ClientFacts;
 /// The largest JSON body a client call accepts.
 const JSON_LIMIT: usize = 16 * 1024;
 /// Field lengths beyond these are refused before anything is asked of the directory.
-const MAX_NAME: usize = 256;
-const MAX_PASSWORD: usize = 1024;
 /// A client session ends this long after sign-in, whatever happens in between.
 pub const SESSION_HOURS: i64 = 12;
 
@@ -313,10 +311,7 @@ pub async fn sign_in(
     if typed_user.trim().is_empty() {
         return Err(HttpError::BadRequest("Type your user name.".into()));
     }
-    if typed_user.len() > MAX_NAME
-        || password.len() > MAX_PASSWORD
-        || domain.is_some_and(|d| d.len() > MAX_NAME)
-    {
+    if crate::auth::too_long(typed_user, password) || domain.is_some_and(|d| d.len() > MAX_NAME) {
         return Err(HttpError::BadRequest(
             "The user name, password or domain is too long.".into(),
         ));
@@ -325,7 +320,7 @@ pub async fn sign_in(
     let account = format!("directory:{}", split_login(typed_user).1);
     let address = facts.address;
     let delay = match state.throttle.check(&account, address) {
-        Verdict::Locked { for_ } => {
+        Verdict::Locked { for_, .. } => {
             state.metrics.signin_failures.inc();
             let minutes = for_.as_secs().div_ceil(60).max(1);
             return Err(HttpError::Locked { minutes });

@@ -80,21 +80,30 @@ async fn login(
         return Err(HttpError::Csrf);
     };
     session::check_csrf(session, &form.csrf)?;
+    if crate::auth::too_long(&form.username, &form.password) {
+        return login_form(
+            &state,
+            visitor,
+            StatusCode::BAD_REQUEST,
+            super::api::TOO_LONG,
+        )
+        .await;
+    }
     let username = form.username.trim().to_string();
     let actor = Actor {
         name: username.clone(),
         source: visitor.ip.to_string(),
     };
     let delay = match state.throttle.check(&username, visitor.ip) {
-        Verdict::Locked { for_ } => {
+        Verdict::Locked { for_, first } => {
             state.metrics.signin_failures.inc();
-            let a = actor.clone();
-            state
-                .store
-                .call(move |s| {
-                    admin::audit(s, &a, "signin.locked", "refused while locked out", false)
-                })
-                .await?;
+            if first {
+                let a = actor.clone();
+                state
+                    .store
+                    .call(move |s| admin::audit(s, &a, "signin.locked", super::api::LOCKED, false))
+                    .await?;
+            }
             let minutes = for_.as_secs().div_ceil(60).max(1);
             let message = HttpError::Locked { minutes }.to_string();
             return login_form(&state, visitor, StatusCode::TOO_MANY_REQUESTS, &message).await;

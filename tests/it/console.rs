@@ -209,6 +209,11 @@ async fn failed_sign_ins_are_throttled_then_locked_out() {
     std::fs::write(&config, "[security]\nmax_failures_per_account = 3\n").expect("config");
     let server = Server::start(&data, Some(&config));
     let mut c = server.console();
+    // Names and passwords longer than any account's are refused before anything counts them.
+    let long = "x".repeat(10_000);
+    let a = c.sign_in(&long, "wrong").await;
+    assert_eq!(a.status, 400, "{}", a.body);
+    assert!(a.body.contains("too long"), "{}", a.body);
     for n in 1..=3 {
         let a = c.sign_in("admin", "wrong").await;
         assert_eq!(a.status, 401, "failure {n}");
@@ -217,17 +222,31 @@ async fn failed_sign_ins_are_throttled_then_locked_out() {
     let a = c.sign_in("admin", "leo").await;
     assert_eq!(a.status, 429, "{}", a.body);
     assert!(a.body.contains("Too many failed sign-ins"));
+    // Every attempt while locked is refused; the audit log says so once.
+    for _ in 0..3 {
+        assert_eq!(c.sign_in("admin", "leo").await.status, 429);
+    }
     let metrics = c.get("/metrics").await.body;
     let failures: u64 = metrics
         .lines()
         .find_map(|l| l.strip_prefix("gatehouse_signin_failures_total "))
         .and_then(|v| v.trim().parse().ok())
         .expect("sign-in failure counter");
-    assert_eq!(failures, 4);
+    assert_eq!(failures, 7, "every refusal is counted");
     assert!(metrics.contains("route=\"/admin/login\""), "{metrics}");
     assert!(metrics.contains("gatehouse_process_resident_memory_bytes"));
     let health = c.get("/healthz").await;
     assert_eq!((health.status, health.body.trim()), (200, "ok"));
+    drop(server);
+    let store = gatehouse::store::Store::open(&data).expect("store");
+    let audit: Vec<gatehouse::model::AuditEntry> = store.values().expect("audit");
+    let count = |action: &str| audit.iter().filter(|a| a.action == action).count();
+    assert_eq!(count("signin.failed"), 3, "{audit:?}");
+    assert_eq!(count("signin.locked"), 1, "{audit:?}");
+    assert!(
+        audit.iter().all(|a| a.actor.len() < 1_000),
+        "no over-long name reached the audit log"
+    );
 }
 
 #[tokio::test]

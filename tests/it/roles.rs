@@ -109,6 +109,9 @@ async fn roles_decide_what_directory_users_see_and_change() {
     });
     let dir = tempfile::tempdir().expect("tempdir");
     let (server, server_id) = appliance(&slapd, dir.path());
+    let (status, body) = token(&server, &"x".repeat(100_000), "wrong").await;
+    assert_eq!(status, 400, "a name longer than any account's: {body}");
+    assert_eq!(body["error"], "bad_request", "{body}");
     let (status, body) = token(&server, "admin", ADMIN_PASSWORD).await;
     assert_eq!(status, 200, "{body}");
     let admin_token = body["token"].as_str().expect("token").to_string();
