@@ -275,6 +275,40 @@ pub fn refused(path: &str, error: &HttpError) -> HttpResponse {
     }
 }
 
+/// The JSON error for an API answer that actix made itself, without a handler's error (no
+/// such path, a method the path does not take, a body over the limit): the same
+/// `{"error", "message"}` shape as every other API error.
+pub fn api_fallback(status: StatusCode, method: &actix_web::http::Method) -> HttpResponse {
+    let (code, message) = match status {
+        StatusCode::NOT_FOUND => (
+            "not_found",
+            "There is no such API path: /api/v1/openapi.json lists them.".to_string(),
+        ),
+        StatusCode::METHOD_NOT_ALLOWED => (
+            "method_not_allowed",
+            format!("This path does not take {method}: /api/v1/openapi.json lists what it takes."),
+        ),
+        StatusCode::PAYLOAD_TOO_LARGE => (
+            "payload_too_large",
+            "The body is larger than this call takes: send less.".to_string(),
+        ),
+        s if s.is_server_error() => (
+            "internal_error",
+            "The server could not answer: its log says why.".to_string(),
+        ),
+        _ => (
+            "bad_request",
+            format!(
+                "The request was refused ({}).",
+                status.canonical_reason().unwrap_or("bad request")
+            ),
+        ),
+    };
+    HttpResponse::build(status)
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .json(serde_json::json!({ "error": code, "message": message }))
+}
+
 /// The answer the wizard gate gives: a redirect for pages, the same with a JSON body for APIs.
 pub fn setup_required(path: &str) -> HttpResponse {
     if path.starts_with("/api/") {

@@ -208,6 +208,25 @@ pub fn app(
         }))
         .configure(configure)
         .wrap_fn(|req, srv| {
+            // Every API error is JSON, also those actix answers itself (404, 405, 413).
+            let api = access::routed_path(req.request()).starts_with("/api/");
+            let method = req.method().clone();
+            let fut = srv.call(req);
+            async move {
+                let res = fut.await?;
+                let status = res.status();
+                let json = res
+                    .headers()
+                    .get(header::CONTENT_TYPE)
+                    .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+                if !api || json || !(status.is_client_error() || status.is_server_error()) {
+                    return Ok(res.map_into_left_body());
+                }
+                let answer = error::api_fallback(status, &method);
+                Ok(res.into_response(answer).map_into_right_body())
+            }
+        })
+        .wrap_fn(|req, srv| {
             // Console access by role: every page and API path belongs to an area.
             let refused = access::gate(req.request()).err();
             let fut = match refused {

@@ -326,6 +326,19 @@ async fn bad_bodies_are_refused_with_the_field_and_nothing_is_saved() {
     let api = Api::start().await;
     let policies = api.count("/api/v1/policies").await;
 
+    // What actix answers itself is JSON like every other API error.
+    refused(&api.get("/api/v1/no-such-thing").await, 404, "not_found");
+    refused(
+        &api.delete("/api/v1/tokens").await,
+        405,
+        "method_not_allowed",
+    );
+    let huge = format!("{{\"name\": \"{}\"}}", "x".repeat(9 << 20));
+    let r = api
+        .send_text("/api/v1/policies", "application/json", &huge)
+        .await;
+    refused(&r, 413, "payload_too_large");
+
     // Malformed JSON names the parser's problem.
     let r = api
         .send_text(
