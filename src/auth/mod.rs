@@ -311,6 +311,12 @@ impl Sessions {
         self.lock().remove(&token_key(token));
     }
 
+    /// Ends every session but `keep`'s (after a restore: accounts and roles changed).
+    pub fn end_all_except(&self, keep: &str) {
+        let keep = token_key(keep);
+        self.lock().retain(|k, _| *k == keep);
+    }
+
     /// Ends every session of one account except `keep` (after its password changed).
     pub fn end_all_for(&self, username: &str, keep: Option<&str>) {
         let keep = keep.map(token_key);
@@ -557,6 +563,18 @@ mod tests {
         assert!(s.get(&token).is_some());
         s.end(&token);
         assert!(s.get(&token).is_none());
+    }
+
+    #[test]
+    fn a_restore_ends_every_session_but_the_restorer_s() {
+        let s = Sessions::new(Duration::from_secs(600));
+        let mine = s.sign_in(None, "admin", false, false);
+        let other_admin = s.sign_in(None, "admin", false, false);
+        let directory = s.sign_in_directory(None, "slapd/alice", ConsoleAccess::default());
+        s.end_all_except(&mine);
+        assert!(s.get(&mine).is_some());
+        assert!(s.get(&other_admin).is_none());
+        assert!(s.get(&directory).is_none());
     }
 
     #[test]

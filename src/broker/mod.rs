@@ -1294,6 +1294,11 @@ impl ClientSessions {
         self.lock().remove(&crate::auth::token_key(token));
     }
 
+    /// Ends every client session (after a restore: the assignments they stood on changed).
+    pub fn clear(&self) {
+        self.lock().clear();
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], ClientSession>> {
         self.map.lock().unwrap_or_else(|p| p.into_inner())
     }

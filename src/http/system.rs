@@ -376,14 +376,20 @@ async fn backup_confirm(
         .await?;
     debug_assert_eq!(meta, expected);
     after_restore(&state).await?;
-    // Accounts may have changed: every other session ends.
-    state.sessions.end_all_for(&who.username, Some(&who.token));
+    // Accounts, roles and assignments may have changed: every other session ends, the
+    // directory users' and the clients' too.
+    state.sessions.end_all_except(&who.token);
+    state.clients.clear();
     Ok(see_other("/admin/system/backups"))
 }
 
 /// Brings the in-memory mirrors in line with a restored store: wizard flag, licence,
-/// certificate.
+/// certificate, the broker's pool membership and authentication servers.
 pub async fn after_restore(state: &AppState) -> Result<(), HttpError> {
+    state.broker.invalidate_membership();
+    if let Err(e) = state.broker.reload_directories().await {
+        tracing::warn!("authentication servers not reloaded after the restore: {e}");
+    }
     let (setup, cert) = state
         .store
         .call(|s| Ok::<_, AdminError>((s.get_one::<SetupState>()?, s.get_one::<Certificate>()?)))
@@ -408,7 +414,7 @@ pub async fn after_restore(state: &AppState) -> Result<(), HttpError> {
 
 async fn backup_file(
     state: web::Data<AppState>,
-    _who: Console,
+    who: Console,
     name: web::Path<String>,
 ) -> Result<HttpResponse, HttpError> {
     let name = name.into_inner();
@@ -421,6 +427,11 @@ async fn backup_file(
         .await
         .map_err(|e| HttpError::Render(e.to_string()))?
         .map_err(|_| HttpError::NotFound)?;
+    let (actor, detail) = (who.actor(), format!("{name} ({} bytes)", bytes.len()));
+    state
+        .store
+        .call(move |s| admin::audit(s, &actor, "backup.downloaded", detail, true))
+        .await?;
     Ok(HttpResponse::Ok()
         .content_type("application/octet-stream")
         .insert_header((header::CACHE_CONTROL, "no-store"))

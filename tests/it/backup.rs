@@ -358,6 +358,11 @@ async fn scheduled_backup_runs_now_and_lists_the_file() {
         .get("/admin/system/backups/files/..%2Fgatehouse.lock")
         .await;
     assert_eq!(traversal.status, 404);
+    let audit = c.get("/admin/system/audit").await.body;
+    assert!(
+        audit.contains("backup.downloaded") && audit.contains(&name),
+        "a download exports everything: audited with the file's name"
+    );
 }
 
 #[tokio::test]
