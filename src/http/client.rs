@@ -427,9 +427,6 @@ impl ResponseError for ApiError {
     fn error_response(&self) -> HttpResponse {
         match self {
             ApiError::Http(e) => {
-                if e.status_code().is_server_error() {
-                    tracing::error!(code = e.code(), "{e}");
-                }
                 let mut resp = e.json_response();
                 resp.headers_mut().insert(
                     header::CACHE_CONTROL,

@@ -84,9 +84,14 @@ pub enum HttpError {
 
 /// What a user reads for a broker refusal. An unknown user reads exactly what a wrong password
 /// reads, so that user names cannot be probed.
+/// What the appliance's insides said (a directory's host and TLS error, a gateway's address, the
+/// store's error) stays in the log: someone not yet signed in reads only what to do.
 fn broker_message(e: &BrokerError) -> String {
     match e {
         BrokerError::UnknownUser(_) => BrokerError::WrongPassword.to_string(),
+        BrokerError::DirectoryUnreachable(_) => "The directory cannot be reached right now. Try again in a moment or tell your administrator.".into(),
+        BrokerError::Gateway(_) => "The gateway cannot open a connection for you right now. Try again or tell your administrator.".into(),
+        BrokerError::Store(_) => "The server could not answer. Try again, or tell your administrator.".into(),
         e => e.to_string(),
     }
 }
@@ -169,7 +174,22 @@ impl HttpError {
     }
 
     /// An answer for API clients: the same status and code, as JSON.
+    /// The whole story, for the log: a broker error's inner detail, which the answer leaves out.
+    fn detail(&self) -> String {
+        match self {
+            HttpError::Broker(e) => e.to_string(),
+            e => e.to_string(),
+        }
+    }
+
+    fn log_server_error(&self) {
+        if self.status_code().is_server_error() {
+            tracing::error!(code = self.code(), "{}", self.detail());
+        }
+    }
+
     pub fn json_response(&self) -> HttpResponse {
+        self.log_server_error();
         let mut builder = HttpResponse::build(self.status_code());
         if let Some(to) = self.redirect_to() {
             builder.insert_header((header::LOCATION, to));
@@ -247,9 +267,7 @@ impl ResponseError for HttpError {
                 .insert_header((header::LOCATION, to))
                 .finish();
         }
-        if self.status_code().is_server_error() {
-            tracing::error!(code = self.code(), "{self}");
-        }
+        self.log_server_error();
         let message = escape(&self.to_string());
         HttpResponse::build(self.status_code())
             .content_type("text/html; charset=utf-8")
@@ -324,4 +342,32 @@ fn escape(s: &str) -> String {
         .replace('>', "&gt;")
         .replace('"', "&quot;")
         .replace('\'', "&#39;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_broker_s_inner_detail_stays_in_the_log() {
+        let cases = [
+            BrokerError::DirectoryUnreachable(
+                "ldaps://10.1.2.3:636: invalid peer certificate".into(),
+            ),
+            BrokerError::Gateway("gw-internal.example:8443 refused".into()),
+            BrokerError::Store(StoreError::Engine(
+                "/var/lib/gatehouse/db: I/O error".into(),
+            )),
+        ];
+        for e in cases {
+            let inner = e.to_string();
+            let e = HttpError::Broker(e);
+            let shown = e.to_string();
+            for secret in ["10.1.2.3", "gw-internal", "/var/lib"] {
+                assert!(!shown.contains(secret), "{shown}");
+            }
+            assert!(shown.contains("Try again"), "{shown}");
+            assert_eq!(e.detail(), inner, "the log has it all");
+        }
+    }
 }

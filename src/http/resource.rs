@@ -54,9 +54,6 @@ impl ResponseError for ApiError {
         self.0.status_code()
     }
     fn error_response(&self) -> HttpResponse {
-        if self.0.status_code().is_server_error() {
-            tracing::error!(code = self.0.code(), "{}", self.0);
-        }
         self.0.json_response()
     }
 }

@@ -343,6 +343,15 @@ async fn failed_client_sign_ins_say_why_without_revealing_names() {
         "{}",
         down.body
     );
+    assert!(
+        !down.body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("127.0.0.1")
+                || m.contains(&slapd.ldap_port.to_string())
+                || m.contains(&slapd.ldaps_port.to_string())),
+        "the directory's address stays in the log: {}",
+        down.body
+    );
     // Back: signing in works again.
     token_of(&api.login("user00001", GENERATED_PASSWORD, "x").await);
 }
