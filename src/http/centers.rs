@@ -45,6 +45,12 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 
 // ---- The resource -----------------------------------------------------------------------------
 
+/// Whether a center edit still signs in at the Keystone, with the TLS checks, that its stored
+/// password was given for.
+fn same_cloud(new: &Center, old: &Center) -> bool {
+    new.auth_url == old.auth_url && new.insecure == old.insecure && new.ca_pem == old.ca_pem
+}
+
 impl Resource for Center {
     type Input = Center;
     const PATH: &'static str = "centers";
@@ -69,8 +75,9 @@ impl Resource for Center {
         input.name = input.name.trim().to_string();
         input.auth_url = input.auth_url.trim().to_string();
         if let Some(old) = old {
-            // Write-only: an empty password keeps the stored one.
-            if input.password.is_empty() {
+            // Write-only: an empty password keeps the stored one, sent only to the Keystone
+            // (with the TLS checks) it was given for.
+            if input.password.is_empty() && same_cloud(&input, old) {
                 input.password = old.password.clone();
             }
             // How the inventory went is not the administrator's to set.
@@ -84,7 +91,7 @@ impl Resource for Center {
         }
         input
     }
-    fn check(&self, s: &Store, _old: Option<&Self>) -> Result<Vec<FieldError>, StoreError> {
+    fn check(&self, s: &Store, old: Option<&Self>) -> Result<Vec<FieldError>, StoreError> {
         let others: Vec<Center> = s
             .list::<Center>()?
             .into_iter()
@@ -93,10 +100,18 @@ impl Resource for Center {
             .collect();
         let mut errors = self.validate(&others);
         if self.password.is_empty() {
-            errors.push(FieldError::new(
-                "password",
-                "give the password of the cloud user",
-            ));
+            if old.is_some_and(|old| !same_cloud(self, old)) {
+                errors.retain(|e| e.field != "password");
+                errors.push(FieldError::new(
+                    "password",
+                    super::resource::RETYPE_PASSWORD,
+                ));
+            } else if !errors.iter().any(|e| e.field == "password") {
+                errors.push(FieldError::new(
+                    "password",
+                    "give the password of the cloud user",
+                ));
+            }
         }
         Ok(errors)
     }

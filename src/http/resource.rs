@@ -810,17 +810,28 @@ impl Resource for AuthServer {
     fn build(mut input: AuthServer, id: &str, old: Option<&AuthServer>) -> AuthServer {
         input.id = id.to_string();
         // The password is write-only: an update that leaves it empty keeps the stored one
-        // (unless the search account itself is removed: anonymous searches).
+        // (unless the search account itself is removed: anonymous searches), as long as it
+        // goes where it went: never to hosts it was not given for.
         if let Some(old) = old
             && input.bind_password.is_empty()
             && !input.bind_dn.trim().is_empty()
+            && same_directory(&input, old)
         {
             input.bind_password = old.bind_password.clone();
         }
         input
     }
-    fn check(&self, _s: &Store, _old: Option<&Self>) -> Result<Vec<FieldError>, StoreError> {
-        Ok(self.validate())
+    fn check(&self, _s: &Store, old: Option<&Self>) -> Result<Vec<FieldError>, StoreError> {
+        let mut errors = self.validate();
+        if let Some(old) = old
+            && self.bind_password.is_empty()
+            && !self.bind_dn.trim().is_empty()
+            && !same_directory(self, old)
+        {
+            errors.retain(|e| e.field != "bind_password");
+            errors.push(FieldError::new("bind_password", RETYPE_PASSWORD));
+        }
+        Ok(errors)
     }
     fn remove(s: &Store, id: &str) -> Result<(), HttpError> {
         s.transact(&[AuthServer::TREE, AssignmentTable::TREE], |tx| {
@@ -874,6 +885,18 @@ impl Resource for AuthServer {
             ],
         )
     }
+}
+
+/// Why a stored password was not kept: where it would go changed.
+pub(super) const RETYPE_PASSWORD: &str = "the server's address or its TLS settings changed: type the password again (a stored password is only sent where it was given for)";
+
+/// Whether a directory edit still talks to the servers, with the TLS checks, that its stored
+/// search password was given for.
+fn same_directory(new: &AuthServer, old: &AuthServer) -> bool {
+    new.hosts == old.hosts
+        && new.security == old.security
+        && new.verify_tls == old.verify_tls
+        && new.ca_cert_pem == old.ca_cert_pem
 }
 
 /// A removal's transaction that aborted with a reason: the record changed since it was

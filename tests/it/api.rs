@@ -614,6 +614,16 @@ async fn test_login_reports_the_whole_decision_and_assigns_nothing() {
     // An update without the password keeps it (test login below binds with it).
     server["bind_password"] = json!("");
     server["name"] = json!("Directory");
+    // ... but never sends it to other hosts: moving them asks for the password again.
+    let mut moved = server.clone();
+    moved["hosts"] = json!([{"host": "203.0.113.9", "port": 636}]);
+    let r = api.put("/api/v1/auth-servers/slapd", moved).await;
+    refused(&r, 400, "invalid");
+    assert!(
+        field_of(&r, "bind_password").contains("type the password again"),
+        "{}",
+        r.text
+    );
     let r = api.put("/api/v1/auth-servers/slapd", server).await;
     assert_eq!(r.status, 200, "{}", r.text);
 

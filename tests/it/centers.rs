@@ -166,6 +166,30 @@ async fn a_lab_center_is_tested_inventoried_and_acted_on_and_a_dead_cloud_keeps_
     )
     .await;
     assert_eq!(r.body["password"], "", "{}", r.text);
+    // An edit that points the center at another Keystone must carry the password again.
+    let mut moved = r.body.clone();
+    moved["auth_url"] = json!("https://203.0.113.9:5000/v3");
+    let refused = send(
+        &server,
+        Method::PUT,
+        &format!("/api/v1/centers/{id}"),
+        &token,
+        Some(moved),
+    )
+    .await;
+    assert_eq!(refused.status, 400, "{}", refused.text);
+    let reasons: Vec<&str> = refused.body["fields"]
+        .as_array()
+        .expect("fields")
+        .iter()
+        .filter(|f| f["field"] == "password")
+        .filter_map(|f| f["reason"].as_str())
+        .collect();
+    assert_eq!(reasons.len(), 1, "{}", refused.text);
+    assert!(
+        reasons[0].contains("type the password again"),
+        "{reasons:?}"
+    );
 
     // The connection test passes and names the services.
     let r = send(
@@ -275,7 +299,6 @@ async fn a_lab_center_is_tested_inventoried_and_acted_on_and_a_dead_cloud_keeps_
     // center shows the error.
     let mut dead = lab_center("Lab");
     dead["auth_url"] = json!("http://127.0.0.1:9/v3");
-    dead["password"] = json!("");
     let r = send(
         &server,
         Method::PUT,
@@ -317,18 +340,26 @@ async fn a_lab_center_is_tested_inventoried_and_acted_on_and_a_dead_cloud_keeps_
             .contains(&format!("value=\"{}\"", center.password))
     );
 
-    // Back to the real cloud (the kept password still works); the server deleted in the
-    // cloud takes its desktop away, once released (the appliance releases it itself).
+    // Back to the real cloud (another address: with the password again); the server deleted
+    // in the cloud takes its desktop away, once released (the appliance releases it itself).
     let r = send(
         &server,
         Method::PUT,
         &format!("/api/v1/centers/{id}"),
         &token,
-        Some({
-            let mut c = lab_center("Lab");
-            c["password"] = json!("");
-            c
-        }),
+        Some(lab_center("Lab")),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    // Same address, no password: the stored one is kept (the refresh below signs in with it).
+    let mut same = lab_center("Lab");
+    same["password"] = json!("");
+    let r = send(
+        &server,
+        Method::PUT,
+        &format!("/api/v1/centers/{id}"),
+        &token,
+        Some(same),
     )
     .await;
     assert_eq!(r.status, 200, "{}", r.text);
