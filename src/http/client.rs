@@ -710,7 +710,8 @@ mod tests {
             ),
         ];
         for (e, status) in cases {
-            let shown = e.to_string();
+            // What the user reads: the broker's words, with inner detail left to the log.
+            let shown = crate::http::error::broker_message(&e);
             let resp = ApiError::from(e).error_response();
             assert_eq!(resp.status().as_u16(), status, "{shown}");
             let body = body_of(resp).await;

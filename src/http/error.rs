@@ -86,7 +86,7 @@ pub enum HttpError {
 /// reads, so that user names cannot be probed.
 /// What the appliance's insides said (a directory's host and TLS error, a gateway's address, the
 /// store's error) stays in the log: someone not yet signed in reads only what to do.
-fn broker_message(e: &BrokerError) -> String {
+pub(super) fn broker_message(e: &BrokerError) -> String {
     match e {
         BrokerError::UnknownUser(_) => BrokerError::WrongPassword.to_string(),
         BrokerError::DirectoryUnreachable(_) => "The directory cannot be reached right now. Try again in a moment or tell your administrator.".into(),
