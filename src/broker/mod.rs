@@ -940,9 +940,9 @@ fn free_in_entry(
             taken.insert(id);
             continue;
         }
-        // A machine still being created, failed, or without an address cannot be used yet.
-        if d.address.is_empty() || matches!(d.power_state, PowerState::Building | PowerState::Error)
-        {
+        // A machine still being created, failed, being deleted, or without an address cannot
+        // be used.
+        if !d.can_be_assigned() {
             continue;
         }
         if !entry.running_only || d.power_state == PowerState::Running {
@@ -1102,6 +1102,13 @@ fn assign(
                 match desktop.assigned_user.as_deref() {
                     Some(holder) if holder.eq_ignore_ascii_case(&user_key) => {}
                     Some(_) => return Err(TxError::Abort(Taken)),
+                    // Offered a moment ago, but since then being deleted, failed or stopped
+                    // (for a pool that offers running desktops only): not this one.
+                    None if !desktop.can_be_assigned()
+                        || (entry.running_only && desktop.power_state != PowerState::Running) =>
+                    {
+                        return Err(TxError::Abort(Taken));
+                    }
                     None => {
                         desktop.assigned_user = Some(user_key.clone());
                         desktop.assigned_at = Some(Utc::now());

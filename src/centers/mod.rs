@@ -496,16 +496,69 @@ impl Centers {
                 if !desktop.deletable {
                     return Err(CenterError::NotDeletable(desktop.name));
                 }
-                if let Some(user) = &desktop.assigned_user {
-                    return Err(CenterError::Assigned {
-                        desktop: desktop.name,
-                        user: user.clone(),
-                    });
+                // Marked in the same transaction that finds it free, so nobody is given it
+                // while the cloud deletes the machine.
+                let before = self.mark_deleting(&desktop).await?;
+                if let Err(e) = cloud.delete_server(&desktop.server_id).await {
+                    self.unmark_deleting(&desktop.id, before).await?;
+                    return Err(e.into());
                 }
-                cloud.delete_server(&desktop.server_id).await?;
                 self.remove_desktop(&desktop).await?;
             }
         }
+        Ok(())
+    }
+
+    /// Marks a free desktop as being deleted (never offered from now on); its power state
+    /// before. Refused when someone holds it.
+    async fn mark_deleting(&self, desktop: &Desktop) -> Result<PowerState, CenterError> {
+        let (id, name) = (desktop.id.clone(), desktop.name.clone());
+        self.store
+            .call(move |s| {
+                s.transact(&[Desktop::TREE], |tx| {
+                    let Some(mut d) = tx.get::<Desktop, CenterError>(&id)? else {
+                        return Err(TxError::Abort(CenterError::NoSuchDesktop(name.clone())));
+                    };
+                    if let Some(user) = d.assigned_user.clone() {
+                        return Err(TxError::Abort(CenterError::Assigned {
+                            desktop: d.name,
+                            user,
+                        }));
+                    }
+                    let before = d.power_state;
+                    d.power_state = PowerState::Deleting;
+                    tx.put(&id, &d)?;
+                    Ok(before)
+                })
+                .map_err(|e| match e {
+                    TxError::Abort(e) => e,
+                    TxError::Store(e) => e.into(),
+                    TxError::Conflict(_) => {
+                        StoreError::Engine("transaction conflict".into()).into()
+                    }
+                })
+            })
+            .await
+    }
+
+    /// A delete the cloud refused: the desktop is offered again as it was.
+    async fn unmark_deleting(&self, id: &str, before: PowerState) -> Result<(), CenterError> {
+        let id = id.to_string();
+        self.store
+            .call(move |s| {
+                s.transact(&[Desktop::TREE], |tx| {
+                    if let Some(mut d) = tx.get::<Desktop, ()>(&id)?
+                        && d.power_state == PowerState::Deleting
+                    {
+                        d.power_state = before;
+                        tx.put(&id, &d)?;
+                    }
+                    Ok(())
+                })
+                .map_err(tx_error)
+            })
+            .await?;
+        self.broker.invalidate_membership();
         Ok(())
     }
 

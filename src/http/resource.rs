@@ -1518,6 +1518,7 @@ impl Resource for Desktop {
                         "paused",
                         "building",
                         "error",
+                        "deleting",
                     ]),
                 ),
                 ("agent_state", one_of(&["unknown", "running", "stopped"])),

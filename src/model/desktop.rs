@@ -97,10 +97,12 @@ pub enum PowerState {
     /// Being created by its center.
     Building,
     Error,
+    /// Its machine is being deleted: never offered nor assigned again.
+    Deleting,
 }
 
 impl PowerState {
-    pub const ALL: [PowerState; 7] = [
+    pub const ALL: [PowerState; 8] = [
         PowerState::Unknown,
         PowerState::Running,
         PowerState::Stopped,
@@ -108,6 +110,7 @@ impl PowerState {
         PowerState::Paused,
         PowerState::Building,
         PowerState::Error,
+        PowerState::Deleting,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -119,6 +122,7 @@ impl PowerState {
             PowerState::Paused => "paused",
             PowerState::Building => "building",
             PowerState::Error => "error",
+            PowerState::Deleting => "deleting",
         }
     }
 }
@@ -258,6 +262,16 @@ impl Desktop {
         self.assigned_user.is_none()
             && !self.address.is_empty()
             && matches!(self.power_state, PowerState::Running | PowerState::Unknown)
+    }
+
+    /// Whether a user could be given this desktop at all: it has an address and its machine
+    /// is not being created, failed, or being deleted.
+    pub fn can_be_assigned(&self) -> bool {
+        !self.address.is_empty()
+            && !matches!(
+                self.power_state,
+                PowerState::Building | PowerState::Error | PowerState::Deleting
+            )
     }
 
     /// What is wrong with this record on its own (uniqueness of the name is the caller's

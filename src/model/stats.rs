@@ -102,7 +102,7 @@ impl PoolStatCounts {
             PowerState::Running => self.running += 1,
             PowerState::Stopped | PowerState::Suspended | PowerState::Paused => self.stopped += 1,
             PowerState::Building => self.provisioning += 1,
-            PowerState::Unknown | PowerState::Error => {}
+            PowerState::Unknown | PowerState::Error | PowerState::Deleting => {}
         }
         if connected {
             self.connected += 1;

@@ -102,6 +102,24 @@ async fn sign_in_offer_connect_and_the_same_desktop_from_another_device() {
         .sign_in("user00002", GENERATED_PASSWORD, None, &facts())
         .await
         .expect("bob");
+    // A desktop offered a moment ago whose machine is now being deleted is not given out,
+    // whatever the (stale) membership the broker holds says.
+    let bob_offer = broker.offer(&bob).await.expect("offer");
+    let offered = bob_offer.desktops[0].id.clone();
+    let mut going: Desktop = store.get(&offered).expect("read").expect("desktop");
+    going.power_state = gatehouse::model::desktop::PowerState::Deleting;
+    store.put(&offered, &going).expect("mark");
+    let (given, _) = broker
+        .connect(&bob, &offered, address)
+        .await
+        .expect("another desktop");
+    assert_ne!(given.id, offered, "a desktop being deleted was assigned");
+    let still: Desktop = store.get(&offered).expect("read").expect("desktop");
+    assert_eq!(still.assigned_user, None);
+    broker
+        .release(&bob.user, &given.id)
+        .await
+        .expect("released");
     let (bobs, _) = broker
         .connect(&bob, &desk.id, address)
         .await
