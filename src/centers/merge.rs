@@ -57,18 +57,31 @@ pub fn plan(
         .filter(|d| d.center == center_id && !d.server_id.is_empty())
         .map(|d| (d.server_id.as_str(), d))
         .collect();
+    // Machines asked for whose server id was never stored (the create's answer was lost to a
+    // timeout or a restart): found again by name.
+    let mut waiting: HashMap<String, &Desktop> = desktops
+        .iter()
+        .filter(|d| d.center == center_id && d.server_id.is_empty() && d.first_build.is_some())
+        .map(|d| (name_key(&d.name), d))
+        .collect();
     let mut names: HashSet<String> = desktops.iter().map(|d| name_key(&d.name)).collect();
     let mut out = Plan::default();
     let mut seen = HashSet::new();
     for server in &inventory.servers {
         seen.insert(server.id.as_str());
         let fields = inventory.desktop_fields(server);
-        match mine.get(server.id.as_str()) {
+        let known = mine
+            .get(server.id.as_str())
+            .copied()
+            .or_else(|| waiting.remove(&name_key(&server.name)));
+        match known {
             Some(desktop) => {
                 if let Some(pool) = &desktop.first_build {
                     if let Some(message) = failed_build(desktop, server, now) {
+                        let mut desktop = (*desktop).clone();
+                        desktop.server_id = server.id.clone();
                         out.failed_builds.push(FailedBuild {
-                            desktop: (*desktop).clone(),
+                            desktop,
                             pool: pool.clone(),
                             message,
                         });
@@ -101,6 +114,22 @@ pub fn plan(
         // A machine this appliance is creating may not be listed yet: it is not gone.
         if !seen.contains(server_id) && !building.contains(server_id) {
             out.gone.push(desktop.clone());
+        }
+    }
+    // Asked for, never listed, and past the build timeout: the cloud did not make it.
+    for desktop in waiting.into_values() {
+        if now - desktop.created >= BUILD_TIMEOUT
+            && let Some(pool) = &desktop.first_build
+        {
+            out.failed_builds.push(FailedBuild {
+                desktop: desktop.clone(),
+                pool: pool.clone(),
+                message: format!(
+                    "the cloud never listed {} in the {} minutes after it was asked for",
+                    desktop.name,
+                    BUILD_TIMEOUT.num_minutes()
+                ),
+            });
         }
     }
     out.gone.sort_by(|a, b| a.name.cmp(&b.name));
@@ -228,6 +257,47 @@ mod tests {
         assert_eq!(plan.skipped.len(), 1, "{:?}", plan.skipped);
         assert!(plan.skipped[0].contains("already exists"));
         assert!(plan.gone.is_empty(), "{:?}", plan.gone);
+    }
+
+    #[test]
+    fn a_machine_whose_create_answer_was_lost_is_found_by_name_or_given_up_on() {
+        let now = Utc::now();
+        let asked = |name: &str, age: chrono::TimeDelta| {
+            let mut d = stored(name, "c1", "");
+            d.server_id.clear();
+            d.first_build = Some("pool-1".into());
+            d.power_state = PowerState::Building;
+            d.created = now - age;
+            d
+        };
+        let found = asked("vdi-1", chrono::TimeDelta::minutes(2));
+        let young = asked("vdi-2", chrono::TimeDelta::minutes(2));
+        let lost = asked("vdi-3", BUILD_TIMEOUT);
+        let desktops = vec![found.clone(), young, lost.clone()];
+        let inv = inventory(&[("s1", "VDI-1")]);
+        let plan = plan(&center("c1"), &desktops, &inv, &HashSet::new(), now);
+        assert!(plan.added.is_empty() && plan.skipped.is_empty(), "{plan:?}");
+        assert_eq!(plan.updates.len(), 1);
+        assert_eq!(
+            plan.updates[0].0, found.id,
+            "the server is the asked-for machine"
+        );
+        let mut linked = found.clone();
+        plan.updates[0].1.apply(&mut linked);
+        assert_eq!(linked.server_id, "s1");
+        assert_eq!(linked.power_state, PowerState::Running);
+        assert_eq!(plan.built, [("pool-1".to_string(), "VDI-1".to_string())]);
+        // Not listed: waited for until the build timeout, then a failed build with nothing
+        // to delete in the cloud.
+        assert_eq!(plan.failed_builds.len(), 1, "{:?}", plan.failed_builds);
+        let failed = &plan.failed_builds[0];
+        assert_eq!(failed.desktop.id, lost.id);
+        assert!(failed.desktop.server_id.is_empty());
+        assert_eq!(
+            failed.message,
+            "the cloud never listed vdi-3 in the 30 minutes after it was asked for"
+        );
+        assert!(plan.gone.is_empty());
     }
 
     #[test]

@@ -7,6 +7,10 @@
 //!   machine's desktop is written first (power state `building`, no address, no server id),
 //!   then the cloud is asked, then the server id is stored. A burst of sign-ins therefore
 //!   never takes the pool past `stop_at`.
+//! - A create that gets no answer in time keeps its desktop: the cloud may have made the
+//!   machine, which the inventory then links to it by name; never listed within the build
+//!   timeout, it is a failed build. A desktop whose server id was never stored (a restart
+//!   between the create and its answer) is found the same way.
 //! - A refused create removes its desktop and counts a failure, as does a first build that
 //!   ends in ERROR or takes too long (seen by the inventory refresh, which then deletes the
 //!   machine and its desktop); a machine whose first build is over resets the count. At the
@@ -33,6 +37,14 @@ use crate::model::pool::{CompiledPools, Pool};
 use crate::model::provisioning::{Provisioning, to_create};
 use crate::openstack::{BootVolume, Networks, NewServer};
 use crate::store::{Record, Store, StoreError};
+
+/// A create that got no answer in time: the cloud may have made the machine.
+fn is_timeout(e: &CenterError) -> bool {
+    matches!(
+        e,
+        CenterError::Cloud(crate::openstack::Error::Timeout { .. })
+    )
+}
 
 /// What one provisioning check did.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
@@ -289,10 +301,18 @@ impl Centers {
                         .await?;
                 }
                 Err(e) => {
+                    let message = e.to_string();
+                    if is_timeout(&e) {
+                        // The cloud may have made it all the same: the desktop stays, for the
+                        // inventory to link to its server by name, or to give up on after the
+                        // build timeout. It counts as a failure only then.
+                        tracing::warn!(pool = %pool.name, machine = %name, error = %message, "no answer to a create: the inventory will look for the machine");
+                        out.failed.push(message);
+                        return Ok(());
+                    }
                     let id = placeholder.id.clone();
                     self.store.call(move |s| s.delete::<Desktop>(&id)).await?;
                     self.broker.invalidate_membership();
-                    let message = e.to_string();
                     tracing::warn!(pool = %pool.name, machine = %name, error = %message, "provisioning failed");
                     out.failed.push(message.clone());
                     if self.record_failure(&pool, &message, false).await? {
@@ -392,6 +412,8 @@ impl Centers {
             self.record_failure(&pool, &failed.message, false).await?;
         }
         let deleted = match self.cloud(center) {
+            // Never listed: nothing to delete in the cloud.
+            _ if machine.server_id.is_empty() => Ok(()),
             Ok(cloud) => match cloud.delete_server(&machine.server_id).await {
                 Err(e) if !e.is_not_found() => Err(e.to_string()),
                 _ => Ok(()),

@@ -61,6 +61,10 @@ impl DesktopFields {
     /// flavor, OS when known, metadata); names, assignment and protocol stay. A state other
     /// than building ends the desktop's first build.
     pub fn apply(&self, desktop: &mut Desktop) {
+        // A provisioned machine whose create answer was lost is linked to its server here.
+        if desktop.server_id.is_empty() {
+            desktop.server_id = self.server_id.clone();
+        }
         desktop.power_state = self.power_state;
         if self.power_state != PowerState::Building {
             desktop.first_build = None;
