@@ -299,7 +299,7 @@ pub fn refused(path: &str, error: &HttpError) -> HttpResponse {
 pub fn api_fallback(status: StatusCode, method: &actix_web::http::Method) -> HttpResponse {
     let (code, message) = match status {
         StatusCode::NOT_FOUND => (
-            "not_found",
+            "no_such_path",
             "There is no such API path: /api/v1/openapi.json lists them.".to_string(),
         ),
         StatusCode::METHOD_NOT_ALLOWED => (
