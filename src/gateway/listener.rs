@@ -5,7 +5,10 @@
 //! [`HEALTH_PATH`] (a load balancer asks whether this gateway is up).
 //!
 //! Every step up to the first request head runs in the connection's own task under the
-//! handshake timeout; the number of open connections is capped. The certificate comes from a
+//! handshake timeout; the number of open connections is capped. A console or API connection
+//! ends when both sides have closed, or when one has and the other then stays silent for
+//! [`AFTER_ONE_SIDE_ENDS`](super::pump::AFTER_ONE_SIDE_ENDS), so that a client that read its
+//! answer and went quiet does not hold a connection for ever. The certificate comes from a
 //! resolver that reloads, so a new certificate never drops open tunnels.
 //!
 //! The HTTP backend inside `gatehouse serve` is the console (actix-web) on a Unix socket in the
@@ -227,7 +230,12 @@ impl FrontDoor {
                 match connect_local(socket, &origin) {
                     Ok(mut backend) => {
                         if backend.write_all(&buf).await.is_ok() {
-                            let _ = tokio::io::copy_bidirectional(&mut s, &mut backend).await;
+                            let _ = super::pump::relay(
+                                &mut s,
+                                &mut backend,
+                                super::pump::AFTER_ONE_SIDE_ENDS,
+                            )
+                            .await;
                         }
                     }
                     Err(e) => {
@@ -239,7 +247,9 @@ impl FrontDoor {
                 }
             }
             Backend::Upstream(upstream) => {
-                upstream.forward(s, &head, buf, client, secure).await;
+                upstream
+                    .forward(s, &head, buf, client, secure, deadline)
+                    .await;
                 return;
             }
             Backend::None => {

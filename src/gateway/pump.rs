@@ -762,7 +762,79 @@ pub async fn run_raw(
     result
 }
 
+/// After one direction of a relayed connection ended, how long the other may go without moving
+/// a byte before the connection is dropped: a client that read its answer and stays silent
+/// after the backend closed must not hold one of the gateway's connections for ever.
+pub const AFTER_ONE_SIDE_ENDS: Duration = Duration::from_secs(5);
+
+/// Relays a console or broker connection (`a` the client, `b` the backend) both ways, with the
+/// same pooled buffers as a forwarded port, passing each side's end on as a half-close. It ends
+/// when both directions have ended, or when one has and the other then moves nothing for
+/// `grace` (a `TimedOut` error).
+pub async fn relay<A, B>(a: &mut A, b: &mut B, grace: Duration) -> io::Result<()>
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut up = RawHalf::default();
+    let mut down = RawHalf::default();
+    let moved = AtomicU64::new(0);
+    let mut last_moved = Instant::now();
+    let mut grace_timer: Option<Pin<Box<Sleep>>> = None;
+    let result = std::future::poll_fn(|cx| {
+        loop {
+            let mut progress = false;
+            match up.poll(cx, &mut *a, &mut *b, &moved) {
+                Poll::Ready(Ok(m)) => progress |= m,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {}
+            }
+            match down.poll(cx, &mut *b, &mut *a, &moved) {
+                Poll::Ready(Ok(m)) => progress |= m,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e.swap())),
+                Poll::Pending => {}
+            }
+            if up.done && down.done {
+                return Poll::Ready(Ok(()));
+            }
+            if progress {
+                last_moved = Instant::now();
+                continue;
+            }
+            if up.done || down.done {
+                let deadline = last_moved + grace;
+                if Instant::now() >= deadline {
+                    return Poll::Ready(Err(PumpError::Client(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "one side ended and the other stayed silent",
+                    ))));
+                }
+                let timer =
+                    grace_timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                if timer.deadline() != deadline {
+                    timer.as_mut().reset(deadline);
+                }
+                if timer.as_mut().poll(cx).is_ready() {
+                    continue;
+                }
+            }
+            return Poll::Pending;
+        }
+    })
+    .await;
+    up.release();
+    down.release();
+    result.map_err(PumpError::into_io)
+}
+
 impl PumpError {
+    fn into_io(self) -> io::Error {
+        match self {
+            PumpError::Client(e) | PumpError::Target(e) => e,
+            PumpError::Protocol(e) => io::Error::new(io::ErrorKind::InvalidData, e),
+        }
+    }
+
     /// For the desktop → client half, the roles of the two errors are the other way round.
     fn swap(self) -> PumpError {
         match self {
@@ -785,13 +857,17 @@ struct RawHalf {
 impl RawHalf {
     /// Moves what is readable now from `from` to `to`; `Ready(Ok(true))` when bytes moved or
     /// the state changed. Errors on `from` are `Client`, on `to` are `Target`.
-    fn poll(
+    fn poll<R, W>(
         &mut self,
         cx: &mut Context<'_>,
-        from: &mut TcpStream,
-        to: &mut TcpStream,
+        from: &mut R,
+        to: &mut W,
         counter: &AtomicU64,
-    ) -> Poll<Result<bool, PumpError>> {
+    ) -> Poll<Result<bool, PumpError>>
+    where
+        R: AsyncRead + Unpin + ?Sized,
+        W: AsyncWrite + Unpin + ?Sized,
+    {
         let mut progress = false;
         loop {
             if self.done {
@@ -868,6 +944,46 @@ fn ready_or_pending(progress: bool) -> Poll<Result<bool, PumpError>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A backend answers and closes; the client reads the answer (and the end of it) but
+    /// neither sends nor closes. The relay still ends, after the grace, instead of holding
+    /// the connection for ever.
+    #[tokio::test(start_paused = true)]
+    async fn a_relay_ends_when_one_side_ended_and_the_other_stays_silent() {
+        let (mut client, mut gateway_client) = tokio::io::duplex(4096);
+        let (mut gateway_backend, mut backend) = tokio::io::duplex(4096);
+        let relay = tokio::spawn(async move {
+            relay(
+                &mut gateway_client,
+                &mut gateway_backend,
+                AFTER_ONE_SIDE_ENDS,
+            )
+            .await
+        });
+        let request = b"GET / HTTP/1.1\r\nHost: gw\r\n\r\n";
+        client.write_all(request).await.expect("request");
+        let mut seen = vec![0u8; request.len()];
+        backend
+            .read_exact(&mut seen)
+            .await
+            .expect("the backend reads it");
+        assert_eq!(&seen, request);
+        let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+        backend.write_all(answer).await.expect("answer");
+        drop(backend);
+        let mut got = Vec::new();
+        client
+            .read_to_end(&mut got)
+            .await
+            .expect("the answer, then its end");
+        assert_eq!(got, answer);
+        // Paused time: an hour passes at once when nothing else can happen first.
+        let ended = tokio::time::timeout(Duration::from_secs(3600), relay).await;
+        assert!(ended.is_ok(), "the relay still holds the silent client");
+        // The gateway's side is gone: the client can no longer send.
+        assert!(client.write_all(b"more").await.is_err());
+    }
 
     #[test]
     fn a_full_outgoing_frame_is_exactly_one_buffer() {
