@@ -143,7 +143,8 @@ pub struct GatewaySettings {
     pub max_tunnels_per_session: usize,
     /// TLS handshake and the first request head must complete within this.
     pub handshake_timeout: Duration,
-    /// Connecting to a desktop gives up after this.
+    /// Connecting to a desktop (or, while its backlog is full, to the console's socket) gives up
+    /// after this.
     pub connect_timeout: Duration,
     /// Load balancers whose PROXY header (v1 or v2) and `X-Forwarded-For` are believed.
     pub trusted_proxies: Vec<Cidr>,
