@@ -11,9 +11,11 @@
 //! for a standalone one); the ticket's signature is the only authority, as for tunnels.
 
 use std::collections::{HashMap, HashSet};
+use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use chrono::Utc;
@@ -163,6 +165,18 @@ fn take_port(used: &mut HashSet<u16>, settings: &ForwardSettings) -> Option<(Tcp
     })
 }
 
+/// What a forwarded port accepts connections from: its listener (and, in tests, one that
+/// fails).
+trait Accept {
+    fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<io::Result<(TcpStream, SocketAddr)>>;
+}
+
+impl Accept for TcpListener {
+    fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<io::Result<(TcpStream, SocketAddr)>> {
+        TcpListener::poll_accept(self, cx)
+    }
+}
+
 /// Counts a forwarded port's live connections: one is counted while this is held.
 struct Live(Arc<watch::Sender<usize>>);
 
@@ -235,9 +249,9 @@ impl Gateway {
         Ok(Forward { port })
     }
 
-    async fn serve_forward(
+    async fn serve_forward<L: Accept>(
         self: &Arc<Self>,
-        listener: &TcpListener,
+        listener: &L,
         port: u16,
         key: &ForwardKey,
         ticket: Ticket,
@@ -274,7 +288,7 @@ impl Gateway {
             }
             busy = now_busy;
             let accepted = tokio::select! {
-                a = listener.accept() => a,
+                a = std::future::poll_fn(|cx| listener.poll_accept(cx)) => a,
                 _ = &mut closed => return,
                 _ = count.changed() => continue,
                 _ = &mut window, if !busy => {
@@ -290,8 +304,17 @@ impl Gateway {
                     return;
                 }
             };
-            let Ok((conn, peer)) = accepted else {
-                continue;
+            let (conn, peer) = match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait a moment instead of spinning.
+                    tracing::warn!(port, error = %e, "accept failed on a forwarded port");
+                    tokio::select! {
+                        _ = tokio::time::sleep(super::listener::ACCEPT_PAUSE) => {}
+                        _ = &mut closed => return,
+                    }
+                    continue;
+                }
             };
             if peer.ip().to_canonical() != client.to_canonical() {
                 tracing::warn!(port, %peer, expected = %client, "forwarded port used from another address: refused");
@@ -519,6 +542,51 @@ mod tests {
             "port {port} is still held: {:?}",
             gateway.report()
         );
+    }
+
+    /// Accepts that fail at once, again and again.
+    #[derive(Default)]
+    struct Failing {
+        calls: std::sync::atomic::AtomicUsize,
+    }
+
+    impl Accept for Failing {
+        fn poll_accept(&self, _: &mut Context<'_>) -> Poll<io::Result<(TcpStream, SocketAddr)>> {
+            // Bounded, so that a loop that spins ends (and fails the test) instead of hanging.
+            if self.calls.fetch_add(1, Ordering::Relaxed) < 10_000 {
+                Poll::Ready(Err(io::Error::other("too many open files")))
+            } else {
+                Poll::Pending
+            }
+        }
+    }
+
+    /// A failing accept (out of file descriptors and the like) is followed by a pause, as on
+    /// the main listener, instead of a loop that spins on the error.
+    #[tokio::test(start_paused = true)]
+    async fn a_forwarded_port_pauses_after_a_failed_accept() {
+        let (gateway, _) = gateway((1, 1), Duration::from_secs(1));
+        let ticket = Ticket {
+            session: "s1".into(),
+            user: "alice".into(),
+            host: "127.0.0.1".into(),
+            port: 3389,
+            client: Some(LOCALHOST),
+            expires: Utc::now().timestamp() + 60,
+        };
+        let key = ForwardKey {
+            session: "s1".into(),
+            target: "127.0.0.1:3389".into(),
+            client: LOCALHOST,
+        };
+        let guard = gateway.register_port(ticket.clone(), LOCALHOST, 1);
+        let failing = Failing::default();
+        // Paused time: the window (nobody connected) ends it.
+        gateway
+            .serve_forward(&failing, 1, &key, ticket, LOCALHOST, guard)
+            .await;
+        let calls = failing.calls.load(Ordering::Relaxed);
+        assert!(calls < 100, "{calls} accepts tried within one window");
     }
 
     /// One ticket (or another for the same session, desktop and client) asked for again while

@@ -34,6 +34,10 @@ use super::Gateway;
 use super::tunnel::{self, Head, bare_response};
 use crate::model::location::{self, ProxyError};
 
+/// After a failed accept (out of file descriptors and the like), listeners wait this long
+/// before they try again, instead of spinning on the error.
+pub(crate) const ACCEPT_PAUSE: Duration = Duration::from_millis(50);
+
 /// A request head may be at most this long.
 const MAX_HEAD: usize = 16 * 1024;
 
@@ -91,7 +95,7 @@ impl FrontDoor {
                 Err(e) => {
                     // Out of file descriptors and the like: wait a moment instead of spinning.
                     tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    tokio::time::sleep(ACCEPT_PAUSE).await;
                     continue;
                 }
             };
