@@ -233,8 +233,17 @@ impl Gateway {
             );
             (listener, port)
         };
-        // The registry entry makes the forward visible and lets "session ended" close it.
-        let guard = self.register_port(ticket.clone(), client, port);
+        // The registry entry makes the forward visible and lets "session ended" close it; a
+        // session that ended since its ticket was checked gets no port.
+        let guard = match self.register_port(ticket.clone(), client, port) {
+            Ok(guard) => guard,
+            Err(refusal) => {
+                self.forwards.forget(&key, port);
+                drop(listener);
+                self.forwards.release(port);
+                return Err(refusal.into());
+            }
+        };
         tracing::info!(%requester, %client, user = %ticket.user, port, %target, "forwarded port opened");
         let gateway = self.clone();
         tokio::spawn(async move {
@@ -579,7 +588,9 @@ mod tests {
             target: "127.0.0.1:3389".into(),
             client: LOCALHOST,
         };
-        let guard = gateway.register_port(ticket.clone(), LOCALHOST, 1);
+        let guard = gateway
+            .register_port(ticket.clone(), LOCALHOST, 1)
+            .expect("the port");
         let failing = Failing::default();
         // Paused time: the window (nobody connected) ends it.
         gateway
