@@ -48,7 +48,7 @@ use crate::broker::Ticket;
 use crate::broker::connect::TicketError;
 use crate::model::location::Cidr;
 
-pub use pump::{End, Timers, TunnelShared};
+pub use pump::{Closing, End, Timers, TunnelShared};
 
 /// Ports a tunnel may reach, as ranges.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -427,7 +427,7 @@ impl Gateway {
             .values()
             .filter(|t| t.ticket.session == session)
         {
-            t.shared.close();
+            t.shared.close(Closing::SessionEnded);
             closed += 1;
         }
         closed
@@ -442,7 +442,7 @@ impl Gateway {
             .tunnels
             .values()
         {
-            t.shared.close();
+            t.shared.close(Closing::Shutdown);
         }
     }
 
