@@ -105,7 +105,7 @@ struct GatewayArgs {
     threads: usize,
     #[command(flatten)]
     busy_poll: BusyPollArg,
-    /// Seconds a forwarded port waits for its client.
+    /// Seconds a forwarded port may go without a connection before it is given back.
     #[arg(long, default_value_t = 60)]
     forward_window: u32,
     /// Seconds between WebSocket pings; 0: none.

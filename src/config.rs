@@ -227,7 +227,8 @@ pub struct GatewayConfig {
     pub handshake_timeout: u32,
     /// Ports for forwarded-port connections (native clients without WebSocket), `A-B`.
     pub forward_ports: String,
-    /// Seconds a forwarded port waits for its client before it is given back.
+    /// Seconds a forwarded port may go without a connection before it is given back (from its
+    /// opening, and again from the end of its last connection).
     pub forward_window: u32,
     /// The host name or address clients use to reach this gateway's forwarded ports; empty:
     /// the first of `server.hostnames`, else the listen address.

@@ -2,21 +2,29 @@
 //!
 //! For a ticket, the gateway takes a free port from its range and listens there for that one
 //! session: it accepts only from the ticket's client address, forwards each connection to the
-//! ticket's desktop, and gives the port back when the broker ends the session, or when nobody
-//! connected within the window. The broker asks for a forward (in process for the built-in
-//! gateway, `POST /gateway/v1/forwards` with the ticket for a standalone one); the ticket's
-//! signature is the only authority, as for tunnels.
+//! ticket's desktop, and gives the port back when the broker ends the session, or when the port
+//! has had no connection for the window: from its opening, and again from the end of its last
+//! connection. Asking again for the same session, desktop and client while its port is open
+//! gets that same port (and its window runs from the new request at least), so neither
+//! reconnects nor repeated requests take the range one port at a time. The broker asks for a
+//! forward (in process for the built-in gateway, `POST /gateway/v1/forwards` with the ticket
+//! for a standalone one); the ticket's signature is the only authority, as for tunnels.
 
+use std::collections::{HashMap, HashSet};
+use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::time::Instant;
 
-use super::{Gateway, Kind, Refusal, pump, tunnel};
+use super::{Gateway, Kind, Refusal, TunnelGuard, pump, tunnel};
 use crate::broker::Ticket;
 
 /// Where forwarded ports are opened.
@@ -26,7 +34,8 @@ pub struct ForwardSettings {
     pub range: (u16, u16),
     /// The local address forwarded ports listen on.
     pub bind: IpAddr,
-    /// A forward nobody connected to within this is closed.
+    /// A forwarded port with no connection for this long is given back: counted from its
+    /// opening (or the last request for it), and again from the end of its last connection.
     pub window: Duration,
 }
 
@@ -75,15 +84,119 @@ pub enum ForwardError {
     Exhausted(u16, u16),
 }
 
-/// The ports in use.
+/// Whom a forwarded port serves: the same session, desktop and client asking again get the
+/// same port.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct ForwardKey {
+    session: String,
+    target: String,
+    client: IpAddr,
+}
+
+/// An open forwarded port.
+struct OpenPort {
+    port: u16,
+    /// When it was last asked for: it is not given back within a window of this.
+    asked: Instant,
+}
+
+/// The ports in use, and the open ones by whom they serve.
 #[derive(Default)]
 pub struct Forwards {
-    used: Mutex<std::collections::HashSet<u16>>,
+    state: Mutex<PortState>,
+}
+
+#[derive(Default)]
+struct PortState {
+    /// Ports taken: open ones, and ones being opened or closed.
+    used: HashSet<u16>,
+    open: HashMap<ForwardKey, OpenPort>,
+}
+
+impl Forwards {
+    fn lock(&self) -> MutexGuard<'_, PortState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The window of the port for `key` ran out. `Some(deadline)` when it was asked for again
+    /// meanwhile (its window now ends then); otherwise it is no longer handed out, and `None`.
+    fn expire(&self, key: &ForwardKey, port: u16, window: Duration) -> Option<Instant> {
+        let mut state = self.lock();
+        let open = state.open.get(key).filter(|o| o.port == port)?;
+        let deadline = open.asked + window;
+        if deadline > Instant::now() {
+            return Some(deadline);
+        }
+        state.open.remove(key);
+        None
+    }
+
+    /// The port for `key` is closing: no longer handed out.
+    fn forget(&self, key: &ForwardKey, port: u16) {
+        let mut state = self.lock();
+        if state.open.get(key).is_some_and(|o| o.port == port) {
+            state.open.remove(key);
+        }
+    }
+
+    /// The port is closed: free for another session.
+    fn release(&self, port: u16) {
+        self.lock().used.remove(&port);
+    }
+}
+
+/// Binds a free port of `settings.range` (starting at a random one), marking it used.
+fn take_port(used: &mut HashSet<u16>, settings: &ForwardSettings) -> Option<(TcpListener, u16)> {
+    let (lo, hi) = settings.range;
+    let span = u32::from(hi - lo) + 1;
+    let start = rand::random::<u32>() % span;
+    (0..span).find_map(|i| {
+        let port = lo + ((start + i) % span) as u16;
+        if used.contains(&port) {
+            return None;
+        }
+        // Bound at once (no await), so that the lock on the ports is held throughout.
+        let listener = std::net::TcpListener::bind(SocketAddr::new(settings.bind, port))
+            .and_then(|l| l.set_nonblocking(true).map(|()| l))
+            .and_then(TcpListener::from_std)
+            .ok()?;
+        used.insert(port);
+        Some((listener, port))
+    })
+}
+
+/// What a forwarded port accepts connections from: its listener (and, in tests, one that
+/// fails).
+trait Accept {
+    fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<io::Result<(TcpStream, SocketAddr)>>;
+}
+
+impl Accept for TcpListener {
+    fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<io::Result<(TcpStream, SocketAddr)>> {
+        TcpListener::poll_accept(self, cx)
+    }
+}
+
+/// Counts a forwarded port's live connections: one is counted while this is held.
+struct Live(Arc<watch::Sender<usize>>);
+
+impl Live {
+    fn new(count: &Arc<watch::Sender<usize>>) -> Live {
+        count.send_modify(|n| *n += 1);
+        Live(count.clone())
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n -= 1);
+    }
 }
 
 impl Gateway {
-    /// Opens a forwarded port for a ticket. `requester` is who asked (the broker, or the
-    /// client itself); the ticket decides everything else.
+    /// Opens a forwarded port for a ticket, or hands out the one already open for its
+    /// session, desktop and client. `requester` is who asked (the broker, or the client
+    /// itself); the ticket decides everything else.
     pub async fn open_forward(
         self: &Arc<Self>,
         ticket_text: &str,
@@ -93,61 +206,69 @@ impl Gateway {
         // requester; only signature, expiry, port and session are checked here.
         let ticket = self.check_ticket(ticket_text, Utc::now())?;
         let client = ticket.client.ok_or(ForwardError::NoClient)?;
-        let settings = self.forward_settings.clone();
-        let (lo, hi) = settings.range;
-        let span = u32::from(hi - lo) + 1;
-        let start = rand::random::<u32>() % span;
-        let mut listener = None;
-        for i in 0..span {
-            let port = lo + ((start + i) % span) as u16;
-            {
-                let mut used = self.forwards.used.lock().unwrap_or_else(|p| p.into_inner());
-                if used.contains(&port) {
-                    continue;
-                }
-                used.insert(port);
+        let target = super::target_of(&ticket);
+        let key = ForwardKey {
+            session: ticket.session.clone(),
+            target: target.clone(),
+            client: client.to_canonical(),
+        };
+        let settings = &self.forward_settings;
+        let (listener, port) = {
+            let mut state = self.forwards.lock();
+            if let Some(open) = state.open.get_mut(&key) {
+                open.asked = Instant::now();
+                let port = open.port;
+                tracing::info!(%requester, %client, user = %ticket.user, port, %target, "forwarded port asked for again: the same port");
+                return Ok(Forward { port });
             }
-            match TcpListener::bind(SocketAddr::new(settings.bind, port)).await {
-                Ok(l) => {
-                    listener = Some((l, port));
-                    break;
-                }
-                Err(_) => {
-                    self.forwards
-                        .used
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .remove(&port);
-                }
+            let (lo, hi) = settings.range;
+            let (listener, port) =
+                take_port(&mut state.used, settings).ok_or(ForwardError::Exhausted(lo, hi))?;
+            state.open.insert(
+                key.clone(),
+                OpenPort {
+                    port,
+                    asked: Instant::now(),
+                },
+            );
+            (listener, port)
+        };
+        // The registry entry makes the forward visible and lets "session ended" close it; a
+        // session that ended since its ticket was checked gets no port.
+        let guard = match self.register_port(ticket.clone(), client, port) {
+            Ok(guard) => guard,
+            Err(refusal) => {
+                self.forwards.forget(&key, port);
+                drop(listener);
+                self.forwards.release(port);
+                return Err(refusal.into());
             }
-        }
-        let (listener, port) = listener.ok_or(ForwardError::Exhausted(lo, hi))?;
-        tracing::info!(%requester, %client, user = %ticket.user, port, target = %super::target_of(&ticket), "forwarded port opened");
+        };
+        tracing::info!(%requester, %client, user = %ticket.user, port, %target, "forwarded port opened");
         let gateway = self.clone();
         tokio::spawn(async move {
-            gateway.serve_forward(listener, port, ticket, client).await;
             gateway
-                .forwards
-                .used
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&port);
+                .serve_forward(&listener, port, &key, ticket, client, guard)
+                .await;
+            gateway.forwards.forget(&key, port);
+            drop(listener);
+            gateway.forwards.release(port);
             tracing::info!(port, "forwarded port closed");
         });
         Ok(Forward { port })
     }
 
-    async fn serve_forward(
+    async fn serve_forward<L: Accept>(
         self: &Arc<Self>,
-        listener: TcpListener,
+        listener: &L,
         port: u16,
+        key: &ForwardKey,
         ticket: Ticket,
         client: IpAddr,
+        guard: TunnelGuard,
     ) {
-        // The registry entry makes the forward visible and lets "session ended" close it.
-        let guard = self.register_port(ticket.clone(), client, port);
-        let used = Arc::new(AtomicBool::new(false));
-        let window = tokio::time::sleep(self.forward_settings.window);
+        let window_length = self.forward_settings.window;
+        let window = tokio::time::sleep(window_length);
         tokio::pin!(window);
         let closed = {
             let shared = guard.shared.clone();
@@ -164,31 +285,64 @@ impl Gateway {
             }
         };
         tokio::pin!(closed);
+        // The live connections: the window runs only while there is none.
+        let live = Arc::new(watch::channel(0usize).0);
+        let mut count = live.subscribe();
+        let mut busy = false;
+        let mut used = false;
         loop {
+            let now_busy = *count.borrow_and_update() > 0;
+            if busy && !now_busy {
+                window.as_mut().reset(Instant::now() + window_length);
+            }
+            busy = now_busy;
             let accepted = tokio::select! {
-                a = listener.accept() => a,
+                a = std::future::poll_fn(|cx| listener.poll_accept(cx)) => a,
                 _ = &mut closed => return,
-                _ = &mut window, if !used.load(Ordering::Relaxed) => {
-                    tracing::info!(port, "nobody used the forwarded port in time");
+                _ = count.changed() => continue,
+                _ = &mut window, if !busy => {
+                    if let Some(deadline) = self.forwards.expire(key, port, window_length) {
+                        window.as_mut().reset(deadline);
+                        continue;
+                    }
+                    if used {
+                        tracing::info!(port, "the forwarded port had no connection for its window");
+                    } else {
+                        tracing::info!(port, "nobody used the forwarded port in time");
+                    }
                     return;
                 }
             };
-            let Ok((conn, peer)) = accepted else {
-                continue;
+            let (conn, peer) = match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait a moment instead of spinning.
+                    tracing::warn!(port, error = %e, "accept failed on a forwarded port");
+                    tokio::select! {
+                        _ = tokio::time::sleep(super::listener::ACCEPT_PAUSE) => {}
+                        _ = &mut closed => return,
+                    }
+                    continue;
+                }
             };
             if peer.ip().to_canonical() != client.to_canonical() {
                 tracing::warn!(port, %peer, expected = %client, "forwarded port used from another address: refused");
                 self.refused.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
-            used.store(true, Ordering::Relaxed);
             let _ = conn.set_nodelay(true);
             let Ok(conn) = conn.into_std() else {
                 continue;
             };
+            // Counted from here, so that the window cannot run out before the connection's
+            // task starts.
+            let held = Live::new(&live);
+            busy = true;
+            used = true;
             let gateway = self.clone();
             let ticket = ticket.clone();
             self.spawn_connection(move || async move {
+                let _held = held;
                 let Ok(mut conn) = TcpStream::from_std(conn) else {
                     return;
                 };
@@ -287,5 +441,206 @@ pub async fn answer_request(
                 serde_json::json!({"error": "refused", "message": "refused"}).to_string(),
             )
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ed25519_dalek::SigningKey;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const LOCALHOST: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+    /// How long a test waits for what it expects before it fails.
+    const WAIT: Duration = Duration::from_secs(10);
+
+    /// A port that was free a moment ago.
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind((LOCALHOST, 0))
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port()
+    }
+
+    /// A gateway that opens forwarded ports on 127.0.0.1 from `range`, with `window`.
+    fn gateway(range: (u16, u16), window: Duration) -> (Arc<Gateway>, SigningKey) {
+        let key = SigningKey::from_bytes(&[9; 32]);
+        let settings = super::super::GatewaySettings {
+            allowed_ports: "1024-65535".parse().expect("ports"),
+            threads: 1,
+            ..Default::default()
+        };
+        let gateway =
+            Gateway::new(settings, key.verifying_key()).with_forwarding(ForwardSettings {
+                range,
+                bind: LOCALHOST,
+                window,
+            });
+        (Arc::new(gateway), key)
+    }
+
+    /// An echo "desktop".
+    async fn desktop() -> SocketAddr {
+        let listener = TcpListener::bind((LOCALHOST, 0)).await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let (mut r, mut w) = conn.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                });
+            }
+        });
+        addr
+    }
+
+    /// A ticket for `session` to `desktop`, for 127.0.0.1, valid for `ttl` seconds.
+    fn ticket(key: &SigningKey, session: &str, desktop: SocketAddr, ttl: i64) -> String {
+        Ticket {
+            session: session.into(),
+            user: "alice".into(),
+            host: desktop.ip().to_string(),
+            port: desktop.port(),
+            client: Some(LOCALHOST),
+            expires: Utc::now().timestamp() + ttl,
+        }
+        .sign(key)
+    }
+
+    fn listed(gateway: &Gateway, port: u16) -> bool {
+        gateway
+            .report()
+            .iter()
+            .any(|t| t.kind == Kind::ForwardedPort(port))
+    }
+
+    /// The window runs again once the port's last connection ends: a port nobody uses any
+    /// more is given back, not held until the session ends.
+    #[tokio::test]
+    async fn a_used_port_is_given_back_a_window_after_its_last_connection_ends() {
+        let port = free_port();
+        let (gateway, key) = gateway((port, port), Duration::from_millis(200));
+        let desktop = desktop().await;
+        let forward = gateway
+            .open_forward(&ticket(&key, "s1", desktop, 60), LOCALHOST)
+            .await
+            .expect("opened");
+        assert_eq!(forward.port, port);
+
+        let mut conn = TcpStream::connect((LOCALHOST, port))
+            .await
+            .expect("connect");
+        conn.write_all(b"ping").await.expect("write");
+        let mut echoed = [0u8; 4];
+        conn.read_exact(&mut echoed)
+            .await
+            .expect("the desktop answers");
+        assert_eq!(&echoed, b"ping");
+        drop(conn);
+
+        // Polled: the port leaves the registry, and then its socket is closed.
+        let given_back = tokio::time::timeout(WAIT, async {
+            while listed(&gateway, port) || std::net::TcpListener::bind((LOCALHOST, port)).is_err()
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        assert!(
+            given_back.is_ok(),
+            "port {port} is still held: {:?}",
+            gateway.report()
+        );
+    }
+
+    /// Accepts that fail at once, again and again.
+    #[derive(Default)]
+    struct Failing {
+        calls: std::sync::atomic::AtomicUsize,
+    }
+
+    impl Accept for Failing {
+        fn poll_accept(&self, _: &mut Context<'_>) -> Poll<io::Result<(TcpStream, SocketAddr)>> {
+            // Bounded, so that a loop that spins ends (and fails the test) instead of hanging.
+            if self.calls.fetch_add(1, Ordering::Relaxed) < 10_000 {
+                Poll::Ready(Err(io::Error::other("too many open files")))
+            } else {
+                Poll::Pending
+            }
+        }
+    }
+
+    /// A failing accept (out of file descriptors and the like) is followed by a pause, as on
+    /// the main listener, instead of a loop that spins on the error.
+    #[tokio::test(start_paused = true)]
+    async fn a_forwarded_port_pauses_after_a_failed_accept() {
+        let (gateway, _) = gateway((1, 1), Duration::from_secs(1));
+        let ticket = Ticket {
+            session: "s1".into(),
+            user: "alice".into(),
+            host: "127.0.0.1".into(),
+            port: 3389,
+            client: Some(LOCALHOST),
+            expires: Utc::now().timestamp() + 60,
+        };
+        let key = ForwardKey {
+            session: "s1".into(),
+            target: "127.0.0.1:3389".into(),
+            client: LOCALHOST,
+        };
+        let guard = gateway
+            .register_port(ticket.clone(), LOCALHOST, 1)
+            .expect("the port");
+        let failing = Failing::default();
+        // Paused time: the window (nobody connected) ends it.
+        gateway
+            .serve_forward(&failing, 1, &key, ticket, LOCALHOST, guard)
+            .await;
+        let calls = failing.calls.load(Ordering::Relaxed);
+        assert!(calls < 100, "{calls} accepts tried within one window");
+    }
+
+    /// One ticket (or another for the same session, desktop and client) asked for again while
+    /// its port is open gets that port, instead of taking the range one port at a time.
+    #[tokio::test]
+    async fn asking_again_for_the_same_session_desktop_and_client_gets_the_same_port() {
+        let port = free_port();
+        let (gateway, key) = gateway((port, port), Duration::from_secs(600));
+        let desktop = desktop().await;
+        let ticket = ticket(&key, "s1", desktop, 60);
+        let first = gateway
+            .open_forward(&ticket, LOCALHOST)
+            .await
+            .expect("opened");
+        assert_eq!(first.port, port);
+        for _ in 0..3 {
+            let again = gateway
+                .open_forward(&ticket, LOCALHOST)
+                .await
+                .expect("the same port");
+            assert_eq!(again, first);
+        }
+        // A later ticket of the same session (the broker asked again).
+        let renewed = super::tests::ticket(&key, "s1", desktop, 120);
+        assert_ne!(renewed, ticket);
+        assert_eq!(
+            gateway
+                .open_forward(&renewed, LOCALHOST)
+                .await
+                .expect("the same port"),
+            first
+        );
+        // Another session does not share it (and the one-port range is taken).
+        let theirs = super::tests::ticket(&key, "s2", desktop, 60);
+        assert!(matches!(
+            gateway.open_forward(&theirs, LOCALHOST).await,
+            Err(ForwardError::Exhausted(..))
+        ));
+        let ports = gateway
+            .report()
+            .iter()
+            .filter(|t| matches!(t.kind, Kind::ForwardedPort(_)))
+            .count();
+        assert_eq!(ports, 1, "{:?}", gateway.report());
     }
 }

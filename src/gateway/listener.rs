@@ -5,7 +5,10 @@
 //! [`HEALTH_PATH`] (a load balancer asks whether this gateway is up).
 //!
 //! Every step up to the first request head runs in the connection's own task under the
-//! handshake timeout; the number of open connections is capped. The certificate comes from a
+//! handshake timeout; the number of open connections is capped. A console or API connection
+//! ends when both sides have closed, or when one has and the other then stays silent for
+//! [`AFTER_ONE_SIDE_ENDS`](super::pump::AFTER_ONE_SIDE_ENDS), so that a client that read its
+//! answer and went quiet does not hold a connection for ever. The certificate comes from a
 //! resolver that reloads, so a new certificate never drops open tunnels.
 //!
 //! The HTTP backend inside `gatehouse serve` is the console (actix-web) on a Unix socket in the
@@ -23,13 +26,17 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::{TcpListener, TcpStream, UnixStream};
+use tokio::net::{TcpListener, TcpStream, UnixSocket, UnixStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::time::{Instant, timeout_at};
 
 use super::Gateway;
 use super::tunnel::{self, Head, bare_response};
 use crate::model::location::{self, ProxyError};
+
+/// After a failed accept (out of file descriptors and the like), listeners wait this long
+/// before they try again, instead of spinning on the error.
+pub(crate) const ACCEPT_PAUSE: Duration = Duration::from_millis(50);
 
 /// A request head may be at most this long.
 const MAX_HEAD: usize = 16 * 1024;
@@ -88,7 +95,7 @@ impl FrontDoor {
                 Err(e) => {
                     // Out of file descriptors and the like: wait a moment instead of spinning.
                     tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    tokio::time::sleep(ACCEPT_PAUSE).await;
                     continue;
                 }
             };
@@ -224,10 +231,15 @@ impl FrontDoor {
                     peer: client,
                     secure,
                 };
-                match connect_local(socket, &origin) {
+                match connect_local(socket, &origin, self.gateway.settings.connect_timeout).await {
                     Ok(mut backend) => {
                         if backend.write_all(&buf).await.is_ok() {
-                            let _ = tokio::io::copy_bidirectional(&mut s, &mut backend).await;
+                            let _ = super::pump::relay(
+                                &mut s,
+                                &mut backend,
+                                super::pump::AFTER_ONE_SIDE_ENDS,
+                            )
+                            .await;
                         }
                     }
                     Err(e) => {
@@ -239,7 +251,9 @@ impl FrontDoor {
                 }
             }
             Backend::Upstream(upstream) => {
-                upstream.forward(s, &head, buf, client, secure).await;
+                upstream
+                    .forward(s, &head, buf, client, secure, deadline)
+                    .await;
                 return;
             }
             Backend::None => {
@@ -407,16 +421,27 @@ impl Origin {
     }
 }
 
-/// Connects to the console socket from an abstract address that names the origin.
-fn connect_local(socket: &Path, origin: &Origin) -> io::Result<UnixStream> {
-    use socket2::{Domain, SockAddr, Socket, Type};
-    let s = Socket::new(Domain::UNIX, Type::STREAM, None)?;
-    s.bind(&SockAddr::unix(origin.socket_name())?)?;
-    s.connect(&SockAddr::unix(socket)?)?;
-    s.set_nonblocking(true)?;
-    UnixStream::from_std(std::os::unix::net::UnixStream::from(
-        std::os::fd::OwnedFd::from(s),
-    ))
+/// Connects to the console socket from an abstract address that names the origin, without
+/// blocking the thread: the socket is non-blocking before it connects. While the console's
+/// backlog is full, it tries again, with growing pauses, for up to `patience`.
+async fn connect_local(
+    socket: &Path,
+    origin: &Origin,
+    patience: Duration,
+) -> io::Result<UnixStream> {
+    let give_up = Instant::now() + patience;
+    let mut pause = Duration::from_millis(5);
+    loop {
+        let s = UnixSocket::new_stream()?;
+        s.bind(origin.socket_name())?;
+        match s.connect(socket).await {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && Instant::now() + pause < give_up => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(200));
+            }
+            connected => return connected,
+        }
+    }
 }
 
 /// The console's socket lives in a private folder (mode 0700) made for this process: under
@@ -581,5 +606,75 @@ mod tests {
             Origin::from_socket_name(b"something-else/1/2/tls/1.2.3.4:5"),
             None
         );
+    }
+
+    /// A console whose backlog is full does not stall the worker thread that connects to it:
+    /// the connection waits on the event loop, gives up after its patience, and connects with
+    /// its origin once there is room.
+    #[test]
+    fn a_full_console_backlog_does_not_block_the_thread() {
+        use socket2::{Domain, SockAddr, Socket, Type};
+        let dir = tempfile_dir::Dir::new_in(&std::env::temp_dir()).expect("folder");
+        let path = dir.path().join("console.sock");
+        // A console that accepts nothing yet, with the smallest backlog.
+        let console = Socket::new(Domain::UNIX, Type::STREAM, None).expect("socket");
+        console
+            .bind(&SockAddr::unix(&path).expect("address"))
+            .expect("bind");
+        console.listen(0).expect("listen");
+        let mut waiting = Vec::new();
+        loop {
+            let s = Socket::new(Domain::UNIX, Type::STREAM, None).expect("socket");
+            s.set_nonblocking(true).expect("non-blocking");
+            match s.connect(&SockAddr::unix(&path).expect("address")) {
+                Ok(()) => waiting.push(s),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("filling the backlog: {e}"),
+            }
+            assert!(waiting.len() < 100, "the backlog never fills");
+        }
+        let origin = Origin {
+            peer: "192.0.2.7:5123".parse().expect("addr"),
+            secure: true,
+        };
+        // On a thread of its own, so that a blocking connect fails the test instead of
+        // hanging it; its runtime's time is paused, so the patience passes at once.
+        let connect = || {
+            let path = path.clone();
+            {
+                let (tx, rx) = std::sync::mpsc::channel();
+                std::thread::spawn(move || {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .start_paused(true)
+                        .build()
+                        .expect("runtime");
+                    let connected = runtime.block_on(async {
+                        let stream = connect_local(&path, &origin, Duration::from_secs(10)).await?;
+                        stream.into_std()
+                    });
+                    let _ = tx.send(connected);
+                });
+                rx.recv_timeout(Duration::from_secs(10))
+                    .expect("connect_local blocked its thread")
+            }
+        };
+        let full = connect();
+        assert_eq!(
+            full.map(|_| ()).map_err(|e| e.kind()),
+            Err(io::ErrorKind::WouldBlock)
+        );
+        // Room again: the console takes the waiting ones.
+        console.set_nonblocking(false).expect("blocking");
+        for _ in &waiting {
+            console.accept().expect("accept");
+        }
+        drop(waiting);
+        let _client = connect().expect("connects once there is room");
+        let (_accepted, peer) = console.accept().expect("accept");
+        let seen = peer
+            .as_abstract_namespace()
+            .and_then(Origin::from_socket_name);
+        assert_eq!(seen, Some(origin), "the console sees the client's origin");
     }
 }

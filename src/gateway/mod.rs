@@ -2,7 +2,10 @@
 //! authorised by broker-signed tickets so that it is never an open proxy.
 //!
 //! - [`Gateway`] holds what every tunnel is checked against (the broker's public key, the
-//!   allowed ports, the sessions the broker ended) and the registry of open tunnels.
+//!   allowed ports, the sessions the broker ended) and the registry of open tunnels. The ended
+//!   sessions live under the registry's lock: registering a tunnel (or a forwarded port, or a
+//!   connection through one) checks them again, so a session the broker ends between a
+//!   ticket's check and its tunnel's registration gets no tunnel.
 //! - [`listener`] is the front door: TCP accept, the PROXY protocol (v1, v2) from trusted proxies, TLS,
 //!   and the first request head, which decides between a tunnel and the HTTP backend.
 //! - [`tunnel`] checks a tunnel request and its ticket and opens the tunnel.
@@ -45,7 +48,7 @@ use crate::broker::Ticket;
 use crate::broker::connect::TicketError;
 use crate::model::location::Cidr;
 
-pub use pump::{End, Timers, TunnelShared};
+pub use pump::{Closing, End, Timers, TunnelShared};
 
 /// Ports a tunnel may reach, as ranges.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -143,7 +146,8 @@ pub struct GatewaySettings {
     pub max_tunnels_per_session: usize,
     /// TLS handshake and the first request head must complete within this.
     pub handshake_timeout: Duration,
-    /// Connecting to a desktop gives up after this.
+    /// Connecting to a desktop (or, while its backlog is full, to the console's socket) gives up
+    /// after this.
     pub connect_timeout: Duration,
     /// Load balancers whose PROXY header (v1 or v2) and `X-Forwarded-For` are believed.
     pub trusted_proxies: Vec<Cidr>,
@@ -235,9 +239,8 @@ pub struct Gateway {
     pub forward_settings: forward::ForwardSettings,
     forwards: forward::Forwards,
     key: RwLock<VerifyingKey>,
+    /// The open tunnels and the ended sessions, under one lock.
     open: Mutex<Registry>,
-    /// Sessions the broker ended, kept until their tickets could no longer be used.
-    ended: Mutex<HashMap<String, i64>>,
     next_id: AtomicU64,
     pub refused: AtomicU64,
     pub opened_total: AtomicU64,
@@ -253,7 +256,6 @@ impl Gateway {
             forwards: forward::Forwards::default(),
             key: RwLock::new(key),
             open: Mutex::new(Registry::default()),
-            ended: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             refused: AtomicU64::new(0),
             opened_total: AtomicU64::new(0),
@@ -335,19 +337,17 @@ impl Gateway {
         if !self.settings.allowed_ports.contains(ticket.port) {
             return Err(Refusal::Port(ticket.port));
         }
-        if self
-            .ended
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains_key(&ticket.session)
-        {
-            return Err(Refusal::SessionEnded);
-        }
+        self.registry().refuse_ended(&ticket.session)?;
         Ok(ticket)
     }
 
+    fn registry(&self) -> std::sync::MutexGuard<'_, Registry> {
+        self.open.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Records a tunnel about to open; it leaves the registry when the guard drops. Refused
-    /// when its session already holds `max_tunnels_per_session` tunnels.
+    /// when its session has ended (even since its ticket was checked) or already holds
+    /// `max_tunnels_per_session` tunnels.
     pub fn register(
         self: &Arc<Self>,
         ticket: Ticket,
@@ -365,7 +365,8 @@ impl Gateway {
         kind: Kind,
     ) -> Result<TunnelGuard, Refusal> {
         let limit = self.settings.max_tunnels_per_session;
-        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let mut open = self.registry();
+        open.refuse_ended(&ticket.session)?;
         if open.held(&ticket.session) >= limit {
             return Err(Refusal::TooManyTunnels(limit));
         }
@@ -373,10 +374,16 @@ impl Gateway {
     }
 
     /// Records a forwarded port waiting for its client: the session's port, not one of its
-    /// connections, so never refused.
-    fn register_port(self: &Arc<Self>, ticket: Ticket, client: IpAddr, port: u16) -> TunnelGuard {
-        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        self.enter(&mut open, ticket, client, Kind::ForwardedPort(port))
+    /// connections, so never refused for the session's limit; only when the session ended.
+    fn register_port(
+        self: &Arc<Self>,
+        ticket: Ticket,
+        client: IpAddr,
+        port: u16,
+    ) -> Result<TunnelGuard, Refusal> {
+        let mut open = self.registry();
+        open.refuse_ended(&ticket.session)?;
+        Ok(self.enter(&mut open, ticket, client, Kind::ForwardedPort(port)))
     }
 
     fn enter(
@@ -409,20 +416,18 @@ impl Gateway {
     /// The broker ended a session: close its tunnels and refuse its tickets from now on.
     /// Returns how many tunnels were closed.
     pub fn end_session(&self, session: &str, ticket_expiry: i64) -> usize {
-        {
-            let mut ended = self.ended.lock().unwrap_or_else(|p| p.into_inner());
-            let now = Utc::now().timestamp();
-            ended.retain(|_, until| *until > now);
-            ended.insert(session.to_string(), ticket_expiry);
-        }
-        let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        // Under the one lock registrations take: none slips in between.
+        let mut open = self.registry();
+        let now = Utc::now().timestamp();
+        open.ended.retain(|_, until| *until > now);
+        open.ended.insert(session.to_string(), ticket_expiry);
         let mut closed = 0;
         for t in open
             .tunnels
             .values()
             .filter(|t| t.ticket.session == session)
         {
-            t.shared.close();
+            t.shared.close(Closing::SessionEnded);
             closed += 1;
         }
         closed
@@ -437,7 +442,7 @@ impl Gateway {
             .tunnels
             .values()
         {
-            t.shared.close();
+            t.shared.close(Closing::Shutdown);
         }
     }
 
@@ -490,14 +495,24 @@ impl Drop for TunnelGuard {
 }
 
 /// The open tunnels by id, and how many each session holds (forwarded ports waiting for their
-/// client are listed, not counted: they are the session's port, not a connection).
+/// client are listed, not counted: they are the session's port, not a connection); and the
+/// sessions the broker ended.
 #[derive(Default)]
 struct Registry {
     tunnels: HashMap<u64, OpenTunnel>,
     per_session: HashMap<String, usize>,
+    /// Sessions the broker ended, kept until their tickets could no longer be used.
+    ended: HashMap<String, i64>,
 }
 
 impl Registry {
+    fn refuse_ended(&self, session: &str) -> Result<(), Refusal> {
+        if self.ended.contains_key(session) {
+            return Err(Refusal::SessionEnded);
+        }
+        Ok(())
+    }
+
     fn counts(kind: Kind) -> bool {
         !matches!(kind, Kind::ForwardedPort(_))
     }
@@ -627,6 +642,37 @@ mod tests {
         assert_eq!(gw.open_count(), 0);
     }
 
+    /// The broker ends a session after a tunnel's ticket was checked but before the tunnel is
+    /// registered: the registration is refused, for tunnels and forwarded connections alike,
+    /// so that no tunnel of an ended session stays open.
+    #[test]
+    fn a_session_ended_between_check_and_registration_is_refused() {
+        let key = SigningKey::from_bytes(&[7; 32]);
+        let gw = Arc::new(Gateway::new(
+            GatewaySettings::default(),
+            key.verifying_key(),
+        ));
+        let client: IpAddr = "192.0.2.9".parse().expect("ip");
+        let now = Utc::now();
+        let text = ticket(3389, Some(client)).sign(&key);
+        let checked = gw.check(Some(&text), client, None, now).expect("checked");
+        assert_eq!(gw.end_session("s1", now.timestamp() + 60), 0);
+        assert_eq!(
+            gw.register(checked.clone(), client).err(),
+            Some(Refusal::SessionEnded)
+        );
+        assert_eq!(
+            gw.register_counted(checked.clone(), client, Kind::Forwarded(20001))
+                .err(),
+            Some(Refusal::SessionEnded)
+        );
+        assert_eq!(
+            gw.register_port(checked, client, 20001).err(),
+            Some(Refusal::SessionEnded)
+        );
+        assert_eq!(gw.open_count(), 0);
+    }
+
     #[test]
     fn a_session_holds_at_most_its_limit_of_tunnels() {
         let key = SigningKey::from_bytes(&[7; 32]);
@@ -642,7 +688,9 @@ mod tests {
         };
         let of = |s: &str, kind: Kind| gw.register_counted(session(s), client, kind);
         // A forwarded port waiting for its client is the session's, not one of its connections.
-        let port = gw.register_port(session("s1"), client, 20001);
+        let port = gw
+            .register_port(session("s1"), client, 20001)
+            .expect("the port");
         let first = of("s1", Kind::Tunnel).expect("first");
         let second = of("s1", Kind::Forwarded(20001)).expect("second");
         assert_eq!(

@@ -10,13 +10,22 @@
 //!   slow reader slows its writer instead of growing memory.
 //! - Keepalive pings, a pong timeout, an idle-data cap, and the broker's "session ended"
 //!   signal all end a tunnel with a close frame.
+//! - The close frame's code says why (RFC 6455 section 7.4.1; [`End::close_code`]):
+//!   - 1000 (normal closure): the desktop ended its stream, or the client's own close is
+//!     answered; the tunnel did what it was opened for.
+//!   - 1001 (going away): the gateway stops, a ping went unanswered within the pong timeout,
+//!     or no data moved for the idle cap: this end gives the connection up.
+//!   - 1008 (policy violation): the broker ended the session; its tunnels may no longer be
+//!     used.
+//!   - 1002 (protocol error): a frame broke RFC 6455 (unmasked from a client, reserved bits,
+//!     an unknown opcode, …); the close frame goes out before the connection is dropped.
 //! - Half-close: a close frame from one side shuts down the other side's write direction;
 //!   the tunnel ends when both directions are closed.
 
 use std::cell::RefCell;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -74,8 +83,18 @@ pub(crate) mod pool {
 pub struct TunnelShared {
     pub bytes_up: AtomicU64,
     pub bytes_down: AtomicU64,
-    closed: AtomicBool,
+    /// 0 while open, else the [`Closing`] reason.
+    closed: AtomicU8,
     waker: AtomicWaker,
+}
+
+/// Why the gateway closes a tunnel from outside it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Closing {
+    /// The broker ended the tunnel's session.
+    SessionEnded = 1,
+    /// The gateway is stopping.
+    Shutdown = 2,
 }
 
 impl Default for TunnelShared {
@@ -83,17 +102,28 @@ impl Default for TunnelShared {
         Self {
             bytes_up: AtomicU64::new(0),
             bytes_down: AtomicU64::new(0),
-            closed: AtomicBool::new(false),
+            closed: AtomicU8::new(0),
             waker: AtomicWaker::new(),
         }
     }
 }
 
 impl TunnelShared {
-    /// Ends the tunnel (the broker ended its session, or the gateway stops).
-    pub fn close(&self) {
-        self.closed.store(true, Ordering::Release);
+    /// Ends the tunnel, for `why`; the first reason given stays.
+    pub fn close(&self, why: Closing) {
+        let _ = self
+            .closed
+            .compare_exchange(0, why as u8, Ordering::AcqRel, Ordering::Acquire);
         self.waker.wake();
+    }
+
+    /// Why the tunnel was closed from outside, if it was.
+    pub fn closing(&self) -> Option<Closing> {
+        match self.closed.load(Ordering::Acquire) {
+            0 => None,
+            1 => Some(Closing::SessionEnded),
+            _ => Some(Closing::Shutdown),
+        }
     }
 
     /// Wakes this task when the tunnel is closed (one task per tunnel).
@@ -102,7 +132,7 @@ impl TunnelShared {
     }
 
     pub fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::Acquire)
+        self.closing().is_some()
     }
 }
 
@@ -136,12 +166,35 @@ pub enum End {
     Closed,
     /// The client went away without a close frame.
     ClientGone,
-    /// The broker ended the session (or the gateway is stopping).
+    /// The broker ended the session.
     SessionEnded,
+    /// The gateway is stopping.
+    Shutdown,
     /// A ping went unanswered.
     PongTimeout,
     /// No data moved for the idle cap.
     Idle,
+}
+
+impl End {
+    /// The close code (RFC 6455 section 7.4.1) the gateway sends when a tunnel ends this way
+    /// from its side: see the module documentation.
+    pub fn close_code(self) -> u16 {
+        match self {
+            End::Closed => 1000,
+            End::SessionEnded => 1008,
+            End::Shutdown | End::PongTimeout | End::Idle | End::ClientGone => 1001,
+        }
+    }
+}
+
+impl From<Closing> for End {
+    fn from(why: Closing) -> End {
+        match why {
+            Closing::SessionEnded => End::SessionEnded,
+            Closing::Shutdown => End::Shutdown,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -213,6 +266,7 @@ where
         last_data: now,
         abort_deadline: None,
         end: None,
+        broken: None,
     };
     if !leftover.is_empty() {
         let mut buf = pool::take();
@@ -275,6 +329,8 @@ struct Pump<'a, C> {
     /// After an abort: give up on a clean close after this.
     abort_deadline: Option<Instant>,
     end: Option<End>,
+    /// The client broke the protocol: the tunnel ends with this error, after its close frame.
+    broken: Option<FrameError>,
 }
 
 impl<C> Pump<'_, C>
@@ -287,21 +343,21 @@ where
 
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Result<End, PumpError>> {
         self.shared.waker.register(cx.waker());
-        if self.shared.is_closed() && self.end.is_none() {
-            self.abort(End::SessionEnded);
+        if let Some(why) = self.shared.closing()
+            && self.end.is_none()
+        {
+            self.abort(End::from(why));
         }
         loop {
             let mut progress = self.poll_timers(cx);
-            if let Some(end) = self.end
-                && self.abort_deadline.is_some_and(|d| Instant::now() >= d)
-            {
-                return Poll::Ready(Ok(end));
+            if self.end.is_some() && self.abort_deadline.is_some_and(|d| Instant::now() >= d) {
+                return Poll::Ready(self.outcome());
             }
             progress |= self.poll_write_ws(cx)?;
             if self.finished() {
                 return match Pin::new(&mut *self.ws).poll_shutdown(cx) {
                     Poll::Pending => Poll::Pending,
-                    Poll::Ready(_) => Poll::Ready(Ok(self.end.unwrap_or(End::Closed))),
+                    Poll::Ready(_) => Poll::Ready(self.outcome()),
                 };
             }
             if self.end.is_none() {
@@ -326,10 +382,22 @@ where
             && !self.need_flush
     }
 
-    /// Ends the tunnel from this side: a close frame, nothing more.
+    /// How the tunnel ended, once it has.
+    fn outcome(&mut self) -> Result<End, PumpError> {
+        match self.broken.take() {
+            Some(e) => Err(PumpError::Protocol(e)),
+            None => Ok(self.end.unwrap_or(End::Closed)),
+        }
+    }
+
+    /// Ends the tunnel from this side: a close frame with the end's code, nothing more.
     fn abort(&mut self, end: End) {
+        self.abort_with(end, end.close_code());
+    }
+
+    fn abort_with(&mut self, end: End, code: u16) {
         self.end = Some(end);
-        self.queue_close(1000);
+        self.queue_close(code);
         self.abort_deadline = Some(Instant::now() + Duration::from_secs(5));
     }
 
@@ -556,8 +624,12 @@ where
                 self.tcp_write_shut = true;
                 progress = true;
             }
+            if self.end.is_some() {
+                // The client broke the protocol: nothing more is read from it.
+                return Ok(true);
+            }
             if self.in_pos < self.in_end {
-                self.process_in()?;
+                self.process_in();
                 progress = true;
                 continue;
             }
@@ -603,11 +675,11 @@ where
 
     /// Consumes buffered client bytes: a header, control payload, or a data chunk (which
     /// becomes `to_tcp`).
-    fn process_in(&mut self) -> Result<(), PumpError> {
+    fn process_in(&mut self) {
         let role = self.role;
         let Some(buf) = self.in_buf.as_deref_mut() else {
             self.in_pos = self.in_end;
-            return Ok(());
+            return;
         };
         let avail = self.in_end - self.in_pos;
         let Some(mut frame) = self.frame else {
@@ -616,8 +688,12 @@ where
                 .copy_from_slice(&buf[self.in_pos..self.in_pos + take]);
             match ws::parse_header(&self.hdr[..self.hdr_len + take], role) {
                 Err(e) => {
-                    self.end = Some(End::Closed);
-                    return Err(PumpError::Protocol(e));
+                    // Answered with the error's close code (RFC 6455 section 7.1.7), then the
+                    // tunnel ends with the error.
+                    self.in_pos = self.in_end;
+                    self.abort_with(End::Closed, e.close_code());
+                    self.broken = Some(e);
+                    return;
                 }
                 Ok(None) => {
                     self.hdr_len += take;
@@ -640,7 +716,7 @@ where
                     }
                 }
             }
-            return Ok(());
+            return;
         };
         let chunk = (avail as u64).min(frame.remaining) as usize;
         let (start, end) = (self.in_pos, self.in_pos + chunk);
@@ -665,7 +741,6 @@ where
         } else {
             self.frame = Some(frame);
         }
-        Ok(())
     }
 
     fn frame_done(&mut self, frame: InFrame) {
@@ -720,8 +795,8 @@ pub async fn run_raw(
     ));
     let result = std::future::poll_fn(|cx| {
         shared.waker.register(cx.waker());
-        if shared.is_closed() {
-            return Poll::Ready(Ok(End::SessionEnded));
+        if let Some(why) = shared.closing() {
+            return Poll::Ready(Ok(End::from(why)));
         }
         loop {
             let mut progress = false;
@@ -762,7 +837,79 @@ pub async fn run_raw(
     result
 }
 
+/// After one direction of a relayed connection ended, how long the other may go without moving
+/// a byte before the connection is dropped: a client that read its answer and stays silent
+/// after the backend closed must not hold one of the gateway's connections for ever.
+pub const AFTER_ONE_SIDE_ENDS: Duration = Duration::from_secs(5);
+
+/// Relays a console or broker connection (`a` the client, `b` the backend) both ways, with the
+/// same pooled buffers as a forwarded port, passing each side's end on as a half-close. It ends
+/// when both directions have ended, or when one has and the other then moves nothing for
+/// `grace` (a `TimedOut` error).
+pub async fn relay<A, B>(a: &mut A, b: &mut B, grace: Duration) -> io::Result<()>
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut up = RawHalf::default();
+    let mut down = RawHalf::default();
+    let moved = AtomicU64::new(0);
+    let mut last_moved = Instant::now();
+    let mut grace_timer: Option<Pin<Box<Sleep>>> = None;
+    let result = std::future::poll_fn(|cx| {
+        loop {
+            let mut progress = false;
+            match up.poll(cx, &mut *a, &mut *b, &moved) {
+                Poll::Ready(Ok(m)) => progress |= m,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {}
+            }
+            match down.poll(cx, &mut *b, &mut *a, &moved) {
+                Poll::Ready(Ok(m)) => progress |= m,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e.swap())),
+                Poll::Pending => {}
+            }
+            if up.done && down.done {
+                return Poll::Ready(Ok(()));
+            }
+            if progress {
+                last_moved = Instant::now();
+                continue;
+            }
+            if up.done || down.done {
+                let deadline = last_moved + grace;
+                if Instant::now() >= deadline {
+                    return Poll::Ready(Err(PumpError::Client(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "one side ended and the other stayed silent",
+                    ))));
+                }
+                let timer =
+                    grace_timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                if timer.deadline() != deadline {
+                    timer.as_mut().reset(deadline);
+                }
+                if timer.as_mut().poll(cx).is_ready() {
+                    continue;
+                }
+            }
+            return Poll::Pending;
+        }
+    })
+    .await;
+    up.release();
+    down.release();
+    result.map_err(PumpError::into_io)
+}
+
 impl PumpError {
+    fn into_io(self) -> io::Error {
+        match self {
+            PumpError::Client(e) | PumpError::Target(e) => e,
+            PumpError::Protocol(e) => io::Error::new(io::ErrorKind::InvalidData, e),
+        }
+    }
+
     /// For the desktop → client half, the roles of the two errors are the other way round.
     fn swap(self) -> PumpError {
         match self {
@@ -785,13 +932,17 @@ struct RawHalf {
 impl RawHalf {
     /// Moves what is readable now from `from` to `to`; `Ready(Ok(true))` when bytes moved or
     /// the state changed. Errors on `from` are `Client`, on `to` are `Target`.
-    fn poll(
+    fn poll<R, W>(
         &mut self,
         cx: &mut Context<'_>,
-        from: &mut TcpStream,
-        to: &mut TcpStream,
+        from: &mut R,
+        to: &mut W,
         counter: &AtomicU64,
-    ) -> Poll<Result<bool, PumpError>> {
+    ) -> Poll<Result<bool, PumpError>>
+    where
+        R: AsyncRead + Unpin + ?Sized,
+        W: AsyncWrite + Unpin + ?Sized,
+    {
         let mut progress = false;
         loop {
             if self.done {
@@ -868,6 +1019,188 @@ fn ready_or_pending(progress: bool) -> Poll<Result<bool, PumpError>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A backend answers and closes; the client reads the answer (and the end of it) but
+    /// neither sends nor closes. The relay still ends, after the grace, instead of holding
+    /// the connection for ever.
+    #[tokio::test(start_paused = true)]
+    async fn a_relay_ends_when_one_side_ended_and_the_other_stays_silent() {
+        let (mut client, mut gateway_client) = tokio::io::duplex(4096);
+        let (mut gateway_backend, mut backend) = tokio::io::duplex(4096);
+        let relay = tokio::spawn(async move {
+            relay(
+                &mut gateway_client,
+                &mut gateway_backend,
+                AFTER_ONE_SIDE_ENDS,
+            )
+            .await
+        });
+        let request = b"GET / HTTP/1.1\r\nHost: gw\r\n\r\n";
+        client.write_all(request).await.expect("request");
+        let mut seen = vec![0u8; request.len()];
+        backend
+            .read_exact(&mut seen)
+            .await
+            .expect("the backend reads it");
+        assert_eq!(&seen, request);
+        let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+        backend.write_all(answer).await.expect("answer");
+        drop(backend);
+        let mut got = Vec::new();
+        client
+            .read_to_end(&mut got)
+            .await
+            .expect("the answer, then its end");
+        assert_eq!(got, answer);
+        // Paused time: an hour passes at once when nothing else can happen first.
+        let ended = tokio::time::timeout(Duration::from_secs(3600), relay).await;
+        assert!(ended.is_ok(), "the relay still holds the silent client");
+        // The gateway's side is gone: the client can no longer send.
+        assert!(client.write_all(b"more").await.is_err());
+    }
+
+    /// A connected pair of loopback TCP streams: the tunnel's side of a desktop, and the desktop.
+    async fn desktop_pair() -> (TcpStream, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (ours, theirs) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        (ours.expect("connect"), theirs.expect("accept").0)
+    }
+
+    /// The frames a server sent (unmasked), as (opcode, payload).
+    fn server_frames(mut bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
+        let mut frames = Vec::new();
+        while !bytes.is_empty() {
+            let h = ws::parse_header(bytes, Role::Client)
+                .expect("a valid frame")
+                .expect("a whole frame");
+            let end = h.header_len + h.len as usize;
+            frames.push((bytes[0] & 0x0f, bytes[h.header_len..end].to_vec()));
+            bytes = &bytes[end..];
+        }
+        frames
+    }
+
+    /// A client's masked binary frame.
+    fn client_frame(payload: &[u8]) -> Vec<u8> {
+        let mask = [1, 2, 3, 4];
+        let mut frame = vec![0x82, 0x80 | payload.len() as u8];
+        frame.extend_from_slice(&mask);
+        let start = frame.len();
+        frame.extend_from_slice(payload);
+        apply_mask(&mut frame[start..], mask, 0);
+        frame
+    }
+
+    fn close(code: u16) -> (u8, Vec<u8>) {
+        (0x8, code.to_be_bytes().to_vec())
+    }
+
+    const QUIET: Timers = Timers {
+        keepalive: None,
+        pong_timeout: Duration::from_secs(10),
+        idle: None,
+    };
+
+    /// A client frame that breaks the protocol (here: not masked, RFC 6455 section 5.1) is
+    /// answered with a close frame carrying the error's code (1002) before the connection ends.
+    #[tokio::test]
+    async fn a_frame_that_breaks_the_protocol_is_answered_with_its_close_code() {
+        let (mut client, mut ws) = tokio::io::duplex(64 * 1024);
+        let (mut tcp, _desktop) = desktop_pair().await;
+        let shared = TunnelShared::default();
+        let shared = &shared;
+        let pump = async move {
+            let result = run(&mut ws, &mut tcp, &[], Role::Server, QUIET, shared).await;
+            drop(ws);
+            result
+        };
+        let talk = async {
+            client
+                .write_all(&[0x82, 0x03, b'a', b'b', b'c'])
+                .await
+                .expect("write");
+            let mut got = Vec::new();
+            client.read_to_end(&mut got).await.expect("read");
+            got
+        };
+        let (result, got) = tokio::join!(pump, talk);
+        assert_eq!(server_frames(&got), [close(1002)]);
+        assert!(
+            matches!(result, Err(PumpError::Protocol(FrameError::Unmasked))),
+            "{result:?}"
+        );
+    }
+
+    /// A tunnel closed because the broker ended its session says 1008 (policy), one closed
+    /// because the gateway stops says 1001 (going away).
+    #[tokio::test]
+    async fn a_tunnel_closed_from_outside_says_why_in_its_close_code() {
+        for (why, code) in [(Closing::SessionEnded, 1008), (Closing::Shutdown, 1001)] {
+            let (mut client, mut ws) = tokio::io::duplex(64 * 1024);
+            let (mut tcp, mut desktop) = desktop_pair().await;
+            let shared = TunnelShared::default();
+            let shared = &shared;
+            let pump = async move {
+                let result = run(&mut ws, &mut tcp, &[], Role::Server, QUIET, shared).await;
+                drop(ws);
+                result
+            };
+            let talk = async {
+                client.write_all(&client_frame(b"hi")).await.expect("write");
+                let mut seen = [0u8; 2];
+                desktop
+                    .read_exact(&mut seen)
+                    .await
+                    .expect("the desktop reads");
+                assert_eq!(&seen, b"hi");
+                shared.close(why);
+                let mut got = Vec::new();
+                client.read_to_end(&mut got).await.expect("read");
+                got
+            };
+            let (result, got) = tokio::join!(pump, talk);
+            assert_eq!(server_frames(&got), [close(code)], "{why:?}");
+            assert_eq!(result.expect("ended"), End::from(why));
+        }
+    }
+
+    /// The idle cap and an unanswered ping close with 1001 (going away): the gateway gives the
+    /// connection up; its purpose was not fulfilled (1000).
+    #[tokio::test(start_paused = true)]
+    async fn idle_and_unanswered_pings_close_with_going_away() {
+        let idle = Timers {
+            idle: Some(Duration::from_secs(60)),
+            ..QUIET
+        };
+        let pinging = Timers {
+            keepalive: Some(Duration::from_secs(30)),
+            ..QUIET
+        };
+        for (timers, end) in [(idle, End::Idle), (pinging, End::PongTimeout)] {
+            let (mut client, mut ws) = tokio::io::duplex(64 * 1024);
+            let (mut tcp, _desktop) = desktop_pair().await;
+            let shared = TunnelShared::default();
+            let shared = &shared;
+            let pump = async move {
+                let result = run(&mut ws, &mut tcp, &[], Role::Server, timers, shared).await;
+                drop(ws);
+                result
+            };
+            let talk = async {
+                let mut got = Vec::new();
+                client.read_to_end(&mut got).await.expect("read");
+                got
+            };
+            let (result, got) = tokio::join!(pump, talk);
+            let frames = server_frames(&got);
+            assert_eq!(frames.last(), Some(&close(1001)), "{end:?}: {frames:?}");
+            assert_eq!(result.expect("ended"), end);
+        }
+    }
 
     #[test]
     fn a_full_outgoing_frame_is_exactly_one_buffer() {

@@ -4,10 +4,14 @@
 //! Each request is sent upstream with the client's address appended to `X-Forwarded-For`
 //! (list the gateway in the broker's `server.trusted_proxies` so it believes it),
 //! `X-Forwarded-Proto` and `X-Forwarded-Host`, and `Connection: close`, so that every request
-//! on a client connection gets its own header. Hop-by-hop headers are not passed on.
+//! on a client connection gets its own header. Hop-by-hop headers are not passed on. Once the
+//! broker has closed its side (or the client its own), the other side gets
+//! [`AFTER_ONE_SIDE_ENDS`](super::pump::AFTER_ONE_SIDE_ENDS) without a byte before the
+//! connection is dropped.
 //!
 //! With a flexVDI configuration, the upstream is chosen per user: a JSON request body's
-//! `username` is looked up with [`ManagerRouter`] and the request goes to that user's manager.
+//! `username` is looked up with [`ManagerRouter`] and the request goes to that user's manager;
+//! that body must arrive within the handshake timeout, like the head.
 
 use std::io;
 use std::net::SocketAddr;
@@ -16,6 +20,7 @@ use std::sync::Arc;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 use super::client::{Trust, tls_connector};
 use super::flexvdi::ManagerRouter;
@@ -74,6 +79,8 @@ impl Upstream {
     }
 
     /// Passes one request (and its response) on; `buf` holds the head and any body bytes read.
+    /// `deadline` is the connection's handshake deadline: a body read to route the request
+    /// must come within it too.
     pub async fn forward<S>(
         &self,
         mut client: S,
@@ -81,6 +88,7 @@ impl Upstream {
         mut buf: Vec<u8>,
         peer: SocketAddr,
         secure: bool,
+        deadline: Instant,
     ) where
         S: AsyncRead + AsyncWrite + Unpin,
     {
@@ -92,12 +100,21 @@ impl Upstream {
                 .and_then(|l| l.trim().parse::<usize>().ok())
                 .filter(|l| *l <= MAX_ROUTED_BODY)
         {
-            while body.len() < len {
-                let mut chunk = [0u8; 4096];
-                match client.read(&mut chunk).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => body.extend_from_slice(&chunk[..n]),
+            // Like the head, the body read to route the request comes within the deadline.
+            let read = tokio::time::timeout_at(deadline, async {
+                while body.len() < len {
+                    let mut chunk = [0u8; 4096];
+                    match client.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return false,
+                        Ok(n) => body.extend_from_slice(&chunk[..n]),
+                    }
                 }
+                true
+            })
+            .await;
+            if !matches!(read, Ok(true)) {
+                tracing::debug!(%peer, "the request's body did not come in time");
+                return;
             }
             if let Some(user) = serde_json::from_slice::<serde_json::Value>(&body)
                 .ok()
@@ -169,7 +186,7 @@ where
     up.write_all(request).await?;
     up.write_all(body).await?;
     up.flush().await?;
-    tokio::io::copy_bidirectional(client, up).await.map(|_| ())
+    super::pump::relay(client, up, super::pump::AFTER_ONE_SIDE_ENDS).await
 }
 
 /// Hop-by-hop headers (RFC 9110 section 7.6.1) and the ones the gateway sets itself.
@@ -249,6 +266,29 @@ mod tests {
         assert!(out.contains("content-length: 2\r\n"));
         assert!(out.ends_with("connection: close\r\n\r\n"));
         assert!(!out.contains("keep-alive") && !out.contains("proto: http\r\n"));
+    }
+
+    /// A flexVDI request whose body never comes ends at the handshake deadline, instead of
+    /// holding its connection for ever.
+    #[tokio::test(start_paused = true)]
+    async fn a_routed_body_that_never_comes_ends_at_the_deadline() {
+        let upstream = Upstream::new("http://127.0.0.1:9", Trust::Insecure)
+            .expect("url")
+            .with_router(Arc::new(ManagerRouter::new("127.0.0.1", None)));
+        let raw =
+            b"POST /api/v1/client/login HTTP/1.1\r\nHost: gw\r\nContent-Length: 100\r\n\r\n{\"user";
+        let head = Head::parse(raw).expect("valid").expect("complete");
+        // The client sent part of its body and waits, its connection open.
+        let (mut client, gateway_side) = tokio::io::duplex(4096);
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        let peer = "203.0.113.7:5000".parse().expect("addr");
+        let forwarded = upstream.forward(gateway_side, &head, raw.to_vec(), peer, true, deadline);
+        // Paused time: an hour passes at once when nothing else can happen first.
+        let ended = tokio::time::timeout(std::time::Duration::from_secs(3600), forwarded).await;
+        assert!(ended.is_ok(), "the request was still waiting for its body");
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).await.expect("closed");
+        assert!(rest.is_empty(), "{rest:?}");
     }
 
     #[test]
