@@ -577,6 +577,14 @@ mod tests {
         }
     }
 
+    /// The broker's key, a gateway with `settings` that trusts it, and the client the tests
+    /// connect from.
+    fn gateway(settings: GatewaySettings) -> (SigningKey, Arc<Gateway>, IpAddr) {
+        let key = SigningKey::from_bytes(&[7; 32]);
+        let gw = Arc::new(Gateway::new(settings, key.verifying_key()));
+        (key, gw, "192.0.2.9".parse().expect("ip"))
+    }
+
     #[test]
     fn port_ranges_parse_and_refuse_nonsense() {
         let r: PortRanges = "3389, 5900-25900".parse().expect("valid");
@@ -593,12 +601,7 @@ mod tests {
 
     #[test]
     fn tickets_are_checked_for_port_target_client_and_ended_sessions() {
-        let key = SigningKey::from_bytes(&[7; 32]);
-        let gw = Arc::new(Gateway::new(
-            GatewaySettings::default(),
-            key.verifying_key(),
-        ));
-        let client: IpAddr = "192.0.2.9".parse().expect("ip");
+        let (key, gw, client) = gateway(GatewaySettings::default());
         let now = Utc::now();
         let good = ticket(3389, Some(client)).sign(&key);
         assert!(gw.check(Some(&good), client, None, now).is_ok());
@@ -647,12 +650,7 @@ mod tests {
     /// so that no tunnel of an ended session stays open.
     #[test]
     fn a_session_ended_between_check_and_registration_is_refused() {
-        let key = SigningKey::from_bytes(&[7; 32]);
-        let gw = Arc::new(Gateway::new(
-            GatewaySettings::default(),
-            key.verifying_key(),
-        ));
-        let client: IpAddr = "192.0.2.9".parse().expect("ip");
+        let (key, gw, client) = gateway(GatewaySettings::default());
         let now = Utc::now();
         let text = ticket(3389, Some(client)).sign(&key);
         let checked = gw.check(Some(&text), client, None, now).expect("checked");
@@ -675,13 +673,10 @@ mod tests {
 
     #[test]
     fn a_session_holds_at_most_its_limit_of_tunnels() {
-        let key = SigningKey::from_bytes(&[7; 32]);
-        let settings = GatewaySettings {
+        let (_key, gw, client) = gateway(GatewaySettings {
             max_tunnels_per_session: 2,
             ..GatewaySettings::default()
-        };
-        let gw = Arc::new(Gateway::new(settings, key.verifying_key()));
-        let client: IpAddr = "192.0.2.9".parse().expect("ip");
+        });
         let session = |session: &str| Ticket {
             session: session.into(),
             ..ticket(3389, None)
