@@ -522,13 +522,102 @@ pub fn export_backup(
     Ok((bytes, meta))
 }
 
-/// Verifies a whole snapshot (checksum, passphrase, schema) without changing anything.
+/// How each stored record is read: its tree, the key for the `settings` tree's singletons,
+/// and the check that its value reads as that record. A snapshot's records are checked
+/// against it before a restore, so a file holding a record this version cannot read (a newer
+/// Gatehouse's, or a damaged one that kept its checksum) changes nothing.
+type RecordCheck = (
+    &'static str,
+    Option<&'static str>,
+    fn(&[u8], &[u8]) -> Result<(), StoreError>,
+);
+
+fn record_checks() -> Vec<RecordCheck> {
+    use crate::broker::{
+        BrokerKey, DesktopSession, EndedSession, HeldDesktops, KnownUser, OpenSessions,
+    };
+    use crate::model::alert::Alert;
+    use crate::model::center::Center;
+    use crate::model::desktop::Desktop;
+    use crate::model::directory::AuthServer;
+    use crate::model::gateway::{GatewayRecord, LastReport};
+    use crate::model::history::{AgentToken, AgentTokenHash, HistoryEntry, JobSchedule};
+    use crate::model::location::Location;
+    use crate::model::plan::{PowerPlan, ProtocolPlan, ReleasePlan};
+    use crate::model::policy::{AssignmentTable, Policy};
+    use crate::model::pool::Pool;
+    use crate::model::role::Role;
+    use crate::model::stats::{PoolSample, PoolStats};
+    use crate::model::timer::{AssignedPlans, DesktopTimers, DesktopUse, PlanTimer};
+    fn one<T: Record>() -> RecordCheck {
+        (T::TREE, None, crate::store::check_value::<T>)
+    }
+    fn single<T: Singleton>() -> RecordCheck {
+        (T::TREE, Some(T::KEY), crate::store::check_value::<T>)
+    }
+    vec![
+        one::<AdminAccount>(),
+        one::<AuditEntry>(),
+        single::<SetupState>(),
+        single::<LicenceKey>(),
+        single::<Certificate>(),
+        single::<BrokerKey>(),
+        one::<Alert>(),
+        one::<Center>(),
+        one::<Desktop>(),
+        one::<AuthServer>(),
+        one::<GatewayRecord>(),
+        one::<LastReport>(),
+        one::<HistoryEntry>(),
+        one::<AgentToken>(),
+        one::<AgentTokenHash>(),
+        one::<JobSchedule>(),
+        one::<Location>(),
+        one::<ProtocolPlan>(),
+        one::<PowerPlan>(),
+        one::<ReleasePlan>(),
+        one::<Policy>(),
+        one::<AssignmentTable>(),
+        one::<Pool>(),
+        one::<Role>(),
+        one::<PoolStats>(),
+        one::<PoolSample>(),
+        one::<PlanTimer>(),
+        one::<DesktopTimers>(),
+        one::<AssignedPlans>(),
+        one::<DesktopUse>(),
+        one::<HeldDesktops>(),
+        one::<KnownUser>(),
+        one::<DesktopSession>(),
+        one::<OpenSessions>(),
+        one::<EndedSession>(),
+    ]
+}
+
+/// Checks that every record of a snapshot reads as this version stores it. Trees and
+/// settings this version does not know are left to the restore as they are.
+fn check_records(records: &[backup::Record]) -> Result<()> {
+    let checks = record_checks();
+    for r in records {
+        let check = checks.iter().find(|(tree, key, _)| {
+            *tree == r.tree && key.is_none_or(|k| k.as_bytes() == r.key.as_slice())
+        });
+        if let Some((_, _, check)) = check {
+            check(&r.key, &r.value).map_err(|e| BackupError::UnreadableRecord(e.to_string()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Verifies a whole snapshot (checksum, passphrase, schema, every record) without changing
+/// anything.
 pub fn verify_backup(
     bytes: &[u8],
     passphrase: Option<&str>,
 ) -> Result<(SnapshotMeta, Vec<backup::Record>)> {
     let (meta, records) = backup::decode(bytes, passphrase)?;
     backup::check_schema(&meta, crate::store::SCHEMA_VERSION)?;
+    check_records(&records)?;
     Ok((meta, records))
 }
 
@@ -716,4 +805,105 @@ pub fn list_backups(config: &Config) -> Vec<(String, u64, DateTime<Utc>)> {
         .collect();
     out.sort_by_key(|b| std::cmp::Reverse(b.2));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The string literals after `const NAME: &'static str = ` in the crate's sources (test
+    /// records of the store's own tests left out).
+    fn declared(name: &str) -> std::collections::BTreeSet<String> {
+        fn walk(dir: &std::path::Path, files: &mut Vec<std::path::PathBuf>) {
+            for entry in std::fs::read_dir(dir).expect("read src").flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    walk(&path, files);
+                } else if path.extension().is_some_and(|e| e == "rs") {
+                    files.push(path);
+                }
+            }
+        }
+        let mut files = Vec::new();
+        walk(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+            &mut files,
+        );
+        let needle = format!("const {name}: &'static str = \"");
+        let mut out = std::collections::BTreeSet::new();
+        for file in files.iter().filter(|f| !f.ends_with("store.rs")) {
+            let text = std::fs::read_to_string(file).expect("source");
+            for line in text.lines() {
+                if let Some(rest) = line.trim().strip_prefix(&needle)
+                    && let Some((literal, _)) = rest.split_once('"')
+                {
+                    out.insert(literal.to_string());
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn every_stored_record_is_checked_before_a_restore() {
+        let checks = record_checks();
+        let trees: std::collections::BTreeSet<String> =
+            checks.iter().map(|(t, _, _)| t.to_string()).collect();
+        let keys: std::collections::BTreeSet<String> = checks
+            .iter()
+            .filter_map(|(_, k, _)| k.map(str::to_string))
+            .collect();
+        let declared_trees = declared("TREE");
+        assert!(declared_trees.len() >= 30, "{declared_trees:?}");
+        let missing: Vec<_> = declared_trees.difference(&trees).collect();
+        assert!(
+            missing.is_empty(),
+            "add these trees to record_checks: {missing:?}"
+        );
+        let missing: Vec<_> = declared("KEY").difference(&keys).cloned().collect();
+        assert!(
+            missing.is_empty(),
+            "add these settings to record_checks: {missing:?}"
+        );
+    }
+
+    #[test]
+    fn a_record_this_version_cannot_read_is_named() {
+        let desktop = crate::model::desktop::Desktop::from_input(
+            crate::model::desktop::DesktopInput {
+                name: "d1".into(),
+                display_name: String::new(),
+                address: "10.0.0.1".into(),
+                port: None,
+                protocol: crate::model::Protocol::Rdp,
+                os: String::new(),
+            },
+            Utc::now(),
+        );
+        let mut value = u16::MAX.to_le_bytes().to_vec();
+        value.extend(serde_json::to_vec(&desktop).expect("json"));
+        let record = |value: Vec<u8>| backup::Record {
+            tree: crate::model::desktop::Desktop::TREE.into(),
+            key: b"d1".to_vec(),
+            value,
+        };
+        let Err(AdminError::Backup(BackupError::UnreadableRecord(reason))) =
+            check_records(&[record(value.clone())])
+        else {
+            panic!("a newer record was accepted");
+        };
+        assert!(
+            reason.contains("desktop_by_id") && reason.contains("newer"),
+            "{reason}"
+        );
+        value[..2].copy_from_slice(&crate::model::desktop::Desktop::VERSION.to_le_bytes());
+        check_records(&[record(value)]).expect("the current version reads");
+        // Trees this version does not know are left as they are.
+        let unknown = backup::Record {
+            tree: "some_future_tree".into(),
+            key: b"k".to_vec(),
+            value: b"?".to_vec(),
+        };
+        check_records(&[unknown]).expect("unknown trees pass");
+    }
 }

@@ -139,6 +139,11 @@ pub enum BackupError {
     )]
     SchemaTooNew { file: u32, ours: u32 },
     #[error(
+        "this backup holds a record this Gatehouse cannot read ({0}); if it comes from a \
+         newer Gatehouse, upgrade this one before importing it"
+    )]
+    UnreadableRecord(String),
+    #[error(
         "a record in tree {tree:?} is too large for a snapshot ({len} bytes, the limit is \
          4 GiB per field); remove or shrink it before exporting"
     )]

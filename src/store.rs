@@ -140,6 +140,12 @@ fn decode<T: Record>(key: &[u8], bytes: &[u8]) -> Result<T> {
     }
 }
 
+/// Whether `value` reads as a `T` stored under `key` (a snapshot's record, checked before a
+/// restore puts it in place): the reason when it does not.
+pub fn check_value<T: Record>(key: &[u8], value: &[u8]) -> Result<()> {
+    decode::<T>(key, value).map(|_| ())
+}
+
 /// One numbered migration: brings the store from `version - 1` to `version`. Must be idempotent.
 struct Migration {
     version: u32,

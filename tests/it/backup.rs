@@ -176,10 +176,26 @@ async fn bad_snapshot_files_are_refused_and_the_store_is_untouched() {
     std::fs::write(&flipped, &f).expect("write");
     let foreign = dir.path().join("foreign.ghbak");
     std::fs::write(&foreign, b"\x89PNG\r\n\x1a\n not a backup at all").expect("write");
+    // Sound file, checksum and all, but one record written by a newer Gatehouse (its version
+    // marker past what this one reads).
+    let newer = dir.path().join("newer-record.ghbak");
+    {
+        let (meta, mut records) =
+            backup::decode(&bytes, Some("correct horse battery staple")).expect("decode");
+        let setup = records
+            .iter_mut()
+            .find(|r| r.tree == "settings" && r.key == b"setup")
+            .expect("the setup record");
+        setup.value[..2].copy_from_slice(&u16::MAX.to_le_bytes());
+        let encoded =
+            backup::encode(&meta, &records, Some("correct horse battery staple")).expect("encode");
+        std::fs::write(&newer, encoded).expect("write");
+    }
 
     let before = tree_hash(&data);
-    let cases: [(&str, &Path, Option<&Path>, &str); 5] = [
+    let cases: [(&str, &Path, Option<&Path>, &str); 6] = [
         ("truncated", &truncated, Some(&pass), "truncated"),
+        ("a newer record", &newer, Some(&pass), "cannot read"),
         ("flipped byte", &flipped, Some(&pass), "checksum"),
         ("other format", &foreign, None, "not a Gatehouse backup"),
         ("wrong passphrase", &good, Some(&wrong), "passphrase"),
