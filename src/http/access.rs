@@ -1,6 +1,8 @@
 //! Console access by role, enforced in one place: every console page and admin API path
 //! belongs to a console area (the console's menu placement), reading it needs View and
-//! changing anything needs Edit. [`gate`] runs before any handler, so no handler can forget.
+//! changing anything needs Edit. Roles and assignments are the exception: they can grant any
+//! access, so changing them needs Edit in every area (no role escalates itself). [`gate`] runs
+//! before any handler, on the path the router matches, so no handler can forget.
 //!
 //! Local accounts (`admin`) have full access; directory users have the access map their role
 //! gave them at sign-in (kept in the session). This module decides nothing else: who someone
@@ -24,6 +26,14 @@ pub enum Rule {
     Area(Area, Access),
     /// Only local accounts (a path no area claims).
     LocalOnly,
+    /// Changing roles or assignments: they can grant any access, so only someone who has all
+    /// of it (Edit in every area, or a local account) may change them.
+    Everything,
+}
+
+/// Whether a path (after `/api/v1/` or `/admin/configuration/`) is about roles or assignments.
+fn grants_access(resource: &str) -> bool {
+    matches!(resource, "roles" | "assignments")
 }
 
 /// The area of an admin API resource (the first segment after `/api/v1/`), by its place in
@@ -61,9 +71,10 @@ pub fn rule(method: &Method, path: &str) -> Rule {
             // Gateways, clients and desktop agents authenticate with their own tokens, in the
             // handlers.
             "tokens" | "openapi.json" | "client" | "gateway" | "agent" => Rule::Open,
-            r => match api_area(r) {
-                Some(area) => Rule::Area(area, needed(method, path)),
-                None => Rule::LocalOnly,
+            r => match (api_area(r), needed(method, path)) {
+                (Some(_), Access::Edit) if grants_access(r) => Rule::Everything,
+                (Some(area), level) => Rule::Area(area, level),
+                (None, _) => Rule::LocalOnly,
             },
         };
     }
@@ -80,20 +91,14 @@ pub fn rule(method: &Method, path: &str) -> Rule {
         // replace the licence and the certificate, so a directory user never reaches them.
         "wizard" => Rule::LocalOnly,
         "dashboard" | "setup" | "configuration" | "resources" | "system" => {
-            match first.parse::<Area>() {
-                Ok(area) => Rule::Area(area, needed(method, path)),
-                Err(_) => Rule::LocalOnly,
+            let page = rest.split('/').nth(1).unwrap_or_default();
+            match (first.parse::<Area>(), needed(method, path)) {
+                (Ok(Area::Configuration), Access::Edit) if grants_access(page) => Rule::Everything,
+                (Ok(area), level) => Rule::Area(area, level),
+                (Err(_), _) => Rule::LocalOnly,
             }
         }
         _ => Rule::LocalOnly,
-    }
-}
-
-/// The area a console page belongs to (for the menu and the edit controls).
-pub fn area_of_page(path: &str) -> Option<Area> {
-    match rule(&Method::GET, path) {
-        Rule::Area(area, _) => Some(area),
-        _ => None,
     }
 }
 
@@ -105,6 +110,12 @@ pub fn allows(console: Option<&ConsoleAccess>, rule: Rule) -> bool {
         (Some(map), Rule::Area(area, level)) => {
             map.get(&area).copied().unwrap_or_default().allows(level)
         }
+        (Some(map), Rule::Everything) => Area::ALL.iter().all(|area| {
+            map.get(area)
+                .copied()
+                .unwrap_or_default()
+                .allows(Access::Edit)
+        }),
     }
 }
 
@@ -156,6 +167,7 @@ pub fn gate(req: &HttpRequest) -> Result<(), HttpError> {
             "Your role does not show {}: ask an administrator.",
             area.label()
         ),
+        Rule::Everything => "Roles and assignments can grant any access: changing them needs Edit in every area. Ask an administrator.".to_string(),
         _ => "Only local administrator accounts may open this.".to_string(),
     }))
 }
@@ -201,7 +213,8 @@ mod tests {
         );
         assert_eq!(
             rule(&Method::PUT, "/api/v1/assignments/s1"),
-            Rule::Area(Area::Configuration, Access::Edit)
+            Rule::Everything,
+            "assignments grant roles"
         );
         assert_eq!(
             rule(&get, "/api/v1/users"),
@@ -238,10 +251,49 @@ mod tests {
     }
 
     #[test]
+    fn roles_and_assignments_change_only_with_every_area_s_edit() {
+        let post = Method::POST;
+        for path in [
+            "/api/v1/roles",
+            "/api/v1/roles/x",
+            "/api/v1/assignments/slapd",
+            "/admin/configuration/roles/new",
+            "/admin/configuration/assignments/slapd",
+        ] {
+            assert_eq!(rule(&post, path), Rule::Everything, "{path}");
+        }
+        assert_eq!(
+            rule(&Method::GET, "/api/v1/roles"),
+            Rule::Area(Area::Configuration, Access::View),
+            "reading them is Configuration's"
+        );
+        assert_eq!(
+            rule(&post, "/admin/configuration/pools/new"),
+            Rule::Area(Area::Configuration, Access::Edit)
+        );
+        let mut configurator = auditor();
+        configurator.insert(Area::Configuration, Access::Edit);
+        assert!(allows(Some(&configurator), rule(&post, "/api/v1/pools")));
+        assert!(
+            !allows(Some(&configurator), rule(&post, "/api/v1/roles")),
+            "Configuration's Edit alone must not make its holder an administrator"
+        );
+        let all: ConsoleAccess = Area::ALL.iter().map(|a| (*a, Access::Edit)).collect();
+        assert!(allows(Some(&all), rule(&post, "/api/v1/roles")));
+        assert!(
+            allows(None, rule(&post, "/api/v1/roles")),
+            "a local account"
+        );
+    }
+
+    #[test]
     fn every_menu_page_has_an_area() {
         for area in super::super::pages::MENU {
             for (_, path) in area.pages {
-                let found = area_of_page(path).map(|a| a.label());
+                let found = match rule(&Method::GET, path) {
+                    Rule::Area(area, _) => Some(area.label()),
+                    _ => None,
+                };
                 assert_eq!(found, Some(area.name), "{path}");
             }
         }

@@ -228,13 +228,11 @@ impl Page {
                 Vec::new()
             },
         );
-        // Forms and buttons that change something show only with Edit on the page's area.
-        let can_edit = match access::area_of_page(active_path) {
-            Some(area) => access::allows(
-                console,
-                access::Rule::Area(area, crate::model::role::Access::Edit),
-            ),
-            None => console.is_none(),
+        // Forms and buttons that change something show only to whom the page's changes are
+        // allowed (Edit on its area; every area for roles and assignments).
+        let can_edit = match access::rule(&actix_web::http::Method::POST, active_path) {
+            access::Rule::Open => console.is_none(),
+            rule => access::allows(console, rule),
         };
         c.insert("can_edit", &can_edit);
         c.insert("user", &who.map(|w| w.username.clone()).unwrap_or_default());

@@ -328,4 +328,91 @@ async fn roles_decide_what_directory_users_see_and_change() {
         audit.body
     );
     assert!(audit.body.contains(&format!("{server_id}/alice")));
+
+    // Roles and assignments grant access: changing them takes Edit in every area. Alice (an
+    // administrator) makes a role with Configuration's Edit only and gives it to `staff`.
+    let mut console = serde_json::Map::new();
+    for area in ["dashboard", "setup", "resources", "system"] {
+        console.insert(area.into(), json!("view"));
+    }
+    console.insert("configuration".into(), json!("edit"));
+    let (status, body) = api(
+        &server,
+        &alice_token,
+        reqwest::Method::POST,
+        "/api/v1/roles",
+        Some(json!({"id": "configurator", "name": "Configurator", "console": console})),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let table = |staff_role: &str| {
+        json!({"rows": [
+            {"group": "admins", "location_id": null, "role_id": "administrator", "policy_id": "lab"},
+            {"group": "staff", "location_id": null, "role_id": staff_role, "policy_id": "lab"},
+            {"group": "generated", "location_id": null, "role_id": "user", "policy_id": "lab"},
+        ], "otherwise": null})
+    };
+    let assignments = format!("/api/v1/assignments/{server_id}");
+    let (status, body) = api(
+        &server,
+        &alice_token,
+        reqwest::Method::PUT,
+        &assignments,
+        Some(table("configurator")),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    // Bob, signed in again, now changes Configuration, but not what roles grant.
+    let (status, body) = token(&server, "bob", &password_of("bob")).await;
+    assert_eq!(status, 200, "{body}");
+    let bob = body["token"].as_str().expect("token").to_string();
+    let (status, body) = api(
+        &server,
+        &bob,
+        reqwest::Method::POST,
+        "/api/v1/pools",
+        Some(json!({"name": "Configurator pool"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = api(
+        &server,
+        &bob,
+        reqwest::Method::PUT,
+        &assignments,
+        Some(table("administrator")),
+    )
+    .await;
+    assert_eq!(
+        status, 403,
+        "bob must not make himself an administrator: {body}"
+    );
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("Edit in every area")),
+        "{body}"
+    );
+    let (status, body) = api(
+        &server,
+        &bob,
+        reqwest::Method::PUT,
+        "/api/v1/roles/configurator",
+        Some(
+            json!({"name": "Configurator", "console": {"setup": "edit", "configuration": "edit"}}),
+        ),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    let mut bob_console = server.console();
+    bob_console.sign_in("bob", &password_of("bob")).await;
+    let page = bob_console.get("/admin/configuration/roles").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(
+        !page.body.contains("id=\"new\""),
+        "no New button where saving is refused: {}",
+        page.body
+    );
+    let page = bob_console.get("/admin/configuration/pools").await;
+    assert!(page.body.contains("id=\"new\""), "{}", page.body);
 }
