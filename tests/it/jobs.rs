@@ -80,18 +80,31 @@ impl Admin {
         self.call(Method::GET, path, None).await
     }
 
-    /// Runs a job and waits for this run's end; returns its status.
+    /// Runs a job and waits for this run's end; returns its status. A scheduled run of the
+    /// same job that happens to be going (`pool_stats` runs every minute) is waited for first:
+    /// a job never runs twice at once.
     async fn run(&self, job: &str) -> Value {
-        let r = self
-            .call(
-                Method::POST,
-                &format!("/api/v1/jobs/{job}/run?wait=true"),
-                None,
-            )
-            .await;
-        assert_eq!(r.status, 200, "{job}: {}", r.text);
-        assert_eq!(r.body["running"], false, "{}", r.text);
-        r.body
+        for _ in 0..10 {
+            let r = self
+                .call(
+                    Method::POST,
+                    &format!("/api/v1/jobs/{job}/run?wait=true"),
+                    None,
+                )
+                .await;
+            if r.status == 409 && r.body["error"] == "conflict" {
+                for _ in 0..5_000 {
+                    if self.job(job).await["running"] == false {
+                        break;
+                    }
+                }
+                continue;
+            }
+            assert_eq!(r.status, 200, "{job}: {}", r.text);
+            assert_eq!(r.body["running"], false, "{}", r.text);
+            return r.body;
+        }
+        panic!("{job} was running every time it was asked to run");
     }
 
     async fn job(&self, name: &str) -> Value {
