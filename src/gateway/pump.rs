@@ -786,55 +786,8 @@ pub async fn run_raw(
     idle: Option<Duration>,
     shared: &TunnelShared,
 ) -> Result<End, PumpError> {
-    let mut up = RawHalf::default();
-    let mut down = RawHalf::default();
-    let mut last_data = Instant::now();
-    let far = Instant::now() + Duration::from_secs(3600 * 24 * 365);
-    let mut sleep = Box::pin(tokio::time::sleep_until(
-        idle.map_or(far, |i| last_data + i),
-    ));
-    let result = std::future::poll_fn(|cx| {
-        shared.waker.register(cx.waker());
-        if let Some(why) = shared.closing() {
-            return Poll::Ready(Ok(End::from(why)));
-        }
-        loop {
-            let mut progress = false;
-            match up.poll(cx, client, desktop, &shared.bytes_up) {
-                Poll::Ready(Ok(moved)) => progress |= moved,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => {}
-            }
-            match down.poll(cx, desktop, client, &shared.bytes_down) {
-                Poll::Ready(Ok(moved)) => progress |= moved,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e.swap())),
-                Poll::Pending => {}
-            }
-            if up.done && down.done {
-                return Poll::Ready(Ok(End::Closed));
-            }
-            if progress {
-                last_data = Instant::now();
-                continue;
-            }
-            if let Some(limit) = idle {
-                if Instant::now() >= last_data + limit {
-                    return Poll::Ready(Ok(End::Idle));
-                }
-                if sleep.deadline() != last_data + limit {
-                    sleep.as_mut().reset(last_data + limit);
-                }
-                if sleep.as_mut().poll(cx).is_ready() {
-                    continue;
-                }
-            }
-            return Poll::Pending;
-        }
-    })
-    .await;
-    up.release();
-    down.release();
-    result
+    let counters = (&shared.bytes_up, &shared.bytes_down);
+    raw_both_ways(client, desktop, counters, Some(shared), |_| idle).await
 }
 
 /// After one direction of a relayed connection ended, how long the other may go without moving
@@ -851,41 +804,69 @@ where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
+    let moved = AtomicU64::new(0);
+    let quiet_limit = |one_side_ended: bool| one_side_ended.then_some(grace);
+    match raw_both_ways(a, b, (&moved, &moved), None, quiet_limit).await {
+        Ok(End::Idle) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "one side ended and the other stayed silent",
+        )),
+        Ok(_) => Ok(()),
+        Err(e) => Err(e.into_io()),
+    }
+}
+
+/// Moves bytes both ways between `a` and `b` until both directions ended (`Closed`), `shared`
+/// (when given) is closed, or nothing moved for `quiet_limit(one side ended)` (`Idle`; `None`:
+/// no limit). The one loop behind forwarded ports and relayed connections.
+async fn raw_both_ways<A, B>(
+    a: &mut A,
+    b: &mut B,
+    (counter_up, counter_down): (&AtomicU64, &AtomicU64),
+    shared: Option<&TunnelShared>,
+    quiet_limit: impl Fn(bool) -> Option<Duration>,
+) -> Result<End, PumpError>
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
     let mut up = RawHalf::default();
     let mut down = RawHalf::default();
-    let moved = AtomicU64::new(0);
     let mut last_moved = Instant::now();
-    let mut grace_timer: Option<Pin<Box<Sleep>>> = None;
+    let mut timer: Option<Pin<Box<Sleep>>> = None;
     let result = std::future::poll_fn(|cx| {
+        if let Some(shared) = shared {
+            shared.waker.register(cx.waker());
+            if let Some(why) = shared.closing() {
+                return Poll::Ready(Ok(End::from(why)));
+            }
+        }
         loop {
             let mut progress = false;
-            match up.poll(cx, &mut *a, &mut *b, &moved) {
-                Poll::Ready(Ok(m)) => progress |= m,
+            match up.poll(cx, &mut *a, &mut *b, counter_up) {
+                Poll::Ready(Ok(moved)) => progress |= moved,
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => {}
             }
-            match down.poll(cx, &mut *b, &mut *a, &moved) {
-                Poll::Ready(Ok(m)) => progress |= m,
+            match down.poll(cx, &mut *b, &mut *a, counter_down) {
+                Poll::Ready(Ok(moved)) => progress |= moved,
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e.swap())),
                 Poll::Pending => {}
             }
             if up.done && down.done {
-                return Poll::Ready(Ok(()));
+                return Poll::Ready(Ok(End::Closed));
             }
             if progress {
                 last_moved = Instant::now();
                 continue;
             }
-            if up.done || down.done {
-                let deadline = last_moved + grace;
+            if let Some(limit) = quiet_limit(up.done || down.done) {
+                let deadline = last_moved + limit;
                 if Instant::now() >= deadline {
-                    return Poll::Ready(Err(PumpError::Client(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        "one side ended and the other stayed silent",
-                    ))));
+                    return Poll::Ready(Ok(End::Idle));
                 }
                 let timer =
-                    grace_timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                    timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
                 if timer.deadline() != deadline {
                     timer.as_mut().reset(deadline);
                 }
@@ -899,7 +880,7 @@ where
     .await;
     up.release();
     down.release();
-    result.map_err(PumpError::into_io)
+    result
 }
 
 impl PumpError {
