@@ -50,10 +50,21 @@ pub fn normalise(text: &str) -> Result<String, ScheduleError> {
     let fields: Vec<&str> = text.split_whitespace().collect();
     match fields.len() {
         5 => {
-            let weekday = crontab_weekday(fields[4]).map_err(|reason| ScheduleError::Invalid {
+            let invalid = |reason: String| ScheduleError::Invalid {
                 text: text.to_string(),
                 reason,
-            })?;
+            };
+            // crontab runs when the day of the month OR the weekday matches if both are
+            // restricted; the cron crate wants both. Refused rather than run on other days.
+            let any = |f: &str| f == "*" || f == "?";
+            if !any(fields[2]) && !any(fields[4]) {
+                return Err(invalid(
+                    "it restricts both the day of the month and the weekday, which crontab reads \
+                     as either one: write two schedules, or leave one of the two as `*`"
+                        .into(),
+                ));
+            }
+            let weekday = crontab_weekday(fields[4]).map_err(invalid)?;
             Ok(format!(
                 "0 {} {} {} {} {}",
                 fields[0], fields[1], fields[2], fields[3], weekday
@@ -84,6 +95,8 @@ fn crontab_weekday(field: &str) -> Result<String, String> {
             None => (item, None),
         };
         let range = match range.split_once('-') {
+            // Sunday to Sunday: the whole week (mapped one by one it would be "1-1").
+            Some(("0", "7")) => "1-7".to_string(),
             Some((a, b)) => {
                 let (a, b) = (map_number(a)?, map_number(b)?);
                 // "5-7" (Friday to Sunday) would become "6-1": spell it as a list instead.
@@ -383,6 +396,10 @@ mod tests {
         assert_eq!(first_after("0 3 * * 5-7", sat).weekday(), Weekday::Sun);
         // Monday to Friday.
         assert_eq!(first_after("30 8 * * 1-5", sat).weekday(), Weekday::Mon);
+        // Every day, Sunday to Sunday: Saturday is one of them; every other day from Sunday.
+        assert_eq!(first_after("0 13 * * 0-7", sat).weekday(), Weekday::Sat);
+        assert_eq!(first_after("0 13 * * 0-7/2", sat).weekday(), Weekday::Sat);
+        assert_eq!(first_after("0 3 * * 0-7/2", sat).weekday(), Weekday::Sun);
         let t = first_after("30 8 * * 1-5", sat);
         assert_eq!((t.hour(), t.minute(), t.second()), (8, 30, 0));
     }
@@ -407,6 +424,13 @@ mod tests {
             parse_schedule("0 3 * * 9"),
             Err(ScheduleError::Invalid { .. })
         ));
+        // Both the day of the month and the weekday: crontab's "either" cannot be kept.
+        let both = parse_schedule("0 3 1,15 * 0").expect_err("refused");
+        assert!(
+            both.to_string().contains("leave one of the two as `*`"),
+            "{both}"
+        );
+        assert!(parse_schedule("0 3 1,15 * *").is_ok());
         assert!(matches!(
             parse_schedule("99 3 * * *"),
             Err(ScheduleError::Invalid { .. })
