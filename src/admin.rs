@@ -548,7 +548,7 @@ fn record_checks() -> Vec<RecordCheck> {
     use crate::model::pool::Pool;
     use crate::model::role::Role;
     use crate::model::stats::{PoolSample, PoolStats};
-    use crate::model::timer::{AssignedPlans, DesktopTimers, DesktopUse, PlanTimer};
+    use crate::model::timer::{AssignedPlans, DesktopTimers, DesktopUse, LogoutRequest, PlanTimer};
     fn one<T: Record>() -> RecordCheck {
         (T::TREE, None, crate::store::check_value::<T>)
     }
@@ -586,6 +586,7 @@ fn record_checks() -> Vec<RecordCheck> {
         one::<DesktopTimers>(),
         one::<AssignedPlans>(),
         one::<DesktopUse>(),
+        one::<LogoutRequest>(),
         one::<HeldDesktops>(),
         one::<KnownUser>(),
         one::<DesktopSession>(),

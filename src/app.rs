@@ -356,11 +356,17 @@ pub fn register_jobs(
         scheduler.add("plan_timers", &config.jobs.plan_timers, move || {
             let (broker, control) = (broker.clone(), control.clone());
             async move {
-                broker
+                // A run in which an action failed shows as failed on the jobs page (each
+                // failure is in its desktop's history; power actions are tried again).
+                let run = broker
                     .run_plan_timers(control.as_ref())
                     .await
-                    .map(|run| run.summary())
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| e.to_string())?;
+                if run.failed.is_empty() {
+                    Ok(run.summary())
+                } else {
+                    Err(run.summary())
+                }
             }
         })?;
     }

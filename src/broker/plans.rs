@@ -12,7 +12,16 @@
 //!   stopped runs at the first run after the start. Its action goes into the desktop's
 //!   history and the audit log with its outcome; a release, a forced logout or a deletion
 //!   that no longer applies (the desktop was released or assigned again) is skipped and says
-//!   so. Timers its action sets that are due at once run in the same run.
+//!   so. Timers its action sets that are due at once run in the same run. Just before it acts,
+//!   a timer is looked up again: one an event cancelled meanwhile (a user back while an
+//!   earlier action of the run was waiting on a center) does nothing.
+//! - A forced logout ends the sessions and leaves a [`LogoutRequest`] for the desktop's agent
+//!   (`GET /api/v1/agent/instructions`); the logout rules (a release after the logout, …)
+//!   apply when the logout is reported, so a desktop whose user may still be logged in is
+//!   never given to someone else.
+//! - The agent reports what it sees on the desktop; when it names a user other than the one
+//!   the desktop is assigned to (an administrator logging in to fix something), the event is
+//!   written to the history and does nothing else.
 //!
 //! Power actions and deletions go through [`DesktopControl`]. The rules of which timers an
 //! event sets are `model::timer`'s.
@@ -27,11 +36,12 @@ use super::{Broker, BrokerError, DesktopSession, EndedSession, OpenSessions, Res
 use crate::admin::Actor;
 use crate::model::AuditEntry;
 use crate::model::desktop::Desktop;
+use crate::model::history::AgentTokenHash;
 use crate::model::history::HistoryEntry;
 use crate::model::plan::{DEFAULT_PLAN_ID, PowerPlan, ReleasePlan};
 use crate::model::timer::{
-    AssignedPlans, DesktopEvent, DesktopTimers, DesktopUse, PlanTimer, Subject, TimerAction,
-    cancels, due_until_key, timers_for,
+    AssignedPlans, DesktopEvent, DesktopTimers, DesktopUse, LogoutRequest, MOST_ATTEMPTS,
+    PlanTimer, Subject, TimerAction, UseState, cancels, due_until_key, same_person, timers_for,
 };
 use crate::store::{Record, Store, TxError};
 
@@ -140,6 +150,27 @@ impl Broker {
         {
             return Err(BrokerError::NotYours);
         }
+        if let (Reporter::Agent(Some(seen)), Some(holder)) =
+            (&reporter, desktop.assigned_user.as_deref())
+            && !same_person(seen, holder)
+        {
+            let detail = format!(
+                "{} reported by the agent for {seen}, who does not hold the desktop ({holder} \
+                 does): recorded, nothing done",
+                event.name()
+            );
+            let (id, action) = (desktop.id.clone(), format!("event.{}", event.name()));
+            self.store
+                .call(move |s| history(s, &id, &action, detail, true, "agent"))
+                .await?;
+            return Ok(EventOutcome {
+                desktop: desktop.id,
+                event,
+                set: Vec::new(),
+                cancelled: 0,
+                sessions_ended: 0,
+            });
+        }
         let sessions_ended = if matches!(event, DesktopEvent::Disconnect | DesktopEvent::Logout) {
             self.end_sessions(&desktop.id).await?
         } else {
@@ -148,7 +179,6 @@ impl Broker {
         let context = Context {
             actor: reporter.actor().to_string(),
             reporter_user: reporter.user(),
-            forced: false,
             note: match &reporter {
                 Reporter::Client(u) => format!("reported by the client of {}", u.key()),
                 Reporter::Agent(Some(u)) => format!("reported by the agent (user {u})"),
@@ -171,7 +201,6 @@ impl Broker {
         let context = Context {
             actor: "system".into(),
             reporter_user: Some(user.clone()),
-            forced: false,
             note: format!("released from {user}"),
         };
         let now = self.now();
@@ -227,7 +256,7 @@ impl Broker {
                     continue;
                 }
                 self.fire_together(&mut together, control, &mut done).await;
-                let outcome = self.fire(&timer, control).await;
+                let outcome = self.fire(&key, &timer, control).await;
                 done.push((key, timer, outcome));
             }
             self.fire_together(&mut together, control, &mut done).await;
@@ -244,7 +273,8 @@ impl Broker {
             // One write for the batch: the timers leave the store, their outcomes go into
             // the histories and the audit log. A crash before it runs them again at the next
             // start; none of their actions does harm twice.
-            self.store.call(move |s| finish(s, &done)).await?;
+            let now = self.now();
+            self.store.call(move |s| finish(s, &done, now)).await?;
         }
         Ok(run)
     }
@@ -265,7 +295,9 @@ impl Broker {
         done: &mut Vec<(String, PlanTimer, std::result::Result<String, String>)>,
     ) {
         let outcomes = futures_util::future::join_all(
-            timers.iter().map(|(_, timer)| self.fire(timer, control)),
+            timers
+                .iter()
+                .map(|(key, timer)| self.fire(key, timer, control)),
         )
         .await;
         done.extend(
@@ -280,9 +312,15 @@ impl Broker {
     /// with why it could not be done.
     async fn fire(
         &self,
+        key: &str,
         timer: &PlanTimer,
         control: &dyn DesktopControl,
     ) -> std::result::Result<String, String> {
+        // Looked up again right before acting: the actions before it in this run may have
+        // waited on a center for minutes, while the user came back and cancelled it.
+        if !self.pending(key).await.map_err(|e| e.to_string())? {
+            return Ok("skipped: cancelled meanwhile".into());
+        }
         let id = timer.desktop.clone();
         let desktop = self
             .store
@@ -318,23 +356,36 @@ impl Broker {
                     .end_sessions(&desktop.id)
                     .await
                     .map_err(|e| e.to_string())?;
-                let context = Context {
-                    actor: "system".into(),
-                    reporter_user: Some(timer.user.clone()),
-                    forced: true,
-                    note: "forced by the release plan".into(),
-                };
-                let (d, now) = (desktop.clone(), self.now());
-                self.store
-                    .call(move |s| apply_event(s, &d, DesktopEvent::Logout, &context, now))
+                let (id, user, now) = (desktop.id.clone(), timer.user.clone(), self.now());
+                let has_agent = self
+                    .store
+                    .call(move |s| request_logout(s, &id, &user, now))
                     .await
                     .map_err(|e| e.to_string())?;
-                Ok(format!(
-                    "{} logged out of `{}`; {ended} session(s) ended",
-                    timer.user, desktop.name
-                ))
+                if has_agent {
+                    Ok(format!(
+                        "the agent of `{}` is asked to log {} out; {ended} session(s) ended; the \
+                         logout rules apply when the logout is reported",
+                        desktop.name, timer.user
+                    ))
+                } else {
+                    Err(format!(
+                        "no agent token is issued for `{}`, so nothing on it can log {} out: \
+                         {ended} session(s) ended, and the desktop stays assigned until a logout \
+                         is reported or an administrator releases it",
+                        desktop.name, timer.user
+                    ))
+                }
             }
             TimerAction::Power(power) => {
+                if let Some(holder) = &desktop.assigned_user
+                    && *holder != timer.user
+                {
+                    return Ok(format!(
+                        "skipped: `{}` is assigned to {holder} now",
+                        desktop.name
+                    ));
+                }
                 let Some(action) = DesktopAction::from_power(power) else {
                     return Ok("nothing to do".into());
                 };
@@ -389,7 +440,6 @@ fn user_key_of(key: &str) -> Option<UserKey> {
 struct Context {
     actor: String,
     reporter_user: Option<String>,
-    forced: bool,
     note: String,
 }
 
@@ -441,6 +491,22 @@ fn apply_event(
         now,
     );
     let cancelled = replace_timers(s, &desktop.id, |t| cancels(&event, t), &set)?;
+    // A pending forced logout: done when a logout is reported; moot when its user is back.
+    let mut forced = false;
+    if let Some(request) = s.get::<LogoutRequest>(&desktop.id)? {
+        let back = match event {
+            DesktopEvent::Connect => request.user == user,
+            DesktopEvent::Login => context
+                .reporter_user
+                .as_deref()
+                .is_none_or(|seen| same_person(seen, &request.user)),
+            _ => false,
+        };
+        if event == DesktopEvent::Logout || back {
+            s.delete::<LogoutRequest>(&desktop.id)?;
+            forced |= event == DesktopEvent::Logout;
+        }
+    }
     match DesktopUse::after(&event) {
         Some(state) => s.put(
             &desktop.id,
@@ -448,7 +514,7 @@ fn apply_event(
                 state,
                 user: context.reporter_user.clone().or(Some(user.clone())),
                 since: now,
-                forced: context.forced,
+                forced,
             },
         )?,
         None => {
@@ -462,7 +528,7 @@ fn apply_event(
     if !context.note.is_empty() {
         detail.push_str(&format!(" ({})", context.note));
     }
-    if context.forced {
+    if forced {
         detail.push_str("; forced");
     }
     if !set.is_empty() {
@@ -486,6 +552,33 @@ fn apply_event(
         cancelled: cancelled.len(),
         sessions_ended: 0,
     })
+}
+
+/// Leaves a forced logout for the desktop's agent and shows it as the desktop's use. Returns
+/// whether the desktop has an agent to carry it out.
+fn request_logout(s: &Store, desktop_id: &str, user: &str, now: DateTime<Utc>) -> Result<bool> {
+    s.put(
+        desktop_id,
+        &LogoutRequest {
+            user: user.to_string(),
+            requested: now,
+        },
+    )?;
+    s.put(
+        desktop_id,
+        &DesktopUse {
+            state: UseState::LogoutRequested,
+            user: Some(user.to_string()),
+            since: now,
+            forced: true,
+        },
+    )?;
+    Ok(s.get::<AgentTokenHash>(desktop_id)?.is_some())
+}
+
+/// The forced logout a desktop's agent has yet to carry out, if any.
+pub fn logout_request(s: &Store, desktop_id: &str) -> Result<Option<LogoutRequest>> {
+    Ok(s.get::<LogoutRequest>(desktop_id)?)
 }
 
 /// Timers in words: "release at 2026-11-21 10:00:00 UTC (release plan `Default`), …".
@@ -542,16 +635,19 @@ fn replace_timers(
 }
 
 /// After timers ran: in one transaction they leave the store (and their desktops' index),
+/// a failed power action or deletion is set again for a later try ([`PlanTimer::retry`]),
 /// and each action with its outcome goes into its desktop's history and the audit log.
 fn finish(
     s: &Store,
     done: &[(String, PlanTimer, std::result::Result<String, String>)],
+    now: DateTime<Utc>,
 ) -> Result<()> {
     if done.is_empty() {
         return Ok(());
     }
     let at = Utc::now();
     let mut lines = Vec::with_capacity(done.len());
+    let mut retries = Vec::new();
     for (_, timer, outcome) in done {
         let name = match timer.action {
             TimerAction::ForcedLogout => "forced_logout",
@@ -559,10 +655,26 @@ fn finish(
             TimerAction::Power(_) => "power",
             TimerAction::DeleteVm => "delete_vm",
         };
-        let (ok, said) = match outcome {
-            Ok(text) => (true, text),
-            Err(text) => (false, text),
+        let (ok, mut said) = match outcome {
+            Ok(text) => (true, text.clone()),
+            Err(text) => (false, text.clone()),
         };
+        let tries = format!(" (try {} of {MOST_ATTEMPTS})", timer.attempts + 1);
+        match outcome
+            .as_ref()
+            .err()
+            .and_then(|_| timer.retry(now, crate::model::new_id()))
+        {
+            Some(again) => {
+                said.push_str(&format!(
+                    "{tries}; tried again at {}",
+                    again.due.format("%Y-%m-%d %H:%M:%S UTC")
+                ));
+                retries.push(again);
+            }
+            None if !ok && timer.attempts > 0 => said.push_str(&format!("{tries}; given up")),
+            None => {}
+        }
         let cause = match timer.cause {
             crate::model::timer::TimerCause::Disconnect => "disconnect",
             crate::model::timer::TimerCause::Logout => "logout",
@@ -618,6 +730,15 @@ fn finish(
             tx.put(history_key, history)?;
             tx.put(audit_key, audit)?;
         }
+        for again in &retries {
+            let key = again.key();
+            tx.put(&key, again)?;
+            let mut index = tx
+                .get::<DesktopTimers, BrokerError>(&again.desktop)?
+                .unwrap_or_default();
+            index.keys.push(key);
+            tx.put(&again.desktop, &index)?;
+        }
         Ok(())
     })
     .map_err(BrokerError::from)
@@ -638,6 +759,12 @@ pub(super) fn connected(s: &Store, desktop_id: &str, user: &UserKey, now: DateTi
                 forced: false,
             },
         )?;
+        // A forced logout not yet carried out is moot: its user is back.
+        if s.get::<LogoutRequest>(desktop_id)?
+            .is_some_and(|r| r.user == user)
+        {
+            s.delete::<LogoutRequest>(desktop_id)?;
+        }
         if s.get::<DesktopTimers>(desktop_id)?
             .is_none_or(|t| t.keys.is_empty())
         {

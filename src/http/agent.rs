@@ -1,5 +1,6 @@
 //! Desktop agents and what the console shows of a desktop's life: the agent API
-//! (`POST /api/v1/agent/events`: login, logout, disconnect, lock, unlock, idle), the agent
+//! (`POST /api/v1/agent/events`: login, logout, disconnect, lock, unlock, active, idle;
+//! `GET /api/v1/agent/instructions`: a forced logout to carry out), the agent
 //! tokens the console issues (Resources > Desktops > a desktop > "Issue agent token", or
 //! `POST /api/v1/desktops/{id}/agent-token`: shown once, stored hashed), and a desktop's
 //! history, pending timers and last reported use under its form.
@@ -19,7 +20,9 @@ use super::session::CsrfOnly;
 use super::session::{Console, bearer, client_ip};
 use super::{AppState, HttpError};
 use crate::admin::{self, Actor};
-use crate::broker::plans::{EventOutcome, Reporter, desktop_history, desktop_timers, history};
+use crate::broker::plans::{
+    EventOutcome, Reporter, desktop_history, desktop_timers, history, logout_request,
+};
 use crate::model::desktop::Desktop;
 use crate::model::history::{AgentToken, AgentTokenHash, issue_agent_token};
 use crate::model::timer::{DesktopUse, parse_agent_event};
@@ -42,12 +45,25 @@ pub fn endpoints() -> Vec<Endpoint> {
             Method::POST,
             "/api/v1/agent/events",
             "agent",
-            "A desktop's agent reports an event: login, logout, disconnect, lock, unlock, or \
-             idle with the seconds idle so far (the desktop's agent token)",
+            "A desktop's agent reports an event: login, logout, disconnect, lock, unlock, \
+             active (input again after an idle report), or idle with the seconds idle so far \
+             (the desktop's agent token)",
             vec![("application/json", reference("AgentEvent"))],
             (200, Some(reference("AgentEventOutcome"))),
             false,
             || web::post().to(event_api),
+        ),
+        e(
+            Method::GET,
+            "/api/v1/agent/instructions",
+            "agent",
+            "What the desktop's agent is asked to do: `logout` names the user a release plan's \
+             forced logout wants logged out (null when none). The agent logs that user out and \
+             reports `logout`; the logout rules apply then (the desktop's agent token)",
+            vec![],
+            (200, Some(reference("AgentInstructions"))),
+            false,
+            || web::get().to(instructions_api),
         ),
         e(
             Method::POST,
@@ -82,10 +98,7 @@ pub fn schemas() -> Vec<(&'static str, Value)> {
             object(
                 &["event"],
                 vec![
-                    (
-                        "event",
-                        one_of(&["login", "logout", "disconnect", "lock", "unlock", "idle"]),
-                    ),
+                    ("event", one_of(&crate::model::timer::AGENT_EVENTS)),
                     (
                         "seconds",
                         described(
@@ -109,6 +122,30 @@ pub fn schemas() -> Vec<(&'static str, Value)> {
             ),
         ),
         ("AgentEventOutcome", event_outcome_schema()),
+        (
+            "AgentInstructions",
+            object(
+                &["desktop", "logout"],
+                vec![
+                    ("desktop", string()),
+                    (
+                        "logout",
+                        described(
+                            json!({
+                                "type": ["object", "null"],
+                                "required": ["user", "requested"],
+                                "properties": {
+                                    "user": {"type": "string"},
+                                    "requested": {"type": "string", "format": "date-time"},
+                                },
+                            }),
+                            "The user to log out (the name on the desktop), and since when; \
+                             null when nothing is asked.",
+                        ),
+                    ),
+                ],
+            ),
+        ),
         (
             "AgentTokenIssued",
             object(
@@ -187,6 +224,20 @@ async fn event_api(state: web::Data<AppState>, req: HttpRequest, body: web::Byte
         .report_event(&desktop, report.event, Reporter::Agent(report.user))
         .await?;
     Ok(json_ok(StatusCode::OK, &event_outcome_body(&outcome)))
+}
+
+async fn instructions_api(state: web::Data<AppState>, req: HttpRequest) -> ApiResult {
+    let desktop = calling_desktop(&state, &req).await?;
+    let id = desktop.clone();
+    let request = state
+        .store
+        .call(move |s| Ok::<_, HttpError>(logout_request(s, &id)?))
+        .await?;
+    let logout = request.map(|r| json!({"user": r.username(), "requested": r.requested}));
+    Ok(json_ok(
+        StatusCode::OK,
+        &json!({"desktop": desktop, "logout": logout}),
+    ))
 }
 
 /// What a reported event did, as both the agent and the client APIs answer it.

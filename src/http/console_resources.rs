@@ -422,7 +422,8 @@ impl Screen for ReleasePlan {
                 "logout_after_disconnect_minutes",
                 "Log out after a disconnect (minutes)",
                 Kind::OptNumber,
-                "Empty: never.",
+                "Empty: never. The desktop's agent logs the user out (it needs an agent token); \
+                 the release after logout follows when the agent reports it.",
             ),
             helped(
                 "release_after_logout_minutes",

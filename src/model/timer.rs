@@ -27,8 +27,10 @@ const CENTURY: u64 = 100 * 365 * 24 * 3600;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TimerAction {
-    /// Ends the user's sessions on the desktop (the gateway closes its tunnels) and marks the
-    /// user logged out; the logout rules then apply.
+    /// Ends the user's sessions on the desktop (the gateway closes its tunnels) and asks the
+    /// desktop's agent to log the user out ([`UseState::LogoutRequested`]). The logout rules
+    /// apply when the agent reports the logout, never before: until then the user's desktop
+    /// session may still be open, and the desktop must not go to anyone else.
     ForcedLogout,
     /// Gives the desktop back to its pool.
     Release,
@@ -88,13 +90,37 @@ pub struct PlanTimer {
     /// The plan it comes from, for the history: "release plan `Default`".
     #[serde(default)]
     pub plan: String,
+    /// Earlier tries of a power action or deletion its center refused or did not answer.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub attempts: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl Record for PlanTimer {
     const TREE: &'static str = "plan_timer_by_due";
 }
 
+/// How often a power action or deletion is tried before it is given up.
+pub const MOST_ATTEMPTS: u32 = 3;
+
 impl PlanTimer {
+    /// The same action tried again later, after a failed try: `None` when it is not one that
+    /// is tried again (a release or a forced logout: the next event decides) or tries are
+    /// used up. The wait grows with each try (5, then 10 minutes).
+    pub fn retry(&self, now: DateTime<Utc>, id: String) -> Option<PlanTimer> {
+        let again = matches!(self.action, TimerAction::Power(_) | TimerAction::DeleteVm)
+            && self.attempts + 1 < MOST_ATTEMPTS;
+        again.then(|| PlanTimer {
+            id,
+            due: now + Duration::minutes(5 * i64::from(self.attempts + 1)),
+            attempts: self.attempts + 1,
+            ..self.clone()
+        })
+    }
+
     /// The store key: the due time (milliseconds, hex, fixed width) then the id, so that keys
     /// sort by due time.
     pub fn key(&self) -> String {
@@ -144,6 +170,8 @@ pub enum DesktopEvent {
     Logout,
     Lock,
     Unlock,
+    /// The user is active again after an idle report (the agent saw input).
+    Active,
     /// Idle for this many seconds already.
     Idle {
         seconds: u64,
@@ -161,6 +189,7 @@ impl DesktopEvent {
             DesktopEvent::Logout => "logout",
             DesktopEvent::Lock => "lock",
             DesktopEvent::Unlock => "unlock",
+            DesktopEvent::Active => "active",
             DesktopEvent::Idle { .. } => "idle",
             DesktopEvent::Release => "release",
         }
@@ -169,7 +198,7 @@ impl DesktopEvent {
 
 /// Whether `event` makes the pending `timer` moot, so that it is cancelled:
 /// - a connect or a login (the user is back): every pending timer of the desktop;
-/// - an unlock: the idle timers;
+/// - an unlock, or the user active again: the idle timers;
 /// - a disconnect, an idle report or a release: the timers of the same cause (they are set
 ///   again from this event), and a release also every other timer of the assignment;
 /// - a logout: the logout and idle timers, and a forced logout still pending.
@@ -177,7 +206,7 @@ pub fn cancels(event: &DesktopEvent, timer: &PlanTimer) -> bool {
     match event {
         DesktopEvent::Connect | DesktopEvent::Login | DesktopEvent::Release => true,
         DesktopEvent::Lock => false,
-        DesktopEvent::Unlock => timer.cause == TimerCause::Idle,
+        DesktopEvent::Unlock | DesktopEvent::Active => timer.cause == TimerCause::Idle,
         DesktopEvent::Disconnect => timer.cause == TimerCause::Disconnect,
         DesktopEvent::Idle { .. } => timer.cause == TimerCause::Idle,
         DesktopEvent::Logout => {
@@ -225,6 +254,7 @@ pub fn timers_for(
             cause,
             created: now,
             plan: plan.to_string(),
+            attempts: 0,
         });
     };
     let minutes = |m: u32| Duration::minutes(i64::from(m));
@@ -273,8 +303,11 @@ pub fn timers_for(
                 add(TimerAction::DeleteVm, minutes(m), cause, &release_plan);
             }
         }
-        DesktopEvent::Connect | DesktopEvent::Login | DesktopEvent::Lock | DesktopEvent::Unlock => {
-        }
+        DesktopEvent::Connect
+        | DesktopEvent::Login
+        | DesktopEvent::Lock
+        | DesktopEvent::Unlock
+        | DesktopEvent::Active => {}
     }
     out
 }
@@ -289,6 +322,9 @@ pub enum UseState {
     LoggedOut,
     Locked,
     Idle,
+    /// A forced logout asked the desktop's agent to log the user out; it has not reported
+    /// the logout yet.
+    LogoutRequested,
 }
 
 impl UseState {
@@ -300,12 +336,13 @@ impl UseState {
             UseState::LoggedOut => "logged out",
             UseState::Locked => "locked",
             UseState::Idle => "idle",
+            UseState::LogoutRequested => "logout requested",
         }
     }
 }
 
 /// The desktop's last reported use: what the console shows, and what the desktop's agent
-/// will read (a forced logout sets `logged_out` with `forced`).
+/// reads (`GET /api/v1/agent/instructions`: a forced logout sets `logout_requested`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DesktopUse {
     pub state: UseState,
@@ -313,7 +350,7 @@ pub struct DesktopUse {
     #[serde(default)]
     pub user: Option<String>,
     pub since: DateTime<Utc>,
-    /// Set by a forced logout, until the next event.
+    /// Set by a forced logout: on the request, and on the logout the agent reports after it.
     #[serde(default)]
     pub forced: bool,
 }
@@ -328,7 +365,7 @@ impl DesktopUse {
     pub fn after(event: &DesktopEvent) -> Option<UseState> {
         Some(match event {
             DesktopEvent::Connect => UseState::Connected,
-            DesktopEvent::Login | DesktopEvent::Unlock => UseState::LoggedIn,
+            DesktopEvent::Login | DesktopEvent::Unlock | DesktopEvent::Active => UseState::LoggedIn,
             DesktopEvent::Disconnect => UseState::Disconnected,
             DesktopEvent::Logout => UseState::LoggedOut,
             DesktopEvent::Lock => UseState::Locked,
@@ -336,6 +373,39 @@ impl DesktopUse {
             DesktopEvent::Release => return None,
         })
     }
+}
+
+/// A forced logout the desktop's agent has yet to carry out (`GET /api/v1/agent/instructions`
+/// tells it). Cleared when a logout is reported, or when the user it names connects or logs
+/// in again; a release leaves it, since that user's desktop session may still be open.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogoutRequest {
+    /// The user to log out (`server/username`).
+    pub user: String,
+    pub requested: DateTime<Utc>,
+}
+
+impl Record for LogoutRequest {
+    const TREE: &'static str = "logout_request_by_desktop";
+}
+
+impl LogoutRequest {
+    /// The name to log out on the desktop: the user key's name part.
+    pub fn username(&self) -> &str {
+        self.user
+            .split_once('/')
+            .map_or(self.user.as_str(), |(_, name)| name)
+    }
+}
+
+/// Whether the name an agent saw logged in (`alice`, `EXAMPLE\alice`, `alice@example.com`)
+/// is the user of `key` (`server/username`), ignoring case as Windows and directories do.
+pub fn same_person(seen: &str, key: &str) -> bool {
+    let name = key.split_once('/').map_or(key, |(_, name)| name);
+    let seen = seen.rsplit_once('\\').map_or(seen, |(_, name)| name);
+    let seen = seen.split_once('@').map_or(seen, |(name, _)| name);
+    let name = name.split_once('@').map_or(name, |(name, _)| name);
+    !seen.is_empty() && seen.eq_ignore_ascii_case(name)
 }
 
 /// What a desktop's agent reports: an event, and the user it saw.
@@ -348,7 +418,15 @@ pub struct AgentReport {
 }
 
 /// The events an agent may report.
-pub const AGENT_EVENTS: [&str; 6] = ["login", "logout", "disconnect", "lock", "unlock", "idle"];
+pub const AGENT_EVENTS: [&str; 7] = [
+    "login",
+    "logout",
+    "disconnect",
+    "lock",
+    "unlock",
+    "active",
+    "idle",
+];
 
 /// Reads an agent's body, `{"event": "idle", "seconds": 600, "user": "alice"}`: every problem
 /// is named by its field.
@@ -434,6 +512,7 @@ pub fn parse_agent_event(body: &Value) -> Result<AgentReport, Vec<FieldError>> {
         "disconnect" => DesktopEvent::Disconnect,
         "lock" => DesktopEvent::Lock,
         "unlock" => DesktopEvent::Unlock,
+        "active" => DesktopEvent::Active,
         _ => DesktopEvent::Idle {
             seconds: seconds.unwrap_or_default(),
         },
@@ -448,6 +527,35 @@ pub fn parse_agent_event(body: &Value) -> Result<AgentReport, Vec<FieldError>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_agent_s_user_name_is_matched_to_the_holder_in_any_windows_spelling() {
+        for seen in [
+            "alice",
+            "ALICE",
+            "EXAMPLE\\alice",
+            "alice@example.com",
+            "ex\\Alice@x",
+        ] {
+            assert!(same_person(seen, "corp/alice"), "{seen}");
+        }
+        for seen in [
+            "bob",
+            "EXAMPLE\\bob",
+            "alice2",
+            "",
+            "EXAMPLE\\",
+            "@example.com",
+        ] {
+            assert!(!same_person(seen, "corp/alice"), "{seen}");
+        }
+        assert!(same_person("alice", "corp/alice@example.com"));
+        let r = LogoutRequest {
+            user: "corp/alice".into(),
+            requested: Utc::now(),
+        };
+        assert_eq!(r.username(), "alice");
+    }
     use crate::model::Protocol;
     use crate::model::desktop::DesktopInput;
     use serde_json::json;

@@ -146,6 +146,7 @@ fn write_timers(store: &Store, desktops: &[Desktop]) -> Result<usize, StoreError
                             cause: TimerCause::Disconnect,
                             created: Utc::now(),
                             plan: "power plan `Bench`".into(),
+                            attempts: 0,
                         };
                         let key = timer.key();
                         tx.put::<_, StoreError>(&key, &timer)?;

@@ -544,6 +544,24 @@ async fn agent_events_need_the_desktop_s_own_token() {
     );
     let r = send(Some("ghag_not-a-token"), json!({"event": "login"})).await;
     assert_eq!(r.status, 401, "{}", r.text);
+    // What the agent is asked to do: nothing yet; and only with its token.
+    let instructions = format!("{}/api/v1/agent/instructions", server.base);
+    let r = reply(
+        http.get(&instructions)
+            .bearer_auth(&token_a)
+            .send()
+            .await
+            .expect("request"),
+    )
+    .await;
+    assert_eq!(
+        (r.status, &r.body),
+        (200, &json!({"desktop": a, "logout": null})),
+        "{}",
+        r.text
+    );
+    let r = reply(http.get(&instructions).send().await.expect("request")).await;
+    assert_eq!(r.status, 401, "{}", r.text);
     // A bad body: every wrong field named, nothing recorded.
     let before = admin.history(&a).await.len();
     let r = send(Some(&token_a), json!({"event": "idle", "colour": "red"})).await;
@@ -605,12 +623,15 @@ async fn agent_events_need_the_desktop_s_own_token() {
     );
 
     // The idle timer runs; the static center cannot power machines off, and says so.
+    // The run shows as failed, and the action is tried again later.
     let run = admin.run("plan_timers").await;
     let said = run["last_result"].as_str().unwrap_or_default();
     assert!(
         said.contains("1 failed") && said.contains("not supported by the static center"),
         "{run}"
     );
+    assert_eq!(run["last_ok"], false, "{run}");
+    assert_eq!(admin.timers(&a).await.len(), 1, "tried again later");
     let mut c = server.console();
     c.sign_in("admin", PASSWORD).await;
     let page = c.get(&format!("/admin/resources/desktops/{a}")).await;

@@ -1,7 +1,9 @@
 //! Release and power plans over time, through the broker with the clock in the test's hands
-//! (no sleeps): a disconnect → a forced logout after an hour → the release → a shutdown and
-//! the machine's deletion; a restart in the middle resumes the timers; a reconnect cancels a
-//! chain; idle reports and an unlock.
+//! (no sleeps): a disconnect → a forced logout after an hour, carried out by the desktop's
+//! agent → the release → a shutdown and the machine's deletion; a restart in the middle
+//! resumes the timers; a reconnect cancels a chain; idle reports, an unlock and "active
+//! again"; a forced logout with no agent to carry it out; reports for another user; a user
+//! back while the run waits on a center; failed power actions tried again.
 
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
@@ -10,13 +12,14 @@ use chrono::{DateTime, Duration, TimeZone, Utc};
 use gatehouse::auth::{Directory, LdapDirectory};
 use gatehouse::broker::Broker;
 use gatehouse::broker::control::{ControlFuture, DesktopAction, DesktopControl};
-use gatehouse::broker::plans::{Reporter, desktop_history, desktop_timers};
+use gatehouse::broker::plans::{Reporter, desktop_history, desktop_timers, logout_request};
 use gatehouse::model::desktop::Desktop;
 use gatehouse::model::directory::Security;
+use gatehouse::model::history::AgentTokenHash;
 use gatehouse::model::location::ClientFacts;
 use gatehouse::model::plan::{PowerAction, PowerPlan, PowerRule, ReleasePlan};
 use gatehouse::model::policy::Policy;
-use gatehouse::model::timer::{DesktopEvent, TimerAction};
+use gatehouse::model::timer::{DesktopEvent, DesktopUse, TimerAction, UseState};
 use gatehouse::store::Store;
 
 use crate::slapd::{GENERATED_PASSWORD, Slapd, SlapdOptions};
@@ -155,6 +158,10 @@ async fn a_disconnect_leads_to_logout_release_shutdown_and_deletion_across_a_res
             .await
             .expect("connected");
         desk = d.id.clone();
+        // The desktop has an agent.
+        store
+            .put(&desk, &AgentTokenHash { hash: "h".into() })
+            .expect("agent token");
 
         // The disconnect: a forced logout in an hour, nothing else yet.
         let outcome = broker
@@ -179,14 +186,44 @@ async fn a_disconnect_leads_to_logout_release_shutdown_and_deletion_across_a_res
         let run = broker.run_plan_timers(&recorder).await.expect("run");
         assert_eq!(run.ran, 0);
 
-        // 61 minutes on: the forced logout, and at once the release after logout; the
-        // release sets the shutdown and the deletion.
+        // 61 minutes on: the forced logout asks the agent to log the user out; the desktop
+        // stays assigned until the agent says it did.
         clock.set(t0 + Duration::minutes(61));
         let run = broker.run_plan_timers(&recorder).await.expect("run");
-        assert_eq!((run.ran, run.failed.len()), (2, 0), "{}", run.summary());
+        assert_eq!((run.ran, run.failed.len()), (1, 0), "{}", run.summary());
+        let d: Desktop = store.get(&desk).expect("get").expect("desktop");
+        assert_eq!(d.assigned_user, Some(alice.user.key()), "not released yet");
+        let asked = logout_request(&store, &desk)
+            .expect("read")
+            .expect("a logout is asked of the agent");
+        assert_eq!(asked.username(), "user00001");
+        let shown: DesktopUse = store.get(&desk).expect("get").expect("use");
+        assert_eq!(
+            (shown.state, shown.forced),
+            (UseState::LogoutRequested, true)
+        );
+        assert!(pending(&store, &desk).is_empty());
+
+        // The agent logs the user out and says so: the release after logout runs at once,
+        // and sets the shutdown and the deletion.
+        let now = t0 + Duration::minutes(62);
+        clock.set(now);
+        broker
+            .report_event(
+                &desk,
+                DesktopEvent::Logout,
+                Reporter::Agent(Some("EXAMPLE\\USER00001".into())),
+            )
+            .await
+            .expect("logout reported");
+        assert!(
+            logout_request(&store, &desk).expect("read").is_none(),
+            "done"
+        );
+        let run = broker.run_plan_timers(&recorder).await.expect("run");
+        assert_eq!((run.ran, run.failed.len()), (1, 0), "{}", run.summary());
         let d: Desktop = store.get(&desk).expect("get").expect("desktop");
         assert_eq!(d.assigned_user, None, "released");
-        let now = t0 + Duration::minutes(61);
         assert_eq!(
             pending(&store, &desk),
             [
@@ -227,8 +264,8 @@ async fn a_disconnect_leads_to_logout_release_shutdown_and_deletion_across_a_res
         actions(&store, &desk),
         [
             "event.disconnect:ok",
-            "event.logout:ok",
             "timer.forced_logout:ok",
+            "event.logout:ok",
             "event.release:ok",
             "timer.release:ok",
             "timer.power:ok",
@@ -324,6 +361,17 @@ async fn a_reconnect_cancels_the_chain_and_idle_timers_follow_the_reports() {
         .await
         .expect("unlock");
     assert!(pending(&store, &d.id).is_empty());
+    // Idle, then input again without a lock in between: "active" cancels the same way.
+    broker
+        .report_event(&d.id, idle, Reporter::Agent(Some("user00001".into())))
+        .await
+        .expect("idle");
+    assert_eq!(pending(&store, &d.id).len(), 1);
+    broker
+        .report_event(&d.id, DesktopEvent::Active, Reporter::Agent(None))
+        .await
+        .expect("active");
+    assert!(pending(&store, &d.id).is_empty());
     // Idle again, and this time nobody comes back.
     broker
         .report_event(&d.id, idle, Reporter::Agent(None))
@@ -348,4 +396,256 @@ async fn a_reconnect_cancels_the_chain_and_idle_timers_follow_the_reports() {
             .await,
         Err(gatehouse::broker::BrokerError::NotYours)
     ));
+}
+
+/// Signs the first generated user in and connects them to a desktop of the Lab.
+async fn alice_connected(
+    broker: &Broker,
+    address: IpAddr,
+) -> (gatehouse::broker::Decision, Desktop) {
+    let alice = broker
+        .sign_in(
+            "user00001",
+            GENERATED_PASSWORD,
+            None,
+            &ClientFacts::from_address(address),
+        )
+        .await
+        .expect("signed in");
+    let offer = broker.offer(&alice).await.expect("offer");
+    let (d, _) = broker
+        .connect(&alice, &offer.desktops[0].id, address)
+        .await
+        .expect("connected");
+    (alice, d)
+}
+
+fn at_nine() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 21, 9, 0, 0)
+        .single()
+        .expect("time")
+}
+
+#[tokio::test]
+async fn a_forced_logout_without_an_agent_keeps_the_desktop_and_other_users_reports_do_nothing() {
+    let slapd = Slapd::start_with(&SlapdOptions {
+        generated_users: 1,
+        ..SlapdOptions::default()
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path()).expect("store");
+    seed(&store, 1);
+    let broker = broker(&store, Some(&slapd));
+    let t0 = at_nine();
+    let clock = Clock::at(t0);
+    clock.install(&broker);
+    let recorder = Recorder::default();
+    let address: IpAddr = "192.0.2.10".parse().expect("ip");
+    let (alice, d) = alice_connected(&broker, address).await;
+    broker
+        .report_event(
+            &d.id,
+            DesktopEvent::Disconnect,
+            Reporter::Client(alice.user.clone()),
+        )
+        .await
+        .expect("disconnect");
+
+    // No agent on the desktop: nothing can log the user out. The run says so, and the
+    // desktop stays with its user (it is not given to anyone while they may be logged in).
+    clock.set(t0 + Duration::minutes(61));
+    let run = broker.run_plan_timers(&recorder).await.expect("run");
+    assert_eq!((run.ran, run.failed.len()), (1, 1), "{}", run.summary());
+    assert!(
+        run.summary().contains("no agent token is issued"),
+        "{}",
+        run.summary()
+    );
+    let still: Desktop = store.get(&d.id).expect("get").expect("desktop");
+    assert_eq!(still.assigned_user, Some(alice.user.key()));
+    assert!(logout_request(&store, &d.id).expect("read").is_some());
+    assert!(pending(&store, &d.id).is_empty(), "no release was set");
+
+    // An administrator logs in to the desktop and out again: the agent reports it, and that
+    // is written down and does nothing (no release, the request stays).
+    for event in [DesktopEvent::Login, DesktopEvent::Logout] {
+        let outcome = broker
+            .report_event(
+                &d.id,
+                event,
+                Reporter::Agent(Some("EXAMPLE\\Administrator".into())),
+            )
+            .await
+            .expect("reported");
+        assert_eq!((outcome.set.len(), outcome.sessions_ended), (0, 0));
+    }
+    assert!(pending(&store, &d.id).is_empty());
+    assert!(logout_request(&store, &d.id).expect("read").is_some());
+    let history = desktop_history(&store, &d.id, 10).expect("history");
+    assert!(
+        history[0].detail.contains("does not hold the desktop"),
+        "{history:?}"
+    );
+
+    // The user comes back: the logout is no longer wanted.
+    broker
+        .connect(&alice, &d.id, address)
+        .await
+        .expect("reconnected");
+    assert!(logout_request(&store, &d.id).expect("read").is_none());
+    let shown: DesktopUse = store.get(&d.id).expect("get").expect("use");
+    assert_eq!(shown.state, UseState::Connected);
+}
+
+/// A center that is slow to act: while it is asked, the user comes back to the desktop.
+struct UserBackWhileWaiting {
+    broker: std::sync::OnceLock<Arc<Broker>>,
+    user: std::sync::OnceLock<(gatehouse::broker::Decision, IpAddr)>,
+    asked: Mutex<Vec<DesktopAction>>,
+}
+
+impl DesktopControl for UserBackWhileWaiting {
+    fn act<'a>(&'a self, desktop: &'a Desktop, action: DesktopAction) -> ControlFuture<'a> {
+        self.asked.lock().expect("lock").push(action);
+        Box::pin(async move {
+            let broker = self.broker.get().expect("broker");
+            let (alice, address) = self.user.get().expect("user");
+            broker
+                .connect(alice, &desktop.id, *address)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(())
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_user_back_while_the_run_waits_on_a_center_keeps_the_desktop() {
+    let slapd = Slapd::start_with(&SlapdOptions {
+        generated_users: 1,
+        ..SlapdOptions::default()
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path()).expect("store");
+    seed(&store, 1);
+    // Suspend 10 minutes after a disconnect, release after 20.
+    let mut power: PowerPlan = store.get("chain").expect("get").expect("power plan");
+    power.on_disconnect = PowerRule {
+        after_minutes: 10,
+        action: PowerAction::Suspend,
+    };
+    store.put("chain", &power).expect("power plan");
+    let mut release: ReleasePlan = store.get("chain").expect("get").expect("release plan");
+    release.logout_after_disconnect_minutes = None;
+    release.release_after_disconnect_minutes = Some(20);
+    store.put("chain", &release).expect("release plan");
+    let broker = broker(&store, Some(&slapd));
+    let t0 = at_nine();
+    let clock = Clock::at(t0);
+    clock.install(&broker);
+    let address: IpAddr = "192.0.2.10".parse().expect("ip");
+    let (alice, d) = alice_connected(&broker, address).await;
+    broker
+        .report_event(
+            &d.id,
+            DesktopEvent::Disconnect,
+            Reporter::Client(alice.user.clone()),
+        )
+        .await
+        .expect("disconnect");
+    assert_eq!(pending(&store, &d.id).len(), 2);
+
+    // Both are due in one run: the suspend goes to the center first, and while the center
+    // works the user connects again, which cancels the release.
+    let control = UserBackWhileWaiting {
+        broker: std::sync::OnceLock::new(),
+        user: std::sync::OnceLock::new(),
+        asked: Mutex::new(Vec::new()),
+    };
+    let _ = control.broker.set(broker.clone());
+    let _ = control.user.set((alice.clone(), address));
+    clock.set(t0 + Duration::minutes(25));
+    let run = broker.run_plan_timers(&control).await.expect("run");
+    assert_eq!((run.ran, run.failed.len()), (2, 0), "{}", run.summary());
+    assert_eq!(
+        *control.asked.lock().expect("lock"),
+        [DesktopAction::Suspend]
+    );
+    let still: Desktop = store.get(&d.id).expect("get").expect("desktop");
+    assert_eq!(
+        still.assigned_user,
+        Some(alice.user.key()),
+        "the release that was cancelled meanwhile did nothing"
+    );
+    let history = desktop_history(&store, &d.id, 10).expect("history");
+    assert!(
+        history
+            .iter()
+            .any(|h| h.action == "timer.release" && h.detail.contains("cancelled meanwhile")),
+        "{history:?}"
+    );
+}
+
+/// A center that refuses every action.
+struct Refusing;
+
+impl DesktopControl for Refusing {
+    fn act<'a>(&'a self, _: &'a Desktop, _: DesktopAction) -> ControlFuture<'a> {
+        Box::pin(async { Err("the cloud answered 503".to_string()) })
+    }
+}
+
+#[tokio::test]
+async fn a_refused_power_action_is_tried_again_then_given_up() {
+    let slapd = Slapd::start_with(&SlapdOptions {
+        generated_users: 1,
+        ..SlapdOptions::default()
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path()).expect("store");
+    seed(&store, 1);
+    let broker = broker(&store, Some(&slapd));
+    let t0 = at_nine();
+    let clock = Clock::at(t0);
+    clock.install(&broker);
+    let address: IpAddr = "192.0.2.10".parse().expect("ip");
+    let (_, d) = alice_connected(&broker, address).await;
+    // Idle for 20 minutes already: the power-off is due at once.
+    broker
+        .report_event(
+            &d.id,
+            DesktopEvent::Idle { seconds: 1200 },
+            Reporter::Agent(None),
+        )
+        .await
+        .expect("idle");
+    let mut now = t0;
+    for (try_no, wait) in [(1, Some(5)), (2, Some(10)), (3, None)] {
+        let run = broker.run_plan_timers(&Refusing).await.expect("run");
+        assert_eq!((run.ran, run.failed.len()), (1, 1), "{}", run.summary());
+        let said = &run.failed[0];
+        assert!(said.contains("the cloud answered 503"), "{said}");
+        let history = desktop_history(&store, &d.id, 1).expect("history");
+        assert!(
+            history[0].detail.contains(&format!("try {try_no} of 3")),
+            "{history:?}"
+        );
+        match wait {
+            Some(minutes) => {
+                let again = now + Duration::minutes(minutes);
+                assert_eq!(
+                    pending(&store, &d.id),
+                    [(TimerAction::Power(PowerAction::PowerOff), again)]
+                );
+                // Not before its time.
+                assert_eq!(broker.run_plan_timers(&Refusing).await.expect("run").ran, 0);
+                now = again;
+                clock.set(now);
+            }
+            None => {
+                assert!(history[0].detail.contains("given up"), "{history:?}");
+                assert!(pending(&store, &d.id).is_empty());
+            }
+        }
+    }
 }
