@@ -82,6 +82,10 @@ pub enum BrokerError {
         "The gateway cannot open a connection for you right now ({0}). Try again or tell your administrator."
     )]
     Gateway(String),
+    /// The licence in force does not allow this connection (it ended, or every user it
+    /// counts already holds a desktop).
+    #[error("{0}")]
+    LicenceLimit(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -353,6 +357,7 @@ pub struct Broker {
     ends: Arc<SessionEnds>,
     link: RwLock<Option<Arc<dyn GatewayLink>>>,
     on_assigned: RwLock<Option<OnAssigned>>,
+    licence: RwLock<Option<crate::licence::Verifier>>,
     clock: RwLock<Clock>,
 }
 
@@ -376,11 +381,18 @@ impl Broker {
             taken: Arc::new(TakenHint::default()),
             link: RwLock::new(None),
             on_assigned: RwLock::new(None),
+            licence: RwLock::new(None),
             clock: RwLock::new(Arc::new(Utc::now)),
         })
     }
 
     /// Sets what runs after each assignment, with the pool's id (see [`OnAssigned`]).
+    /// Makes connections ask the licence in force (checked with `verifier`) first: none once
+    /// it has ended, and no new user past its concurrent users ([`licence_allows`]).
+    pub fn set_licence_verifier(&self, verifier: crate::licence::Verifier) {
+        *self.licence.write().unwrap_or_else(|p| p.into_inner()) = Some(verifier);
+    }
+
     pub fn set_on_assigned(&self, hook: OnAssigned) {
         *self.on_assigned.write().unwrap_or_else(|p| p.into_inner()) = Some(hook);
     }
@@ -657,6 +669,17 @@ impl Broker {
         if !decision.role.may_connect {
             return Err(BrokerError::Forbidden);
         }
+        let verifier = self
+            .licence
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(verifier) = verifier {
+            let user = decision.user.key();
+            self.store
+                .call(move |s| licence_allows(s, &verifier, &user))
+                .await?;
+        }
         let membership = self.membership().await?;
         let taken = self.taken.clone();
         let username = decision.user.username.clone();
@@ -807,6 +830,50 @@ impl Broker {
         self.after_release(&released, user_key).await;
         Ok(released)
     }
+}
+
+/// Whether the licence in force lets `user` connect: not once it has ended; and when it
+/// counts concurrent users, a user who holds no desktop yet only while fewer users than it
+/// allows hold one (a user who holds one may always reconnect). Concurrent users are the
+/// users holding a desktop, the count the console shows; connections taken at the same
+/// moment as the last free place may each pass the count before either is assigned.
+pub fn licence_allows(s: &Store, verifier: &crate::licence::Verifier, user: &str) -> Result<()> {
+    use crate::licence::Capability;
+    let state = crate::admin::licence_state(s, verifier).map_err(|e| match e {
+        crate::admin::AdminError::Store(e) => BrokerError::Store(e),
+        other => BrokerError::Store(StoreError::Engine(other.to_string())),
+    })?;
+    if !state.allows(Capability::Connect) {
+        return Err(BrokerError::LicenceLimit(
+            "Gatehouse's licence has ended, so no desktop can be given out. Tell your \
+             administrator (System > Licence)."
+                .into(),
+        ));
+    }
+    let Some(max) = state.max_concurrent_users() else {
+        return Ok(());
+    };
+    if s.get::<HeldDesktops>(user)?
+        .is_some_and(|h| !h.desktops.is_empty())
+    {
+        return Ok(());
+    }
+    // Keys first (no decoding); an entry left empty by an older release counts only here.
+    let mut holders = s.count::<HeldDesktops>()?;
+    if holders >= max as usize {
+        holders = s
+            .values::<HeldDesktops>()?
+            .iter()
+            .filter(|h| !h.desktops.is_empty())
+            .count();
+    }
+    if holders >= max as usize {
+        return Err(BrokerError::LicenceLimit(format!(
+            "The licence allows {max} users at once, and {holders} already hold a desktop. \
+             Try again when someone releases theirs, or tell your administrator."
+        )));
+    }
+    Ok(())
 }
 
 /// Who a user is and where they are: the decision up to the assignment table.
@@ -1178,7 +1245,11 @@ fn release(
         tx.put(id, &desktop)?;
         let mut mine: HeldDesktops = tx.get(&user_key)?.unwrap_or_default();
         mine.desktops.retain(|d| d != id);
-        tx.put(&user_key, &mine)?;
+        if mine.desktops.is_empty() {
+            tx.delete::<HeldDesktops, BrokerError>(&user_key)?;
+        } else {
+            tx.put(&user_key, &mine)?;
+        }
         let open: OpenSessions = tx.get(id)?.unwrap_or_default();
         let mut ended = Vec::with_capacity(open.ids.len());
         for session_id in &open.ids {

@@ -159,6 +159,7 @@ impl HttpError {
                 BrokerError::Forbidden => "forbidden",
                 BrokerError::Missing { .. } => "configuration_missing",
                 BrokerError::Gateway(_) => "gateway_unavailable",
+                BrokerError::LicenceLimit(_) => "licence_limit",
                 BrokerError::Store(_) => "store_error",
             },
         }
@@ -246,7 +247,8 @@ impl ResponseError for HttpError {
                 | BrokerError::NoServers
                 | BrokerError::NoAccess
                 | BrokerError::NotOffered
-                | BrokerError::Forbidden => StatusCode::FORBIDDEN,
+                | BrokerError::Forbidden
+                | BrokerError::LicenceLimit(_) => StatusCode::FORBIDDEN,
                 BrokerError::NotYours | BrokerError::NoSuchDesktop(_) => StatusCode::NOT_FOUND,
                 BrokerError::DirectoryUnreachable(_)
                 | BrokerError::Gateway(_)

@@ -99,6 +99,7 @@ impl AppState {
         let sec = &config.security;
         let trusted_proxies = config.trusted_proxies();
         centers.set_verifier(verifier.clone());
+        broker.set_licence_verifier(verifier.clone());
         centers.watch_assignments();
         Self {
             sessions: Sessions::new(std::time::Duration::from_secs(

@@ -165,7 +165,7 @@ fn binary_size() -> Result<Figure> {
 fn start_to_first_answer(rt: &tokio::runtime::Runtime, data: &Path, tmp: &Path) -> Result<Figure> {
     println!("# 2. Start to first HTTPS answer (GET /healthz), warm store");
     // One start to warm the page cache and let the first start's one-time work happen.
-    let warm = Server::start(BINARY, data, tmp, "warm-up")?;
+    let warm = Server::start_with(BINARY, data, tmp, "warm-up", None)?;
     rt.block_on(healthz(&client()?, &warm.base))?;
     let stop = warm.stop()?;
     println!("  warm-up start done (stopped in {:.1} ms)", ms(stop));
@@ -174,7 +174,7 @@ fn start_to_first_answer(rt: &tokio::runtime::Runtime, data: &Path, tmp: &Path) 
     for i in 1..=START_RUNS {
         let client = client()?;
         let started = Instant::now();
-        let server = Server::start(BINARY, data, tmp, &format!("start-{i}"))?;
+        let server = Server::start_with(BINARY, data, tmp, &format!("start-{i}"), None)?;
         let console_line = started.elapsed();
         rt.block_on(healthz(&client, &server.base))?;
         let first = started.elapsed();
@@ -224,7 +224,7 @@ async fn healthz(client: &reqwest::Client, base: &str) -> Result<()> {
 
 fn idle_memory(rt: &tokio::runtime::Runtime, data: &Path, tmp: &Path) -> Result<Vec<Figure>> {
     println!("# 3. Idle memory after the wizard (signed in, console pages walked)");
-    let server = Server::start(BINARY, data, tmp, "memory")?;
+    let server = Server::start_with(BINARY, data, tmp, "memory", None)?;
     let pid = server.pid();
     let base = server.base.clone();
     print_stage(pid, "just started")?;

@@ -212,19 +212,27 @@ fn run() -> Result<(Vec<Figure>, Vec<String>)> {
     );
     let password_file = tmp.path().join("admin-password");
     std::fs::write(&password_file, format!("{ADMIN_PASSWORD}\n")).context("password file")?;
+    // A licence without a user limit (the evaluation gives desktops to 10 users at once),
+    // signed with a vendor key made for this run.
+    let config = licence_without_user_limit(tmp.path(), &data)?;
     let out = gatehouse(
         &binary(),
         &[
             "setup",
+            "--config",
+            path_str(&config.file)?,
             "--data",
             path_str(&data)?,
             "--admin-password-file",
             path_str(&password_file)?,
+            "--licence-file",
+            path_str(&config.key)?,
+            "--accept-licence",
         ],
     )?;
     println!("  setup: {}", out.lines().last().unwrap_or_default());
 
-    let server = Server::start(&binary(), &data, tmp.path(), "serve")?;
+    let server = Server::start_with(&binary(), &data, tmp.path(), "serve", Some(&config.file))?;
     let pid = server.pid();
     println!("  server: {} (pid {pid})", server.base);
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -1088,3 +1096,47 @@ fn clock_ticks() -> f64 {
 }
 
 // ---------------------------------------------------------------- the server and the CLI
+
+/// A configuration file trusting a vendor key made for this run, and a licence key it signed
+/// for `data`'s installation, without a user limit.
+struct Licensed {
+    file: std::path::PathBuf,
+    key: std::path::PathBuf,
+}
+
+fn licence_without_user_limit(tmp: &std::path::Path, data: &std::path::Path) -> Result<Licensed> {
+    let vendor = tmp.join("vendor");
+    gatehouse(
+        &binary(),
+        &["licence", "keygen", "--out", path_str(&vendor)?],
+    )?;
+    let code = gatehouse(&binary(), &["licence", "code", "--data", path_str(data)?])?;
+    let signing_key = vendor.join("licence-signing.key");
+    let key_text = gatehouse(
+        &binary(),
+        &[
+            "licence",
+            "issue",
+            "--signing-key",
+            path_str(&signing_key)?,
+            "--serial",
+            "GH-BENCH-1",
+            "--installation-code",
+            code.trim(),
+            "--customer",
+            "Login storm",
+        ],
+    )?;
+    let key = tmp.join("licence.key");
+    std::fs::write(&key, key_text).context("licence key file")?;
+    let file = tmp.join("gatehouse.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[licence]\npublic_key_file = \"{}\"\n",
+            vendor.join("licence-signing.pub").display()
+        ),
+    )
+    .context("config file")?;
+    Ok(Licensed { file, key })
+}

@@ -22,10 +22,22 @@ pub struct Server {
 impl Server {
     /// Spawns `gatehouse serve --data DATA --listen 127.0.0.1:0` and returns once it printed
     /// its console line. Its stderr goes to `TMP/LABEL.stderr.log`.
-    pub fn start(binary: &str, data: &Path, tmp: &Path, label: &str) -> Result<Self> {
+    /// `config`: a `--config FILE` for `serve`, or none (the built-in defaults).
+    pub fn start_with(
+        binary: &str,
+        data: &Path,
+        tmp: &Path,
+        label: &str,
+        config: Option<&Path>,
+    ) -> Result<Self> {
         let stderr = tmp.join(format!("{label}.stderr.log"));
-        let mut child = Command::new(binary)
-            .args(["serve", "--data"])
+        let mut command = Command::new(binary);
+        command.arg("serve");
+        if let Some(config) = config {
+            command.arg("--config").arg(config);
+        }
+        let mut child = command
+            .arg("--data")
             .arg(data)
             .args(["--listen", "127.0.0.1:0"])
             .stdout(Stdio::piped())

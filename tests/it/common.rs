@@ -405,6 +405,39 @@ pub fn finish_setup(data: &Path, password: &str) -> String {
     out
 }
 
+/// As [`finish_setup`], activating a licence issued by `licensing` for this installation
+/// (`issue_flags`: more `licence issue` flags, e.g. `--max-users 2`). Returns the config file
+/// that trusts `licensing`'s key, for `Server::start`.
+pub fn finish_setup_licensed(
+    data: &Path,
+    password: &str,
+    licensing: &Licensing,
+    issue_flags: &[&str],
+) -> PathBuf {
+    let code = installation_code(data);
+    let key = licensing.issue("GH-TEST-1", &code, issue_flags);
+    let key_file = data.with_extension("licence");
+    std::fs::write(&key_file, key).expect("write key");
+    let folder = data.parent().expect("data has a parent");
+    let config = licensing.config_file(folder, "");
+    let password_file = data.with_extension("admin-password");
+    std::fs::write(&password_file, format!("{password}\n")).expect("write");
+    let (ok, _, err) = run(&[
+        "setup",
+        "--config",
+        config.to_str().expect("utf8"),
+        "--data",
+        data.to_str().expect("utf8"),
+        "--admin-password-file",
+        password_file.to_str().expect("utf8"),
+        "--licence-file",
+        key_file.to_str().expect("utf8"),
+        "--accept-licence",
+    ]);
+    assert!(ok, "setup: {err}");
+    config
+}
+
 /// The installation code of a data folder that has been started once.
 pub fn installation_code(data: &Path) -> String {
     let (ok, out, err) = run(&["licence", "code", "--data", data.to_str().expect("utf8")]);

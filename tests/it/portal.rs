@@ -23,6 +23,28 @@ pub fn appliance(slapd: &Slapd, dir: &Path, desktops: usize) -> Server {
 
 /// As [`appliance`], with the directory's connect and search timeouts in seconds.
 pub fn appliance_with(slapd: &Slapd, dir: &Path, desktops: usize, timeout_secs: u32) -> Server {
+    let data = seed_data(slapd, dir, desktops, timeout_secs);
+    common::finish_setup(&data, ADMIN_PASSWORD);
+    Server::start(&data, None)
+}
+
+/// As [`appliance`], with a licence (`issue_flags`: e.g. `--max-users 2`; none: no limit on
+/// users, unlike the evaluation's 10) instead of the evaluation.
+pub fn licensed_appliance(
+    slapd: &Slapd,
+    dir: &Path,
+    desktops: usize,
+    timeout_secs: u32,
+    issue_flags: &[&str],
+) -> (Server, common::Licensing) {
+    let data = seed_data(slapd, dir, desktops, timeout_secs);
+    let licensing = common::Licensing::new();
+    let config = common::finish_setup_licensed(&data, ADMIN_PASSWORD, &licensing, issue_flags);
+    (Server::start(&data, Some(&config)), licensing)
+}
+
+/// The data folder [`appliance`] starts on, before the wizard.
+fn seed_data(slapd: &Slapd, dir: &Path, desktops: usize, timeout_secs: u32) -> std::path::PathBuf {
     let data = dir.join("data");
     {
         let store = Store::open(&data).expect("store");
@@ -33,8 +55,7 @@ pub fn appliance_with(slapd: &Slapd, dir: &Path, desktops: usize, timeout_secs: 
         store.put(&server.id.clone(), &server).expect("auth server");
         crate::lab::seed(&store, &server.id, desktops, &[("generated", "user")]);
     }
-    common::finish_setup(&data, ADMIN_PASSWORD);
-    Server::start(&data, None)
+    data
 }
 
 /// A client of the JSON API.
@@ -593,7 +614,8 @@ async fn two_hundred_simultaneous_client_sign_ins_race_for_fifty_desktops_over_h
         ..SlapdOptions::default()
     });
     let dir = tempfile::tempdir().expect("tempdir");
-    let server = appliance_with(&slapd, dir.path(), DESKTOPS, 30);
+    // A licence without a user limit: the evaluation allows 10 users at once.
+    let (server, licensing) = licensed_appliance(&slapd, dir.path(), DESKTOPS, 30, &[]);
     let api = std::sync::Arc::new(Api::new(&server));
     let tasks: Vec<_> = (1..=USERS)
         .map(|n| {
@@ -640,7 +662,8 @@ async fn two_hundred_simultaneous_client_sign_ins_race_for_fifty_desktops_over_h
     // Restart the server (SIGKILL): every winner signs in again and is offered the same desktop.
     let data = server.data.clone();
     server.kill();
-    let server = Server::start(&data, None);
+    let config = licensing.config_file(dir.path(), "");
+    let server = Server::start(&data, Some(&config));
     let api = Api::new(&server);
     for (user, desktop) in &winners {
         let login = api.login(user, GENERATED_PASSWORD, "after-restart").await;
@@ -663,4 +686,85 @@ async fn two_hundred_simultaneous_client_sign_ins_race_for_fifty_desktops_over_h
         "{}",
         login.body
     );
+}
+
+/// Signs `user` in and connects them to the first desktop offered: the connect's answer.
+async fn sign_in_and_connect(api: &Api, user: &str) -> Reply {
+    let login = api.login(user, GENERATED_PASSWORD, "licence").await;
+    assert_eq!(login.status, 200, "{}", login.body);
+    let token = token_of(&login);
+    let first = login.body["desktops"][0]["id"]
+        .as_str()
+        .expect("a desktop on offer")
+        .to_string();
+    api.call(
+        &token,
+        &format!("/api/v1/client/desktops/{first}/connect"),
+        false,
+    )
+    .await
+}
+
+#[tokio::test]
+async fn the_licence_limits_who_gets_a_desktop() {
+    let slapd = Slapd::start_with(&SlapdOptions {
+        generated_users: 3,
+        ..SlapdOptions::default()
+    });
+
+    // Two users at once: the third is refused until one of the two gives theirs back; a user
+    // who holds a desktop may always come back to it.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (server, _licensing) = licensed_appliance(&slapd, dir.path(), 3, 5, &["--max-users", "2"]);
+    let api = Api::new(&server);
+    for user in ["user00001", "user00002"] {
+        let r = sign_in_and_connect(&api, user).await;
+        assert_eq!(r.status, 200, "{user}: {}", r.body);
+    }
+    let r = sign_in_and_connect(&api, "user00003").await;
+    assert_eq!(
+        (r.status, &r.body["error"]),
+        (403, &json!("licence_limit")),
+        "{}",
+        r.body
+    );
+    let said = r.body["message"].as_str().unwrap_or_default();
+    assert!(said.contains("allows 2 users at once"), "{said}");
+    let again = sign_in_and_connect(&api, "user00001").await;
+    assert_eq!(again.status, 200, "{}", again.body);
+    let login = api.login("user00001", GENERATED_PASSWORD, "licence").await;
+    let token = token_of(&login);
+    let held = again.body["desktop"]["id"].as_str().expect("id");
+    let r = api
+        .call(
+            &token,
+            &format!("/api/v1/client/desktops/{held}/release"),
+            false,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = sign_in_and_connect(&api, "user00003").await;
+    assert_eq!(r.status, 200, "a place was given back: {}", r.body);
+
+    // An evaluation that has ended gives no desktop to anyone.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = seed_data(&slapd, dir.path(), 1, 5);
+    common::finish_setup(&data, ADMIN_PASSWORD);
+    {
+        let store = Store::open(&data).expect("store");
+        let mut setup: gatehouse::model::SetupState = store.get_one().expect("setup state");
+        setup.evaluation_started = Some(chrono::Utc::now().date_naive() - chrono::Days::new(40));
+        store.put_one(&setup).expect("setup state");
+    }
+    let server = Server::start(&data, None);
+    let api = Api::new(&server);
+    let r = sign_in_and_connect(&api, "user00001").await;
+    assert_eq!(
+        (r.status, &r.body["error"]),
+        (403, &json!("licence_limit")),
+        "{}",
+        r.body
+    );
+    let said = r.body["message"].as_str().unwrap_or_default();
+    assert!(said.contains("licence has ended"), "{said}");
 }
