@@ -371,7 +371,11 @@ async fn connect(
         desktop = %desktop.name,
         "portal user connects"
     );
-    if let Some(response) = download(&params) {
+    // A connection file names the desktop's own address: through the gateway the client
+    // needs the tunnel instead, which the page says how to open.
+    if params.gateway.is_none()
+        && let Some(response) = download(&params)
+    {
         return Ok(response);
     }
     let view = AddressView {

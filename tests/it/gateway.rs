@@ -1756,6 +1756,30 @@ async fn the_appliance_closes_tunnels_when_the_broker_releases_the_desktop() {
     assert_eq!(url, format!("ws://{plain}/tunnel"));
     assert!(ticket.starts_with("GT1."), "{ticket}");
 
+    // The portal gives no connection file naming the desktop's own address: it shows how to
+    // open the tunnel, with a ticket of its own.
+    let mut portal = server.console();
+    portal.get("/").await;
+    let a = portal
+        .post(
+            "/portal/login",
+            &[("username", "user00001"), ("password", GENERATED_PASSWORD)],
+        )
+        .await;
+    assert_eq!(a.status, 303, "{}", a.body);
+    portal.get("/").await;
+    let page = portal
+        .post(&format!("/portal/desktops/{desk}/connect"), &[])
+        .await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(
+        page.body.contains(&format!(
+            "gatehouse tunnel --gateway ws://{plain}/tunnel --ticket GT1."
+        )) && !page.body.contains("connection-uri"),
+        "{}",
+        page.body
+    );
+
     // The ticket works on the plain port (the URL given) and on the TLS port.
     let (_plain_tunnel, plain_at) = start_tunnel(&url, &ticket, &[]).await;
     echo_check_at(plain_at, MB, "serve, plain port").await;
