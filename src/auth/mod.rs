@@ -111,15 +111,30 @@ pub fn password_problems(
     problems
 }
 
-/// A random password that meets [`password_problems`] (for `admin reset-password`).
-pub fn generate_password() -> String {
-    let mut bytes = [0u8; 15];
-    rand::rng().fill_bytes(&mut bytes);
-    // base64 gives upper, lower and digits; the suffix guarantees a digit and a symbol.
-    format!(
-        "{}-7",
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-    )
+/// The length of a generated password when the configured minimum is shorter.
+pub const GENERATED_PASSWORD_LEN: usize = 22;
+
+/// A random password for `username` that meets [`password_problems`] with `min_len` (for
+/// `admin reset-password`): [`GENERATED_PASSWORD_LEN`] characters, or `min_len` when that is
+/// longer.
+pub fn generate_password(username: &str, min_len: usize) -> String {
+    let len = min_len.max(GENERATED_PASSWORD_LEN);
+    let mut password = String::new();
+    // A random draw can break a rule (hold the user name, say) by chance: draw again. The
+    // chance is tiny, so the bound only guards against a rule no password can meet.
+    for _ in 0..100 {
+        // 3 bytes make 4 base64 characters; 3 more than needed leave room to cut.
+        let mut bytes = vec![0u8; len.div_ceil(4) * 3 + 3];
+        rand::rng().fill_bytes(&mut bytes);
+        let mut text = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+        // base64 gives upper, lower and digits; the suffix guarantees a digit and a symbol.
+        text.truncate(len.saturating_sub(2));
+        password = format!("{text}-7");
+        if password_problems(&password, &password, username, min_len).is_empty() {
+            break;
+        }
+    }
+    password
 }
 
 /// A random, URL-safe token of 256 bits.
@@ -523,11 +538,25 @@ mod tests {
         assert!(p.iter().any(|s| s.contains("three")));
         let p = password_problems("Admin-Password-1", "Admin-Password-1", "admin", 12);
         assert!(p.iter().any(|s| s.contains("user name")), "{p:?}");
-        let generated = generate_password();
+        let generated = generate_password("admin", 12);
         assert!(
             password_problems(&generated, &generated, "admin", 12).is_empty(),
             "{generated}"
         );
+    }
+
+    #[test]
+    fn generated_passwords_are_as_long_as_the_configured_minimum() {
+        let short = generate_password("admin", 8);
+        assert_eq!(short.chars().count(), GENERATED_PASSWORD_LEN, "{short}");
+        for min_len in [22, 23, 30, 64, 100] {
+            let generated = generate_password("admin", min_len);
+            assert_eq!(generated.chars().count(), min_len, "{generated}");
+            assert!(
+                password_problems(&generated, &generated, "admin", min_len).is_empty(),
+                "{min_len}: {generated}"
+            );
+        }
     }
 
     #[test]
