@@ -693,6 +693,7 @@ mod tests {
         let cases = [
             (BrokerError::EmptyPassword, 401),
             (BrokerError::Disabled, 403),
+            (BrokerError::PasswordExpired, 403),
             (BrokerError::DirectoryUnreachable("x".into()), 503),
             (BrokerError::NoServers, 403),
             (BrokerError::NoAccess, 403),

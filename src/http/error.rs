@@ -148,6 +148,7 @@ impl HttpError {
                 BrokerError::WrongPassword | BrokerError::UnknownUser(_) => "wrong_password",
                 BrokerError::EmptyPassword => "empty_password",
                 BrokerError::Disabled => "account_disabled",
+                BrokerError::PasswordExpired => "password_expired",
                 BrokerError::DirectoryUnreachable(_) => "directory_unreachable",
                 BrokerError::NoServers => "no_directory",
                 BrokerError::NoAccess => "no_access",
@@ -243,6 +244,7 @@ impl ResponseError for HttpError {
                 | BrokerError::EmptyPassword
                 | BrokerError::UnknownUser(_) => StatusCode::UNAUTHORIZED,
                 BrokerError::Disabled
+                | BrokerError::PasswordExpired
                 | BrokerError::NoServers
                 | BrokerError::NoAccess
                 | BrokerError::NotOffered

@@ -226,7 +226,13 @@ pub async fn check_credentials(
         .await
     {
         Ok(d) => d,
-        Err(e @ (BrokerError::DirectoryUnreachable(_) | BrokerError::Store(_))) => {
+        // An expired password is told as such: the directory checked the password first, and
+        // the user has something to do before any sign-in can work.
+        Err(
+            e @ (BrokerError::DirectoryUnreachable(_)
+            | BrokerError::Store(_)
+            | BrokerError::PasswordExpired),
+        ) => {
             return Err(e.into());
         }
         Err(BrokerError::NoAccess) => return Ok(Credentials::Refused("directory: no access")),
