@@ -479,6 +479,9 @@ impl Throttle {
 pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
 /// A directory that signs users in: what the broker needs of an authentication server.
+///
+/// `user` is the name as typed: `user`, `DOMAIN\user` or `user@domain`. Each directory takes
+/// from it the name its login attribute holds (a `userPrincipalName` login keeps the suffix).
 pub trait Directory: Send + Sync {
     /// Checks the password and returns the user with their groups.
     fn authenticate<'a>(

@@ -482,10 +482,10 @@ impl Broker {
         if password.is_empty() {
             return Err(BrokerError::EmptyPassword);
         }
-        let (user, candidates) = self.candidates(typed_user, domain)?;
+        let (typed, user, candidates) = self.candidates(typed_user, domain)?;
         let mut unreachable = None;
         for (server, directory) in candidates {
-            match directory.authenticate(&user, password).await {
+            match directory.authenticate(&typed, password).await {
                 Ok(found) => return self.decide(&server, found, facts).await,
                 Err(DirectoryError::UnknownUser) => continue,
                 Err(DirectoryError::WrongPassword) => return Err(BrokerError::WrongPassword),
@@ -513,10 +513,10 @@ impl Broker {
         domain: Option<&str>,
         facts: &ClientFacts,
     ) -> Result<Decision> {
-        let (user, candidates) = self.candidates(typed_user, domain)?;
+        let (typed, user, candidates) = self.candidates(typed_user, domain)?;
         let mut unreachable = None;
         for (server, directory) in candidates {
-            match directory.lookup(&user).await {
+            match directory.lookup(&typed).await {
                 Ok(Some(found)) => return self.decide(&server, found, facts).await,
                 Ok(None) => continue,
                 Err(e) => unreachable = Some(e.to_string()),
@@ -528,14 +528,17 @@ impl Broker {
         })
     }
 
-    /// The bare user name and the servers to ask, from `DOMAIN\user`, `user@domain` or a
-    /// separately given domain (all servers in order when there is none).
+    /// What was typed (trimmed), the bare user name and the servers to ask, from
+    /// `DOMAIN\user`, `user@domain` or a separately given domain (all servers in order when
+    /// there is none). The servers are asked with what was typed: each directory takes from it
+    /// the name its login attribute holds (the bare name, or all of `user@domain` for a
+    /// `userPrincipalName` login).
     #[allow(clippy::type_complexity)]
     fn candidates(
         &self,
         typed_user: &str,
         domain: Option<&str>,
-    ) -> Result<(String, Vec<(AuthServer, Arc<dyn Directory>)>)> {
+    ) -> Result<(String, String, Vec<(AuthServer, Arc<dyn Directory>)>)> {
         let (typed_domain, user) = split_login(typed_user);
         let domain = domain
             .filter(|d| !d.is_empty())
@@ -545,7 +548,7 @@ impl Broker {
         if candidates.is_empty() {
             return Err(BrokerError::NoServers);
         }
-        Ok((user, candidates))
+        Ok((typed_user.trim().to_string(), user, candidates))
     }
 
     /// Still allowed? A user disabled or removed in the directory loses access at once.
@@ -584,9 +587,9 @@ impl Broker {
         domain: Option<&str>,
         facts: &ClientFacts,
     ) -> Result<Identity> {
-        let (user, candidates) = self.candidates(typed_user, domain)?;
+        let (typed, user, candidates) = self.candidates(typed_user, domain)?;
         for (server, directory) in candidates {
-            match directory.lookup(&user).await {
+            match directory.lookup(&typed).await {
                 Ok(Some(found)) => {
                     let facts = facts.clone();
                     return self
