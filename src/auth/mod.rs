@@ -340,6 +340,14 @@ impl Sessions {
     }
 }
 
+/// The account name a typed sign-in name counts against in the [`Throttle`]: the user name
+/// without its domain, so that `alice`, `EXAMPLE\alice` and `alice@example.com` share one
+/// budget (the throttle ignores case as well). Every sign-in (console, API, portal) keys its
+/// failures with this.
+pub fn throttle_account(typed: &str) -> String {
+    crate::model::directory::split_login(typed).1
+}
+
 /// Failed sign-ins counted per account and per client address.
 pub struct Throttle {
     state: Mutex<HashMap<ThrottleKey, Failures>>,
@@ -662,6 +670,14 @@ mod tests {
             matches!(t.check("user0", ip), Verdict::Locked { .. }),
             "success does not unlock the address"
         );
+        // However the name is typed, it is one account.
+        let t = Throttle::new(2, 100, Duration::from_secs(600));
+        assert!(!t.failure(&throttle_account("EXAMPLE\\Bob"), ip));
+        assert!(t.failure(&throttle_account("bob@example.com"), ip));
+        assert!(matches!(
+            t.check(&throttle_account(" bob "), other_ip),
+            Verdict::Locked { .. }
+        ));
     }
 
     #[test]

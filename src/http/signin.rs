@@ -94,7 +94,9 @@ async fn login(
         name: username.clone(),
         source: visitor.ip.to_string(),
     };
-    let delay = match state.throttle.check(&username, visitor.ip) {
+    // `alice`, `EXAMPLE\alice` and `alice@example.com` share one lockout budget.
+    let account = crate::auth::throttle_account(&username);
+    let delay = match state.throttle.check(&account, visitor.ip) {
         Verdict::Locked { for_, first } => {
             state.metrics.signin_failures.inc();
             if first {
@@ -130,7 +132,7 @@ async fn login(
         }
         Credentials::Refused(detail) => {
             state.metrics.signin_failures.inc();
-            let locked = state.throttle.failure(&username, visitor.ip);
+            let locked = state.throttle.failure(&account, visitor.ip);
             let a = actor.clone();
             state
                 .store
@@ -153,7 +155,7 @@ async fn login(
             .await;
         }
     };
-    state.throttle.success(&username);
+    state.throttle.success(&account);
     let actor = Actor {
         name: audit_name,
         ..actor
