@@ -563,6 +563,28 @@ impl Broker {
         }
     }
 
+    /// A signed-in directory user's standing now, for the console's periodic check: still in
+    /// the directory and enabled (as [`Broker::still_valid`] checks), and what the assignment
+    /// table gives them from `facts` today: the decision a sign-in makes, without the
+    /// password. A user removed from the directory is [`BrokerError::Disabled`], as there.
+    pub async fn recheck(&self, user: &UserKey, facts: &ClientFacts) -> Result<Decision> {
+        let found = {
+            let dirs = self.directories.read().unwrap_or_else(|p| p.into_inner());
+            dirs.iter()
+                .find(|(s, _)| s.id == user.server_id)
+                .map(|(s, d)| (s.clone(), d.clone()))
+        };
+        // The server is gone from the configuration: nothing gives the user access any more.
+        let Some((server, directory)) = found else {
+            return Err(BrokerError::NoAccess);
+        };
+        match directory.lookup(&user.username).await {
+            Ok(Some(found)) => self.decide(&server, found, facts).await,
+            Ok(None) => Err(BrokerError::Disabled),
+            Err(e) => Err(BrokerError::DirectoryUnreachable(e.to_string())),
+        }
+    }
+
     async fn decide(
         &self,
         server: &AuthServer,

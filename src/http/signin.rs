@@ -12,7 +12,7 @@ use super::session::{self, SignedIn, Visitor};
 use super::{AppState, HttpError};
 use crate::admin::{self, Actor, AdminError};
 use crate::auth::{ConsoleAccess, Verdict};
-use crate::broker::BrokerError;
+use crate::broker::{BrokerError, Decision};
 use crate::model::AdminAccount;
 use crate::model::location::ClientFacts;
 
@@ -247,15 +247,24 @@ pub async fn check_credentials(
             ));
         }
     };
-    if !decision.role.has_console() {
+    let Some(console) = console_access(&decision) else {
         return Ok(Credentials::Refused(
             "directory: the role has no console access",
         ));
-    }
+    };
     Ok(Credentials::Directory {
-        name: format!("{}/{}", decision.user.server_id, decision.user.username),
-        console: decision.role.console,
+        name: session::directory_name(&decision.user),
+        console,
     })
+}
+
+/// The console access a directory user's decision gives: their role's map, when the role
+/// shows any of the console. Signing in and each later check of the session ask this.
+pub fn console_access(decision: &Decision) -> Option<ConsoleAccess> {
+    decision
+        .role
+        .has_console()
+        .then(|| decision.role.console.clone())
 }
 
 #[derive(Deserialize)]
