@@ -307,13 +307,9 @@ pub fn change_password(
 /// `gatehouse admin reset-password`: a one-time password that must be changed at sign-in.
 pub fn reset_password(store: &Store, config: &Config) -> Result<String> {
     initialise(store, config)?;
-    let password = auth::generate_password();
-    let mut account = new_account(
-        ADMIN_USER,
-        &password,
-        &password,
-        config.security.min_password_length,
-    )?;
+    let min_len = config.security.min_password_length;
+    let password = auth::generate_password(ADMIN_USER, min_len);
+    let mut account = new_account(ADMIN_USER, &password, &password, min_len)?;
     account.must_change = true;
     // A reset before the wizard ran keeps the wizard ahead: the one-time password opens it.
     account.factory = !store.get_one::<SetupState>()?.wizard_done;
@@ -866,6 +862,18 @@ mod tests {
             missing.is_empty(),
             "add these settings to record_checks: {missing:?}"
         );
+    }
+
+    #[test]
+    fn reset_password_meets_a_minimum_longer_than_the_usual_length() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("store");
+        let mut config = Config::default();
+        config.security.min_password_length = 40;
+        let password = reset_password(&store, &config).expect("a one-time password");
+        assert_eq!(password.chars().count(), 40, "{password}");
+        let signed_in = check_password(&store, ADMIN_USER, &password).expect("it signs in");
+        assert!(signed_in.must_change);
     }
 
     #[test]

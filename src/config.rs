@@ -90,6 +90,12 @@ impl Default for ServerConfig {
 pub struct SecurityConfig {
     /// Minutes of inactivity after which a console session ends.
     pub session_idle_minutes: u32,
+    /// Hours after signing in at which a console session or API token ends, however active.
+    pub session_max_hours: u32,
+    /// Seconds between checks of a directory user's console session or API token against the
+    /// directory (still there, still enabled, role still with console access); 0 checks on
+    /// every request.
+    pub directory_recheck_seconds: u32,
     /// Failed sign-ins for one account before it is locked for `lockout_minutes`.
     pub max_failures_per_account: u32,
     /// Failed sign-ins from one client address before it is locked for `lockout_minutes`.
@@ -104,6 +110,8 @@ impl Default for SecurityConfig {
     fn default() -> Self {
         Self {
             session_idle_minutes: 30,
+            session_max_hours: 12,
+            directory_recheck_seconds: 60,
             max_failures_per_account: 5,
             max_failures_per_address: 20,
             lockout_minutes: 15,
@@ -471,6 +479,12 @@ impl Config {
         if s.session_idle_minutes == 0 {
             return Err(invalid(
                 "security.session_idle_minutes",
+                "must be at least 1".into(),
+            ));
+        }
+        if s.session_max_hours == 0 {
+            return Err(invalid(
+                "security.session_max_hours",
                 "must be at least 1".into(),
             ));
         }

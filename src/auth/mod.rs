@@ -111,15 +111,30 @@ pub fn password_problems(
     problems
 }
 
-/// A random password that meets [`password_problems`] (for `admin reset-password`).
-pub fn generate_password() -> String {
-    let mut bytes = [0u8; 15];
-    rand::rng().fill_bytes(&mut bytes);
-    // base64 gives upper, lower and digits; the suffix guarantees a digit and a symbol.
-    format!(
-        "{}-7",
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-    )
+/// The length of a generated password when the configured minimum is shorter.
+pub const GENERATED_PASSWORD_LEN: usize = 22;
+
+/// A random password for `username` that meets [`password_problems`] with `min_len` (for
+/// `admin reset-password`): [`GENERATED_PASSWORD_LEN`] characters, or `min_len` when that is
+/// longer.
+pub fn generate_password(username: &str, min_len: usize) -> String {
+    let len = min_len.max(GENERATED_PASSWORD_LEN);
+    let mut password = String::new();
+    // A random draw can break a rule (hold the user name, say) by chance: draw again. The
+    // chance is tiny, so the bound only guards against a rule no password can meet.
+    for _ in 0..100 {
+        // 3 bytes make 4 base64 characters; 3 more than needed leave room to cut.
+        let mut bytes = vec![0u8; len.div_ceil(4) * 3 + 3];
+        rand::rng().fill_bytes(&mut bytes);
+        let mut text = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+        // base64 gives upper, lower and digits; the suffix guarantees a digit and a symbol.
+        text.truncate(len.saturating_sub(2));
+        password = format!("{text}-7");
+        if password_problems(&password, &password, username, min_len).is_empty() {
+            break;
+        }
+    }
+    password
 }
 
 /// A random, URL-safe token of 256 bits.
@@ -152,32 +167,57 @@ pub struct Session {
     /// Signed in with the factory password: only the wizard is open.
     pub factory: bool,
     pub must_change: bool,
-    /// A directory user's console access per area (from their role at sign-in); `None` for a
-    /// local account, which has full access. What the access allows is decided in `http`.
+    /// A directory user's console access per area (from their role at sign-in, or at the last
+    /// check against the directory); `None` for a local account, which has full access. What
+    /// the access allows is decided in `http`.
     pub console: Option<ConsoleAccess>,
     created: Instant,
     last_seen: Instant,
+    /// When a directory user's standing was last confirmed (sign-in, then each check).
+    checked: Instant,
 }
 
 /// How much of each console area a directory user sees (their role's map at sign-in).
 pub type ConsoleAccess =
     std::collections::BTreeMap<crate::model::role::Area, crate::model::role::Access>;
 
-/// The live sessions, keyed by the SHA-256 of their cookie token.
+/// The live sessions, keyed by the SHA-256 of their cookie token. A signed-in session ends
+/// after `idle` without a request and, however active, `max_age` after signing in.
 pub struct Sessions {
     map: Mutex<HashMap<[u8; 32], Session>>,
     idle: Duration,
+    /// How long a signed-in session lasts at most, however active.
+    max_age: Duration,
 }
 
 /// Anonymous sessions (sign-in page visits) expire quickly and are capped in number.
 const ANONYMOUS_TTL: Duration = Duration::from_secs(15 * 60);
 const MAX_SESSIONS: usize = 10_000;
 
+impl Session {
+    /// Why this session is over at `now`, if it is: idle too long, or (signed in) older than
+    /// `max_age`.
+    fn over(&self, now: Instant, idle: Duration, max_age: Duration) -> Option<&'static str> {
+        if self.username.is_none() {
+            return (now.duration_since(self.last_seen) >= ANONYMOUS_TTL).then_some("idle");
+        }
+        if now.duration_since(self.created) >= max_age {
+            Some("reached its maximum age")
+        } else if now.duration_since(self.last_seen) >= idle {
+            Some("idle")
+        } else {
+            None
+        }
+    }
+}
+
 impl Sessions {
-    pub fn new(idle: Duration) -> Self {
+    /// Sessions that end after `idle` without a request, and `max_age` after signing in.
+    pub fn new(idle: Duration, max_age: Duration) -> Self {
         Self {
             map: Mutex::new(HashMap::new()),
             idle,
+            max_age,
         }
     }
 
@@ -197,6 +237,7 @@ impl Sessions {
             console: None,
             created: now,
             last_seen: now,
+            checked: now,
         };
         let mut map = self.lock();
         if map.len() >= MAX_SESSIONS {
@@ -219,34 +260,56 @@ impl Sessions {
     }
 
     fn sweep(&self, map: &mut HashMap<[u8; 32], Session>, now: Instant) {
-        let idle = self.idle;
-        map.retain(|_, s| {
-            let ttl = if s.username.is_some() {
-                idle
-            } else {
-                ANONYMOUS_TTL
-            };
-            now.duration_since(s.last_seen) < ttl
-        });
+        map.retain(|_, s| s.over(now, self.idle, self.max_age).is_none());
+    }
+
+    /// The live session under `key`; one that is over is removed (and its end logged).
+    fn live<'m>(
+        &self,
+        map: &'m mut HashMap<[u8; 32], Session>,
+        key: &[u8; 32],
+        now: Instant,
+    ) -> Option<&'m mut Session> {
+        let reason = map.get(key)?.over(now, self.idle, self.max_age);
+        if let Some(reason) = reason {
+            if let Some(ended) = map.remove(key)
+                && let Some(user) = ended.username
+            {
+                tracing::info!(user = %user, "console session ended: {reason}");
+            }
+            return None;
+        }
+        map.get_mut(key)
     }
 
     /// The session for a cookie token, if it is live; touching it keeps it alive.
     pub fn get(&self, token: &str) -> Option<Session> {
         let now = Instant::now();
         let mut map = self.lock();
-        let key = token_key(token);
-        let session = map.get_mut(&key)?;
-        let ttl = if session.username.is_some() {
-            self.idle
-        } else {
-            ANONYMOUS_TTL
-        };
-        if now.duration_since(session.last_seen) >= ttl {
-            map.remove(&key);
-            return None;
-        }
+        let session = self.live(&mut map, &token_key(token), now)?;
         session.last_seen = now;
         Some(session.clone())
+    }
+
+    /// The user name (`server_id/username`) of a live directory user's session whose last
+    /// check against the directory is `every` or longer ago; `None` for any other token.
+    pub fn due_for_check(&self, token: &str, every: Duration) -> Option<String> {
+        let now = Instant::now();
+        let mut map = self.lock();
+        let session = self.live(&mut map, &token_key(token), now)?;
+        if session.console.is_none() || now.duration_since(session.checked) < every {
+            return None;
+        }
+        session.username.clone()
+    }
+
+    /// Records a check of a directory user's session: their role's console access as it now
+    /// stands.
+    pub fn checked(&self, token: &str, console: ConsoleAccess) {
+        if let Some(s) = self.lock().get_mut(&token_key(token)) {
+            s.console = Some(console);
+            s.checked = Instant::now();
+        }
     }
 
     /// Signs in: the old token is dropped and a new one issued (no session fixation).
@@ -294,6 +357,7 @@ impl Sessions {
                 console,
                 created: now,
                 last_seen: now,
+                checked: now,
             },
         );
         token
@@ -323,6 +387,14 @@ impl Sessions {
         self.lock()
             .retain(|k, s| s.username.as_deref() != Some(username) || Some(*k) == keep);
     }
+}
+
+/// The account name a typed sign-in name counts against in the [`Throttle`]: the user name
+/// without its domain, so that `alice`, `EXAMPLE\alice` and `alice@example.com` share one
+/// budget (the throttle ignores case as well). Every sign-in (console, API, portal) keys its
+/// failures with this.
+pub fn throttle_account(typed: &str) -> String {
+    crate::model::directory::split_login(typed).1
 }
 
 /// Failed sign-ins counted per account and per client address.
@@ -464,6 +536,9 @@ impl Throttle {
 pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
 /// A directory that signs users in: what the broker needs of an authentication server.
+///
+/// `user` is the name as typed: `user`, `DOMAIN\user` or `user@domain`. Each directory takes
+/// from it the name its login attribute holds (a `userPrincipalName` login keeps the suffix).
 pub trait Directory: Send + Sync {
     /// Checks the password and returns the user with their groups.
     fn authenticate<'a>(
@@ -523,7 +598,7 @@ mod tests {
         assert!(p.iter().any(|s| s.contains("three")));
         let p = password_problems("Admin-Password-1", "Admin-Password-1", "admin", 12);
         assert!(p.iter().any(|s| s.contains("user name")), "{p:?}");
-        let generated = generate_password();
+        let generated = generate_password("admin", 12);
         assert!(
             password_problems(&generated, &generated, "admin", 12).is_empty(),
             "{generated}"
@@ -531,8 +606,22 @@ mod tests {
     }
 
     #[test]
+    fn generated_passwords_are_as_long_as_the_configured_minimum() {
+        let short = generate_password("admin", 8);
+        assert_eq!(short.chars().count(), GENERATED_PASSWORD_LEN, "{short}");
+        for min_len in [22, 23, 30, 64, 100] {
+            let generated = generate_password("admin", min_len);
+            assert_eq!(generated.chars().count(), min_len, "{generated}");
+            assert!(
+                password_problems(&generated, &generated, "admin", min_len).is_empty(),
+                "{min_len}: {generated}"
+            );
+        }
+    }
+
+    #[test]
     fn a_directory_session_keeps_its_console_access_and_a_local_one_has_none_recorded() {
-        let s = Sessions::new(Duration::from_secs(60));
+        let s = Sessions::new(Duration::from_secs(60), Duration::from_secs(3600));
         let (anon, _) = s.start();
         let access = crate::model::role::Role::auditor().console;
         let token = s.sign_in_directory(Some(&anon), "srv/bob", access.clone());
@@ -546,7 +635,7 @@ mod tests {
 
     #[test]
     fn sessions_rotate_on_sign_in_and_end() {
-        let s = Sessions::new(Duration::from_secs(60));
+        let s = Sessions::new(Duration::from_secs(60), Duration::from_secs(3600));
         let (anon, first) = s.start();
         assert!(first.username.is_none());
         let token = s.sign_in(Some(&anon), "admin", false, false);
@@ -567,7 +656,7 @@ mod tests {
 
     #[test]
     fn a_restore_ends_every_session_but_the_restorer_s() {
-        let s = Sessions::new(Duration::from_secs(600));
+        let s = Sessions::new(Duration::from_secs(600), Duration::from_secs(3600));
         let mine = s.sign_in(None, "admin", false, false);
         let other_admin = s.sign_in(None, "admin", false, false);
         let directory = s.sign_in_directory(None, "slapd/alice", ConsoleAccess::default());
@@ -578,8 +667,46 @@ mod tests {
     }
 
     #[test]
+    fn signed_in_sessions_end_at_their_maximum_age_however_active() {
+        let s = Sessions::new(Duration::from_secs(600), Duration::ZERO);
+        let local = s.sign_in(None, "admin", false, false);
+        assert!(s.get(&local).is_none(), "a local account's session");
+        let directory = s.sign_in_directory(None, "slapd/bob", ConsoleAccess::default());
+        assert!(s.get(&directory).is_none(), "a directory user's session");
+        assert!(s.due_for_check(&directory, Duration::ZERO).is_none());
+        let (anonymous, _) = s.start();
+        assert!(
+            s.get(&anonymous).is_some(),
+            "a sign-in form's session keeps its own limit"
+        );
+    }
+
+    #[test]
+    fn only_directory_sessions_come_due_for_a_check_and_a_check_updates_the_access() {
+        let s = Sessions::new(Duration::from_secs(600), Duration::from_secs(3600));
+        let local = s.sign_in(None, "admin", false, false);
+        let bob = s.sign_in_directory(None, "slapd/bob", ConsoleAccess::default());
+        let (anonymous, _) = s.start();
+        assert_eq!(s.due_for_check(&local, Duration::ZERO), None);
+        assert_eq!(s.due_for_check(&anonymous, Duration::ZERO), None);
+        assert_eq!(s.due_for_check("not-a-token", Duration::ZERO), None);
+        assert_eq!(
+            s.due_for_check(&bob, Duration::ZERO).as_deref(),
+            Some("slapd/bob")
+        );
+        assert_eq!(
+            s.due_for_check(&bob, Duration::from_secs(600)),
+            None,
+            "just signed in: not due"
+        );
+        let auditor = crate::model::role::Role::auditor().console;
+        s.checked(&bob, auditor.clone());
+        assert_eq!(s.get(&bob).expect("live").console, Some(auditor));
+    }
+
+    #[test]
     fn idle_sessions_expire() {
-        let s = Sessions::new(Duration::ZERO);
+        let s = Sessions::new(Duration::ZERO, Duration::from_secs(3600));
         let token = s.sign_in(None, "admin", false, false);
         assert!(s.get(&token).is_none());
     }
@@ -630,6 +757,14 @@ mod tests {
             matches!(t.check("user0", ip), Verdict::Locked { .. }),
             "success does not unlock the address"
         );
+        // However the name is typed, it is one account.
+        let t = Throttle::new(2, 100, Duration::from_secs(600));
+        assert!(!t.failure(&throttle_account("EXAMPLE\\Bob"), ip));
+        assert!(t.failure(&throttle_account("bob@example.com"), ip));
+        assert!(matches!(
+            t.check(&throttle_account(" bob "), other_ip),
+            Verdict::Locked { .. }
+        ));
     }
 
     #[test]

@@ -50,6 +50,10 @@ pub enum BrokerError {
     EmptyPassword,
     #[error("Your account is disabled in the directory. Ask your administrator.")]
     Disabled,
+    #[error(
+        "Your password has expired or must be changed: change it in Windows or your directory, then sign in again."
+    )]
+    PasswordExpired,
     #[error("No authentication server knows the user `{0}`.")]
     UnknownUser(String),
     #[error(
@@ -490,15 +494,18 @@ impl Broker {
         if password.is_empty() {
             return Err(BrokerError::EmptyPassword);
         }
-        let (user, candidates) = self.candidates(typed_user, domain)?;
+        let (typed, user, candidates) = self.candidates(typed_user, domain)?;
         let mut unreachable = None;
         for (server, directory) in candidates {
-            match directory.authenticate(&user, password).await {
+            match directory.authenticate(&typed, password).await {
                 Ok(found) => return self.decide(&server, found, facts).await,
                 Err(DirectoryError::UnknownUser) => continue,
                 Err(DirectoryError::WrongPassword) => return Err(BrokerError::WrongPassword),
                 Err(DirectoryError::EmptyPassword) => return Err(BrokerError::EmptyPassword),
                 Err(DirectoryError::Disabled) => return Err(BrokerError::Disabled),
+                // The directory knows the user and their password, but not for signing in
+                // until it is changed: no other server has a say.
+                Err(DirectoryError::PasswordExpired) => return Err(BrokerError::PasswordExpired),
                 Err(other) => {
                     tracing::warn!(server = %server.name, "directory failed during sign-in: {other}");
                     unreachable = Some(other.to_string());
@@ -518,10 +525,10 @@ impl Broker {
         domain: Option<&str>,
         facts: &ClientFacts,
     ) -> Result<Decision> {
-        let (user, candidates) = self.candidates(typed_user, domain)?;
+        let (typed, user, candidates) = self.candidates(typed_user, domain)?;
         let mut unreachable = None;
         for (server, directory) in candidates {
-            match directory.lookup(&user).await {
+            match directory.lookup(&typed).await {
                 Ok(Some(found)) => return self.decide(&server, found, facts).await,
                 Ok(None) => continue,
                 Err(e) => unreachable = Some(e.to_string()),
@@ -533,14 +540,17 @@ impl Broker {
         })
     }
 
-    /// The bare user name and the servers to ask, from `DOMAIN\user`, `user@domain` or a
-    /// separately given domain (all servers in order when there is none).
+    /// What was typed (trimmed), the bare user name and the servers to ask, from
+    /// `DOMAIN\user`, `user@domain` or a separately given domain (all servers in order when
+    /// there is none). The servers are asked with what was typed: each directory takes from it
+    /// the name its login attribute holds (the bare name, or all of `user@domain` for a
+    /// `userPrincipalName` login).
     #[allow(clippy::type_complexity)]
     fn candidates(
         &self,
         typed_user: &str,
         domain: Option<&str>,
-    ) -> Result<(String, Vec<(AuthServer, Arc<dyn Directory>)>)> {
+    ) -> Result<(String, String, Vec<(AuthServer, Arc<dyn Directory>)>)> {
         let (typed_domain, user) = split_login(typed_user);
         let domain = domain
             .filter(|d| !d.is_empty())
@@ -550,7 +560,7 @@ impl Broker {
         if candidates.is_empty() {
             return Err(BrokerError::NoServers);
         }
-        Ok((user, candidates))
+        Ok((typed_user.trim().to_string(), user, candidates))
     }
 
     /// Still allowed? A user disabled or removed in the directory loses access at once.
@@ -561,6 +571,28 @@ impl Broker {
         match directory.is_enabled(&user.username).await {
             Ok(true) => Ok(()),
             Ok(false) => Err(BrokerError::Disabled),
+            Err(e) => Err(BrokerError::DirectoryUnreachable(e.to_string())),
+        }
+    }
+
+    /// A signed-in directory user's standing now, for the console's periodic check: still in
+    /// the directory and enabled (as [`Broker::still_valid`] checks), and what the assignment
+    /// table gives them from `facts` today: the decision a sign-in makes, without the
+    /// password. A user removed from the directory is [`BrokerError::Disabled`], as there.
+    pub async fn recheck(&self, user: &UserKey, facts: &ClientFacts) -> Result<Decision> {
+        let found = {
+            let dirs = self.directories.read().unwrap_or_else(|p| p.into_inner());
+            dirs.iter()
+                .find(|(s, _)| s.id == user.server_id)
+                .map(|(s, d)| (s.clone(), d.clone()))
+        };
+        // The server is gone from the configuration: nothing gives the user access any more.
+        let Some((server, directory)) = found else {
+            return Err(BrokerError::NoAccess);
+        };
+        match directory.lookup(&user.username).await {
+            Ok(Some(found)) => self.decide(&server, found, facts).await,
+            Ok(None) => Err(BrokerError::Disabled),
             Err(e) => Err(BrokerError::DirectoryUnreachable(e.to_string())),
         }
     }
@@ -589,9 +621,9 @@ impl Broker {
         domain: Option<&str>,
         facts: &ClientFacts,
     ) -> Result<Identity> {
-        let (user, candidates) = self.candidates(typed_user, domain)?;
+        let (typed, user, candidates) = self.candidates(typed_user, domain)?;
         for (server, directory) in candidates {
-            match directory.lookup(&user).await {
+            match directory.lookup(&typed).await {
                 Ok(Some(found)) => {
                     let facts = facts.clone();
                     return self
@@ -1480,5 +1512,120 @@ mod tests {
         );
         let reloaded = SessionEnds::load(&store).expect("load");
         assert_eq!(seqs(&reloaded.since(0)), seqs(&kept));
+    }
+
+    /// A directory that answers every sign-in with the same result and keeps the names it
+    /// was asked for.
+    struct Scripted {
+        answer: std::result::Result<DirectoryUser, DirectoryError>,
+        asked: Mutex<Vec<String>>,
+    }
+
+    impl Scripted {
+        fn new(answer: std::result::Result<DirectoryUser, DirectoryError>) -> Arc<Self> {
+            Arc::new(Self {
+                answer,
+                asked: Mutex::new(Vec::new()),
+            })
+        }
+
+        fn asked(&self) -> Vec<String> {
+            self.asked.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        }
+    }
+
+    impl Directory for Scripted {
+        fn authenticate<'a>(
+            &'a self,
+            user: &'a str,
+            _password: &'a str,
+        ) -> crate::auth::BoxFuture<'a, std::result::Result<DirectoryUser, DirectoryError>>
+        {
+            self.asked
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(user.to_string());
+            let answer = self.answer.clone();
+            Box::pin(async move { answer })
+        }
+        fn lookup<'a>(
+            &'a self,
+            _user: &'a str,
+        ) -> crate::auth::BoxFuture<'a, std::result::Result<Option<DirectoryUser>, DirectoryError>>
+        {
+            Box::pin(async { Ok(None) })
+        }
+        fn is_enabled<'a>(
+            &'a self,
+            _user: &'a str,
+        ) -> crate::auth::BoxFuture<'a, std::result::Result<bool, DirectoryError>> {
+            Box::pin(async { Ok(true) })
+        }
+    }
+
+    fn server(id: &str, order: u32) -> AuthServer {
+        AuthServer {
+            id: id.into(),
+            name: id.into(),
+            order,
+            ..AuthServer::defaults_for(crate::model::directory::DirectoryKind::ActiveDirectory)
+        }
+    }
+
+    fn user_of(server_id: &str, username: &str) -> DirectoryUser {
+        DirectoryUser {
+            server_id: server_id.into(),
+            username: username.into(),
+            dn: format!("CN={username},DC=example,DC=com"),
+            display_name: username.into(),
+            email: None,
+            groups: Vec::new(),
+            group_dns: Vec::new(),
+            disabled: false,
+        }
+    }
+
+    fn broker_over(store: &Store, dirs: Vec<(AuthServer, Arc<Scripted>)>) -> Broker {
+        let broker = Broker::new(
+            store.clone(),
+            BrokerSettings {
+                gateway_url: "wss://gateway.example/tunnel".into(),
+                ticket_seconds: 60,
+            },
+            connect::signing_key(&[7u8; 32]),
+        )
+        .expect("broker");
+        broker.set_directories(
+            dirs.into_iter()
+                .map(|(s, d)| (s, d as Arc<dyn Directory>))
+                .collect(),
+        );
+        broker
+    }
+
+    #[tokio::test]
+    async fn an_expired_password_is_told_as_such_and_no_other_server_is_asked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("store");
+        let expired = Scripted::new(Err(DirectoryError::PasswordExpired));
+        let next = Scripted::new(Ok(user_of("next", "alice")));
+        let broker = broker_over(
+            &store,
+            vec![
+                (server("ad", 1), expired.clone()),
+                (server("next", 2), next.clone()),
+            ],
+        );
+        let facts = ClientFacts::from_address([192, 0, 2, 1].into());
+        let refused = broker.sign_in("alice", "pw", None, &facts).await;
+        assert!(
+            matches!(refused, Err(BrokerError::PasswordExpired)),
+            "{refused:?}"
+        );
+        assert_eq!(expired.asked(), ["alice"]);
+        assert!(next.asked().is_empty(), "the next server is not asked");
+        let message = BrokerError::PasswordExpired.to_string();
+        assert!(message.contains("expired or must be changed"), "{message}");
+        assert!(!message.contains("cannot be reached"), "{message}");
     }
 }

@@ -5,14 +5,14 @@
 //! before any handler, on the path the router matches, so no handler can forget.
 //!
 //! Local accounts (`admin`) have full access; directory users have the access map their role
-//! gave them at sign-in (kept in the session). This module decides nothing else: who someone
-//! is stays in `auth` and the extractors, which the gate leaves to answer "sign in first".
+//! gave them at sign-in or at the last check against the directory (kept in the session).
+//! This module decides nothing else: who someone is stays in `auth`, the extractors and the
+//! directory check in `session`, which the gate leaves to answer "sign in first".
 
 use actix_web::HttpRequest;
 use actix_web::http::Method;
 use actix_web::web;
 
-use super::session::COOKIE;
 use super::{AppState, HttpError};
 use crate::auth::{ConsoleAccess, Session};
 use crate::model::role::{Access, Area};
@@ -128,11 +128,7 @@ pub fn routed_path(req: &HttpRequest) -> &str {
 
 /// The signed-in session a request carries: the console cookie, or for the API a bearer token.
 fn session_of(req: &HttpRequest, state: &AppState) -> Option<Session> {
-    let token = if routed_path(req).starts_with("/api/") {
-        super::session::bearer(req)?.to_string()
-    } else {
-        req.cookie(COOKIE)?.value().to_string()
-    };
+    let token = super::session::token_of(req)?;
     state.sessions.get(&token).filter(|s| s.username.is_some())
 }
 

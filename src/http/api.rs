@@ -602,7 +602,9 @@ async fn issue_token(state: web::Data<AppState>, req: HttpRequest, body: web::By
         name: username.clone(),
         source: ip.to_string(),
     };
-    let delay = match state.throttle.check(&username, ip) {
+    // `alice`, `EXAMPLE\alice` and `alice@example.com` share one lockout budget.
+    let account = crate::auth::throttle_account(&username);
+    let delay = match state.throttle.check(&account, ip) {
         Verdict::Locked { for_, first } => {
             state.metrics.signin_failures.inc();
             if first {
@@ -620,11 +622,11 @@ async fn issue_token(state: web::Data<AppState>, req: HttpRequest, body: web::By
     let token = match super::signin::check_credentials(&state, &username, password, ip).await? {
         Credentials::Local(signed_in) => {
             if signed_in.factory {
-                state.throttle.success(&username);
+                state.throttle.success(&account);
                 return Err(HttpError::SetupRequired.into());
             }
             if signed_in.must_change {
-                state.throttle.success(&username);
+                state.throttle.success(&account);
                 return Err(HttpError::MustChangePassword.into());
             }
             state.sessions.sign_in(None, &username, false, false)
@@ -636,7 +638,7 @@ async fn issue_token(state: web::Data<AppState>, req: HttpRequest, body: web::By
         }
         Credentials::Refused(detail) => {
             state.metrics.signin_failures.inc();
-            let locked = state.throttle.failure(&username, ip);
+            let locked = state.throttle.failure(&account, ip);
             let a = actor.clone();
             state
                 .store
@@ -653,7 +655,7 @@ async fn issue_token(state: web::Data<AppState>, req: HttpRequest, body: web::By
             return Err(HttpError::SignInFailed.into());
         }
     };
-    state.throttle.success(&username);
+    state.throttle.success(&account);
     state
         .store
         .call(move |s| admin::audit(s, &actor, "api.token", "API token issued", true))

@@ -18,7 +18,6 @@ use super::session::{bearer, client_ip};
 use super::{AppState, HttpError};
 use crate::auth::{MAX_NAME, Verdict};
 use crate::broker::{BrokerError, ClientSession, ConnectionParams, Offer};
-use crate::model::directory::split_login;
 use crate::model::location::ClientFacts;
 
 /// The largest JSON body a client call accepts.
@@ -317,7 +316,7 @@ pub async fn sign_in(
         ));
     }
     // Directory users are throttled under their own key space, apart from console accounts.
-    let account = format!("directory:{}", split_login(typed_user).1);
+    let account = format!("directory:{}", crate::auth::throttle_account(typed_user));
     let address = facts.address;
     let delay = match state.throttle.check(&account, address) {
         Verdict::Locked { for_, .. } => {
@@ -693,6 +692,7 @@ mod tests {
         let cases = [
             (BrokerError::EmptyPassword, 401),
             (BrokerError::Disabled, 403),
+            (BrokerError::PasswordExpired, 403),
             (BrokerError::DirectoryUnreachable("x".into()), 503),
             (BrokerError::NoServers, 403),
             (BrokerError::NoAccess, 403),

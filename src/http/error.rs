@@ -65,6 +65,10 @@ pub enum HttpError {
         "Send this gateway's token: `Authorization: Bearer <token>`, from Setup > Gateways (shown once when the gateway is created or given a new token)."
     )]
     GatewayTokenRequired,
+    /// A directory user's console session or API token ended by the check against the
+    /// directory; the reason says why.
+    #[error("Your console session has ended: {0}. Sign in again.")]
+    SessionEnded(String),
     /// `POST /api/v1/tokens` with a wrong user name or password.
     #[error("Wrong user name or password.")]
     SignInFailed,
@@ -119,6 +123,7 @@ impl HttpError {
             HttpError::Conflict(_) => "conflict",
             HttpError::NoSuch { .. } => "not_found",
             HttpError::TokenRequired => "token_required",
+            HttpError::SessionEnded(_) => "session_ended",
             HttpError::GatewayTokenRequired => "gateway_token_required",
             HttpError::AgentTokenRequired => "agent_token_required",
             HttpError::SignInFailed => "sign_in_failed",
@@ -148,6 +153,7 @@ impl HttpError {
                 BrokerError::WrongPassword | BrokerError::UnknownUser(_) => "wrong_password",
                 BrokerError::EmptyPassword => "empty_password",
                 BrokerError::Disabled => "account_disabled",
+                BrokerError::PasswordExpired => "password_expired",
                 BrokerError::DirectoryUnreachable(_) => "directory_unreachable",
                 BrokerError::NoServers => "no_directory",
                 BrokerError::NoAccess => "no_access",
@@ -167,7 +173,8 @@ impl HttpError {
 
     fn redirect_to(&self) -> Option<&'static str> {
         match self {
-            HttpError::NotSignedIn => Some("/admin/login"),
+            // A console page goes back to the sign-in form; the API answers 401.
+            HttpError::NotSignedIn | HttpError::SessionEnded(_) => Some("/admin/login"),
             HttpError::SetupRequired => Some("/admin/wizard"),
             HttpError::MustChangePassword => Some("/admin/me"),
             _ => None,
@@ -191,8 +198,9 @@ impl HttpError {
 
     pub fn json_response(&self) -> HttpResponse {
         self.log_server_error();
-        let mut builder = HttpResponse::build(self.status_code());
-        if let Some(to) = self.redirect_to() {
+        let status = self.status_code();
+        let mut builder = HttpResponse::build(status);
+        if let Some(to) = self.redirect_to().filter(|_| status.is_redirection()) {
             builder.insert_header((header::LOCATION, to));
         }
         let mut body = serde_json::json!({ "error": self.code(), "message": self.to_string() });
@@ -224,6 +232,7 @@ impl ResponseError for HttpError {
             HttpError::Conflict(_) => StatusCode::CONFLICT,
             HttpError::NoSuch { .. } => StatusCode::NOT_FOUND,
             HttpError::TokenRequired
+            | HttpError::SessionEnded(_)
             | HttpError::GatewayTokenRequired
             | HttpError::AgentTokenRequired
             | HttpError::SignInFailed => StatusCode::UNAUTHORIZED,
@@ -244,6 +253,7 @@ impl ResponseError for HttpError {
                 | BrokerError::EmptyPassword
                 | BrokerError::UnknownUser(_) => StatusCode::UNAUTHORIZED,
                 BrokerError::Disabled
+                | BrokerError::PasswordExpired
                 | BrokerError::NoServers
                 | BrokerError::NoAccess
                 | BrokerError::NotOffered
@@ -349,6 +359,24 @@ fn escape(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_ended_session_is_a_401_for_the_api_and_the_sign_in_form_for_the_console() {
+        let e = HttpError::SessionEnded("the account is disabled in the directory".into());
+        let api = e.json_response();
+        assert_eq!(api.status(), StatusCode::UNAUTHORIZED);
+        assert!(api.headers().get(header::LOCATION).is_none());
+        let page = e.error_response();
+        assert_eq!(page.status(), StatusCode::SEE_OTHER);
+        assert_eq!(
+            page.headers()
+                .get(header::LOCATION)
+                .and_then(|v| v.to_str().ok()),
+            Some("/admin/login")
+        );
+        assert_eq!(e.code(), "session_ended");
+        assert!(e.to_string().contains("disabled in the directory"), "{e}");
+    }
 
     #[test]
     fn a_broker_s_inner_detail_stays_in_the_log() {

@@ -102,9 +102,10 @@ impl AppState {
         broker.set_licence_verifier(verifier.clone());
         centers.watch_assignments();
         Self {
-            sessions: Sessions::new(std::time::Duration::from_secs(
-                u64::from(sec.session_idle_minutes) * 60,
-            )),
+            sessions: Sessions::new(
+                std::time::Duration::from_secs(u64::from(sec.session_idle_minutes) * 60),
+                std::time::Duration::from_secs(u64::from(sec.session_max_hours) * 3600),
+            ),
             throttle: Throttle::new(
                 sec.max_failures_per_account,
                 sec.max_failures_per_address,
@@ -188,6 +189,24 @@ fn open_before_setup(path: &str) -> bool {
         || path.starts_with("/api/v1/gateway/")
 }
 
+/// Before any handler: a directory user's session is checked against the directory when due
+/// ([`session::check_directory_user`]), then console access by role: every page and API path
+/// belongs to an area ([`access::gate`], which sees the access map the check refreshed).
+async fn directory_check_and_role_gate(
+    req: ServiceRequest,
+    next: actix_web::middleware::Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let checked = match req.app_data::<web::Data<AppState>>().cloned() {
+        Some(state) => session::check_directory_user(&state, req.request()).await,
+        None => Ok(()),
+    };
+    if let Err(e) = checked.and_then(|()| access::gate(req.request())) {
+        let resp = error::refused(access::routed_path(req.request()), &e);
+        return Ok(req.into_response(resp).map_into_right_body());
+    }
+    Ok(next.call(req).await?.map_into_left_body())
+}
+
 /// Builds the actix app around the shared state: headers, metrics, the HTTPS redirect for the
 /// plain port, and the wizard gate.
 pub fn app(
@@ -227,23 +246,7 @@ pub fn app(
                 Ok(res.into_response(answer).map_into_right_body())
             }
         })
-        .wrap_fn(|req, srv| {
-            // Console access by role: every page and API path belongs to an area.
-            let refused = access::gate(req.request()).err();
-            let fut = match refused {
-                None => Ok(srv.call(req)),
-                Some(e) => Err((req, e)),
-            };
-            async move {
-                match fut {
-                    Ok(f) => Ok(f.await?.map_into_left_body()),
-                    Err((req, e)) => {
-                        let resp = error::refused(access::routed_path(req.request()), &e);
-                        Ok(req.into_response(resp).map_into_right_body())
-                    }
-                }
-            }
-        })
+        .wrap(actix_web::middleware::from_fn(directory_check_and_role_gate))
         .wrap_fn(|req, srv| {
             // The wizard gate: until setup is done, every page and API leads to the wizard.
             let gated = req

@@ -1,15 +1,19 @@
 //! Who is asking: the session cookie, the extractors that require a signed-in administrator,
-//! and the CSRF check every form passes through.
+//! the CSRF check every form passes through, and the periodic check of a directory user's
+//! console session or API token against the directory.
 
 use std::future::{Ready, ready};
 use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
 
 use actix_web::cookie::{Cookie, SameSite};
 use actix_web::{FromRequest, HttpRequest, dev::Payload, web};
 
 use super::{AppState, HttpError};
-use crate::admin::Actor;
+use crate::admin::{self, Actor};
 use crate::auth::{self, Session};
+use crate::broker::{BrokerError, UserKey};
+use crate::model::location::ClientFacts;
 
 /// `__Host-` cookies must be Secure, have Path=/ and no Domain: the browser enforces it.
 pub const COOKIE: &str = "__Host-gatehouse";
@@ -68,6 +72,98 @@ pub fn client_ip(req: &HttpRequest) -> IpAddr {
         (!joined.is_empty()).then_some(joined.as_str()),
         &state.trusted_proxies,
     )
+}
+
+/// The token a request is signed in with: for the API a bearer token, elsewhere the console
+/// cookie.
+pub fn token_of(req: &HttpRequest) -> Option<String> {
+    if super::access::routed_path(req).starts_with("/api/") {
+        bearer(req).map(str::to_string)
+    } else {
+        req.cookie(COOKIE).map(|c| c.value().to_string())
+    }
+}
+
+/// The session user name of a directory user: `server_id/username`.
+pub fn directory_name(user: &UserKey) -> String {
+    format!("{}/{}", user.server_id, user.username)
+}
+
+/// The directory user a session user name names (server ids hold no `/`).
+fn directory_user(name: &str) -> Option<UserKey> {
+    let (server_id, username) = name.split_once('/')?;
+    Some(UserKey {
+        server_id: server_id.to_string(),
+        username: username.to_string(),
+    })
+}
+
+/// Checks a directory user's console session or API token against the directory when the
+/// last check is `security.directory_recheck_seconds` or longer ago: the user must still be
+/// in the directory and enabled, and the role their groups now give must still show the
+/// console (its access map replaces the session's). Otherwise the session ends, audited with
+/// the reason, and the request is refused with [`HttpError::SessionEnded`]. While the
+/// directory cannot be reached the request is refused (503) but the session kept, and the
+/// next request checks again: a session is never served unchecked past the interval.
+///
+/// Local accounts, anonymous visitors and other tokens (clients, gateways, agents) pass
+/// untouched, as do signing in and out.
+pub async fn check_directory_user(state: &AppState, req: &HttpRequest) -> Result<(), HttpError> {
+    // Signing in again replaces the session; signing out ends it whatever the directory says.
+    if matches!(
+        super::access::routed_path(req),
+        "/admin/login" | "/admin/logout"
+    ) {
+        return Ok(());
+    }
+    let Some(token) = token_of(req) else {
+        return Ok(());
+    };
+    let every = Duration::from_secs(u64::from(state.config.security.directory_recheck_seconds));
+    let Some(name) = state.sessions.due_for_check(&token, every) else {
+        return Ok(());
+    };
+    let ip = client_ip(req);
+    let reason = match directory_user(&name) {
+        None => "the session names no directory user".to_string(),
+        Some(user) => {
+            let facts = ClientFacts::from_address(ip);
+            match state.broker.recheck(&user, &facts).await {
+                Ok(decision) => match super::signin::console_access(&decision) {
+                    Some(console) => {
+                        state.sessions.checked(&token, console);
+                        return Ok(());
+                    }
+                    None => "the role the user's groups now give has no console access".into(),
+                },
+                Err(e @ (BrokerError::DirectoryUnreachable(_) | BrokerError::Store(_))) => {
+                    return Err(e.into());
+                }
+                Err(BrokerError::Disabled) => {
+                    "the account is disabled or no longer exists in the directory".into()
+                }
+                Err(BrokerError::NoAccess) => {
+                    "no assignment row gives the user access any more".into()
+                }
+                Err(e) => format!(
+                    "the user's access cannot be decided ({})",
+                    e.to_string().trim_end_matches('.')
+                ),
+            }
+        }
+    };
+    state.sessions.end(&token);
+    tracing::info!(user = %name, "console session ended: {reason}");
+    let actor = Actor {
+        name,
+        source: ip.to_string(),
+    };
+    let detail = format!("session ended by the directory check: {reason}");
+    state
+        .store
+        .call(move |s| admin::audit(s, &actor, "session.ended", detail, false))
+        .await?;
+    Err(HttpError::SessionEnded(reason))
 }
 
 fn state(req: &HttpRequest) -> Result<&web::Data<AppState>, HttpError> {

@@ -12,7 +12,7 @@ use super::session::{self, SignedIn, Visitor};
 use super::{AppState, HttpError};
 use crate::admin::{self, Actor, AdminError};
 use crate::auth::{ConsoleAccess, Verdict};
-use crate::broker::BrokerError;
+use crate::broker::{BrokerError, Decision};
 use crate::model::AdminAccount;
 use crate::model::location::ClientFacts;
 
@@ -94,7 +94,9 @@ async fn login(
         name: username.clone(),
         source: visitor.ip.to_string(),
     };
-    let delay = match state.throttle.check(&username, visitor.ip) {
+    // `alice`, `EXAMPLE\alice` and `alice@example.com` share one lockout budget.
+    let account = crate::auth::throttle_account(&username);
+    let delay = match state.throttle.check(&account, visitor.ip) {
         Verdict::Locked { for_, first } => {
             state.metrics.signin_failures.inc();
             if first {
@@ -130,7 +132,7 @@ async fn login(
         }
         Credentials::Refused(detail) => {
             state.metrics.signin_failures.inc();
-            let locked = state.throttle.failure(&username, visitor.ip);
+            let locked = state.throttle.failure(&account, visitor.ip);
             let a = actor.clone();
             state
                 .store
@@ -153,7 +155,7 @@ async fn login(
             .await;
         }
     };
-    state.throttle.success(&username);
+    state.throttle.success(&account);
     let actor = Actor {
         name: audit_name,
         ..actor
@@ -226,7 +228,13 @@ pub async fn check_credentials(
         .await
     {
         Ok(d) => d,
-        Err(e @ (BrokerError::DirectoryUnreachable(_) | BrokerError::Store(_))) => {
+        // An expired password is told as such: the directory checked the password first, and
+        // the user has something to do before any sign-in can work.
+        Err(
+            e @ (BrokerError::DirectoryUnreachable(_)
+            | BrokerError::Store(_)
+            | BrokerError::PasswordExpired),
+        ) => {
             return Err(e.into());
         }
         Err(BrokerError::NoAccess) => return Ok(Credentials::Refused("directory: no access")),
@@ -239,15 +247,24 @@ pub async fn check_credentials(
             ));
         }
     };
-    if !decision.role.has_console() {
+    let Some(console) = console_access(&decision) else {
         return Ok(Credentials::Refused(
             "directory: the role has no console access",
         ));
-    }
+    };
     Ok(Credentials::Directory {
-        name: format!("{}/{}", decision.user.server_id, decision.user.username),
-        console: decision.role.console,
+        name: session::directory_name(&decision.user),
+        console,
     })
+}
+
+/// The console access a directory user's decision gives: their role's map, when the role
+/// shows any of the console. Signing in and each later check of the session ask this.
+pub fn console_access(decision: &Decision) -> Option<ConsoleAccess> {
+    decision
+        .role
+        .has_console()
+        .then(|| decision.role.console.clone())
 }
 
 #[derive(Deserialize)]

@@ -14,7 +14,7 @@ use gatehouse::model::location::ClientFacts;
 use gatehouse::model::pool::Pool;
 use gatehouse::store::Store;
 
-use crate::slapd::{GENERATED_PASSWORD, Slapd, SlapdOptions};
+use crate::slapd::{GENERATED_PASSWORD, Slapd, SlapdOptions, password_of};
 
 const CLIENT: &str = "192.0.2.10";
 
@@ -34,6 +34,44 @@ fn broker(store: &Store, slapd: &Slapd) -> Arc<Broker> {
     let directory: Arc<dyn Directory> = Arc::new(LdapDirectory::new(server.clone()));
     broker.set_directories(vec![(server, directory)]);
     Arc::new(broker)
+}
+
+#[tokio::test]
+async fn a_user_principal_name_login_keeps_its_suffix_through_the_broker() {
+    let slapd = Slapd::start();
+    slapd.modify_ldif(
+        "dn: uid=alice,ou=people,dc=example,dc=com\nchangetype: modify\nadd: objectClass\nobjectClass: extensibleObject\n-\nadd: userPrincipalName\nuserPrincipalName: alice@example.com\n",
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path()).expect("store");
+    crate::lab::seed(&store, "slapd", 1, &[("staff", "user")]);
+    let broker = crate::fixture::broker(&store);
+    let mut server = slapd.auth_server(Security::Ldaps);
+    server.login_attribute = "userPrincipalName".into();
+    let directory: Arc<dyn Directory> = Arc::new(LdapDirectory::new(server.clone()));
+    broker.set_directories(vec![(server, directory)]);
+
+    // `example.com` chooses the server; the directory is asked for all of what was typed.
+    let alice = broker
+        .sign_in("alice@example.com", &password_of("alice"), None, &facts())
+        .await
+        .expect("alice signs in with her user principal name");
+    assert_eq!(alice.user.username, "alice@example.com");
+    assert_eq!(alice.groups, ["admins", "staff"]);
+    broker
+        .still_valid(&alice.user)
+        .await
+        .expect("her session is checked under the same name");
+    let looked_up = broker
+        .look_up("alice@example.com", None, &facts())
+        .await
+        .expect("test login finds her too");
+    assert_eq!(looked_up.user, alice.user);
+    // The bare name is no user principal name.
+    let bare = broker
+        .sign_in("alice", &password_of("alice"), None, &facts())
+        .await;
+    assert!(matches!(bare, Err(BrokerError::UnknownUser(_))), "{bare:?}");
 }
 
 #[tokio::test]

@@ -18,6 +18,11 @@ const ADMIN_PASSWORD: &str = "Roles-Test-Password-1";
 /// (alice) → Administrator, `staff` (bob) → Auditor, `generated` → User. Returns the server
 /// and the authentication server's id.
 fn appliance(slapd: &Slapd, dir: &Path) -> (Server, String) {
+    appliance_with(slapd, dir, None)
+}
+
+/// As [`appliance`], started with `config` (TOML) when given.
+fn appliance_with(slapd: &Slapd, dir: &Path, config: Option<&str>) -> (Server, String) {
     let data = dir.join("data");
     let server_id;
     {
@@ -37,7 +42,12 @@ fn appliance(slapd: &Slapd, dir: &Path) -> (Server, String) {
         );
     }
     common::finish_setup(&data, ADMIN_PASSWORD);
-    (Server::start(&data, None), server_id)
+    let config = config.map(|text| {
+        let path = dir.join("gatehouse.toml");
+        std::fs::write(&path, text).expect("config written");
+        path
+    });
+    (Server::start(&data, config.as_deref()), server_id)
 }
 
 /// `POST /api/v1/tokens`: (status, body).
@@ -415,4 +425,179 @@ async fn roles_decide_what_directory_users_see_and_change() {
     );
     let page = bob_console.get("/admin/configuration/pools").await;
     assert!(page.body.contains("id=\"new\""), "{}", page.body);
+}
+
+/// An assignment table for the slapd server giving `admins` and `staff` these roles.
+fn roles_table(admins: &str, staff: &str) -> Value {
+    json!({"rows": [
+        {"group": "admins", "location_id": null, "role_id": admins, "policy_id": "lab"},
+        {"group": "staff", "location_id": null, "role_id": staff, "policy_id": "lab"},
+    ], "otherwise": null})
+}
+
+#[tokio::test]
+async fn directory_users_are_checked_again_and_lose_the_console_with_their_directory_standing() {
+    let slapd = Slapd::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Checked on every request, so the test needs no clock.
+    let (server, server_id) = appliance_with(
+        &slapd,
+        dir.path(),
+        Some("[security]\ndirectory_recheck_seconds = 0\n"),
+    );
+    let data = dir.path().join("data");
+    let (status, body) = token(&server, "admin", ADMIN_PASSWORD).await;
+    assert_eq!(status, 200, "{body}");
+    let admin_token = body["token"].as_str().expect("token").to_string();
+    let get = reqwest::Method::GET;
+    let pools = "/api/v1/pools";
+
+    // Bob (staff: Auditor) and Alice (admins: Administrator) sign in to the console and take
+    // API tokens.
+    let mut bob = server.console();
+    let a = bob.sign_in("bob", &password_of("bob")).await;
+    assert_eq!(
+        (a.status, a.location.as_str()),
+        (303, "/admin"),
+        "{}",
+        a.body
+    );
+    let (status, body) = token(&server, "bob", &password_of("bob")).await;
+    assert_eq!(status, 200, "{body}");
+    let bob_token = body["token"].as_str().expect("token").to_string();
+    let mut alice = server.console();
+    let a = alice.sign_in("alice", &password_of("alice")).await;
+    assert_eq!(
+        (a.status, a.location.as_str()),
+        (303, "/admin"),
+        "{}",
+        a.body
+    );
+    let (status, body) = token(&server, "alice", &password_of("alice")).await;
+    assert_eq!(status, 200, "{body}");
+    let alice_token = body["token"].as_str().expect("token").to_string();
+    assert_eq!(bob.get("/admin/configuration/pools").await.status, 200);
+    assert_eq!(
+        api(&server, &bob_token, get.clone(), pools, None).await.0,
+        200
+    );
+
+    // While the directory cannot answer, requests are refused (not served unchecked) but the
+    // sessions are kept.
+    slapd.pause();
+    let page = bob.get("/admin/configuration/pools").await;
+    let (status, body) = api(&server, &bob_token, get.clone(), pools, None).await;
+    slapd.resume();
+    assert_eq!(page.status, 503, "{}", page.body);
+    assert!(
+        page.body.contains("data-code=\"directory_unreachable\""),
+        "{}",
+        page.body
+    );
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"], "directory_unreachable", "{body}");
+    assert_eq!(bob.get("/admin/configuration/pools").await.status, 200);
+    assert_eq!(
+        api(&server, &bob_token, get.clone(), pools, None).await.0,
+        200
+    );
+
+    // Bob is disabled in the directory: his next console request goes back to the sign-in
+    // form, his token is refused with the reason, and both stay ended.
+    slapd.modify_ldif(
+        "dn: uid=bob,ou=people,dc=example,dc=com\nchangetype: modify\nadd: pwdAccountLockedTime\npwdAccountLockedTime: 000001010000Z\n",
+    );
+    let page = bob.get("/admin/configuration/pools").await;
+    assert_eq!(
+        (page.status, page.location.as_str()),
+        (303, "/admin/login"),
+        "{}",
+        page.body
+    );
+    let (status, body) = api(&server, &bob_token, get.clone(), pools, None).await;
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(body["error"], "session_ended", "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("disabled or no longer exists")),
+        "{body}"
+    );
+    let (status, body) = api(&server, &bob_token, get.clone(), pools, None).await;
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(body["error"], "token_required", "the token is gone: {body}");
+    let page = bob.get("/admin/configuration/pools").await;
+    assert_eq!((page.status, page.location.as_str()), (303, "/admin/login"));
+
+    // Alice's groups now give the Auditor: her next request has the Auditor's access.
+    let assignments = format!("/api/v1/assignments/{server_id}");
+    let (status, body) = api(
+        &server,
+        &admin_token,
+        reqwest::Method::PUT,
+        &assignments,
+        Some(roles_table("auditor", "auditor")),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = api(
+        &server,
+        &alice_token,
+        reqwest::Method::POST,
+        pools,
+        Some(json!({"name": "Demoted pool"})),
+    )
+    .await;
+    assert_eq!(status, 403, "the role is derived again: {body}");
+    assert_eq!(body["error"], "forbidden", "{body}");
+    assert_eq!(
+        api(&server, &alice_token, get.clone(), pools, None).await.0,
+        200
+    );
+    let page = alice.get("/admin/configuration/pools").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(!page.body.contains("id=\"new\""), "{}", page.body);
+
+    // Then a role without the console: her session and token end.
+    let (status, body) = api(
+        &server,
+        &admin_token,
+        reqwest::Method::PUT,
+        &assignments,
+        Some(roles_table("user", "user")),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = api(&server, &alice_token, get.clone(), pools, None).await;
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(body["error"], "session_ended", "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("no console access")),
+        "{body}"
+    );
+    let page = alice.get("/admin").await;
+    assert_eq!(
+        (page.status, page.location.as_str()),
+        (303, "/admin/login"),
+        "{}",
+        page.body
+    );
+    // The local account is never checked against a directory.
+    assert_eq!(pool_names(&server, &admin_token).await, ["Lab"]);
+
+    // Each end is in the audit trail with its reason.
+    drop(server);
+    let store = Store::open(&data).expect("store");
+    let audit: Vec<gatehouse::model::AuditEntry> = store.values().expect("audit");
+    let ended = |who: &str, why: &str| {
+        audit.iter().any(|a| {
+            a.action == "session.ended"
+                && a.actor == format!("{server_id}/{who}")
+                && a.detail.contains(why)
+        })
+    };
+    assert!(ended("bob", "disabled or no longer exists"), "{audit:?}");
+    assert!(ended("alice", "no console access"), "{audit:?}");
 }

@@ -12,6 +12,8 @@
 //! - `ou=branch`: bea, and `ou=remote`, a referral to `ou=hidden` on the same server, where zed
 //!   lives; a subtree search from the root therefore returns a continuation reference, as
 //!   Active Directory's do.
+//! - The schema also has Active Directory's `userPrincipalName` attribute (no entry holds it
+//!   until a test adds it, with the `extensibleObject` class).
 //! - `SlapdOptions::generated_users`: `user00001` … with password [`GENERATED_PASSWORD`], all in
 //!   group `cn=generated`.
 
@@ -389,6 +391,11 @@ fn slapd_conf(dir: &Path, options: &SlapdOptions) -> String {
 include /etc/ldap/schema/cosine.schema
 include /etc/ldap/schema/inetorgperson.schema
 include /etc/ldap/schema/nis.schema
+attributetype ( 1.2.840.113556.1.4.656 NAME 'userPrincipalName'
+    DESC 'Active Directory user principal name, for userPrincipalName logins'
+    EQUALITY caseIgnoreMatch
+    SUBSTR caseIgnoreSubstringsMatch
+    SYNTAX 1.3.6.1.4.1.1466.115.121.1.15 SINGLE-VALUE )
 modulepath /usr/lib/ldap
 moduleload back_mdb
 moduleload memberof
