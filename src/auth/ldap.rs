@@ -379,7 +379,7 @@ impl LdapDirectory {
         }
     }
 
-    /// The names (CNs) of the groups under the base DN, sorted: what the console offers when
+    /// The names (CNs) of the groups under the group base DN, sorted: what the console offers when
     /// an assignment names a group. Paged, so Active Directory's 1,000-entry limit does not
     /// cut the list.
     #[tracing::instrument(skip(self), fields(server = %self.server.id))]
@@ -390,10 +390,11 @@ impl LdapDirectory {
                 "(|(objectClass=groupOfNames)(objectClass=groupOfUniqueNames)(objectClass=posixGroup))"
             }
         };
+        let base = self.server.group_base();
         let out = self
-            .search(&self.server.base_dn, Scope::Subtree, filter, &["cn"], true)
+            .search(base, Scope::Subtree, filter, &["cn"], true)
             .await?;
-        self.check_outcome(&out, &self.server.base_dn)?;
+        self.check_outcome(&out, base)?;
         let mut names = BTreeSet::new();
         for entry in &out.entries {
             let name = attr_first(entry, "cn")
@@ -508,7 +509,7 @@ impl LdapDirectory {
                     );
                     let out = self
                         .search(
-                            &self.server.base_dn,
+                            self.server.group_base(),
                             Scope::Subtree,
                             &filter,
                             &["1.1"],
@@ -529,7 +530,7 @@ impl LdapDirectory {
                         );
                         let out = self
                             .search(
-                                &self.server.base_dn,
+                                self.server.group_base(),
                                 Scope::Subtree,
                                 &filter,
                                 &["1.1"],
@@ -579,7 +580,7 @@ impl LdapDirectory {
             let filter = format!("(|{members})");
             let out = self
                 .search(
-                    &self.server.base_dn,
+                    self.server.group_base(),
                     Scope::Subtree,
                     &filter,
                     &["1.1"],

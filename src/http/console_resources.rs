@@ -210,6 +210,12 @@ impl Screen for AuthServer {
                 "Leave empty to keep the stored password.",
             ),
             field("base_dn", "Base DN", Kind::Text),
+            helped(
+                "group_base_dn",
+                "Group base DN",
+                Kind::Text,
+                "Where groups are searched for, e.g. ou=groups,dc=example,dc=com. Empty: the base DN.",
+            ),
             field(
                 "scope",
                 "Search scope",

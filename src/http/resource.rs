@@ -874,6 +874,11 @@ impl Resource for AuthServer {
                          leaves it empty keeps the stored password."}),
                 ),
                 ("base_dn", string()),
+                (
+                    "group_base_dn",
+                    json!({"type": "string", "description":
+                        "Where groups are searched for; empty: the base DN."}),
+                ),
                 ("scope", one_of(&["one_level", "subtree"])),
                 ("login_attribute", string()),
                 ("group_attribute", string()),

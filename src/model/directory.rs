@@ -243,6 +243,10 @@ pub struct AuthServer {
     pub bind_password: String,
     /// Where users are searched for.
     pub base_dn: String,
+    /// Where groups are searched for (groups of groups, the members of groups on a directory
+    /// without memberOf, the console's list of groups). Empty: the base DN.
+    #[serde(default)]
+    pub group_base_dn: String,
     pub scope: SearchScope,
     /// `sAMAccountName` (AD) or `uid` (OpenLDAP).
     pub login_attribute: String,
@@ -294,6 +298,7 @@ impl fmt::Debug for AuthServer {
                 },
             )
             .field("base_dn", &self.base_dn)
+            .field("group_base_dn", &self.group_base_dn)
             .field("scope", &self.scope)
             .field("login_attribute", &self.login_attribute)
             .field("group_attribute", &self.group_attribute)
@@ -311,6 +316,14 @@ pub const CONNECT_TIMEOUT_RANGE: (u32, u32) = (1, 60);
 pub const SEARCH_TIMEOUT_RANGE: (u32, u32) = (1, 300);
 
 impl AuthServer {
+    /// Where groups are searched for: the group base DN, or the base DN when it is empty.
+    pub fn group_base(&self) -> &str {
+        match self.group_base_dn.trim() {
+            "" => self.base_dn.trim(),
+            base => base,
+        }
+    }
+
     /// A new server of `kind` with the settings that kind usually has; id, name, domain,
     /// hosts, DNs and password are left for the administrator.
     pub fn defaults_for(kind: DirectoryKind) -> AuthServer {
@@ -331,6 +344,7 @@ impl AuthServer {
             bind_dn: String::new(),
             bind_password: String::new(),
             base_dn: String::new(),
+            group_base_dn: String::new(),
             scope: SearchScope::Subtree,
             login_attribute: login_attribute.to_string(),
             group_attribute: "memberOf".to_string(),
@@ -469,6 +483,17 @@ impl AuthServer {
                 format!(
                     "`{}` is not a DN; write it like ou=people,dc=example,dc=com",
                     self.base_dn.trim()
+                ),
+            );
+        }
+
+        if !self.group_base_dn.trim().is_empty() && !looks_like_dn(&self.group_base_dn) {
+            err(
+                "group_base_dn",
+                format!(
+                    "`{}` is not a DN; write it like ou=groups,dc=example,dc=com, or leave it \
+                     empty to search groups under the base DN",
+                    self.group_base_dn.trim()
                 ),
             );
         }
@@ -718,6 +743,7 @@ mod tests {
         s.base_dn = "example.com".into();
         s.login_attribute = "sam account".into();
         s.group_attribute = String::new();
+        s.group_base_dn = "groups".into();
         s.connect_timeout_secs = 0;
         s.search_timeout_secs = 1000;
         s.domain = "EXAMPLE\\X".into();
@@ -729,6 +755,7 @@ mod tests {
             "base_dn",
             "login_attribute",
             "group_attribute",
+            "group_base_dn",
             "connect_timeout_secs",
             "search_timeout_secs",
             "domain",

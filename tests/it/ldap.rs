@@ -478,6 +478,43 @@ async fn groups_lists_the_group_names_under_the_base() {
 }
 
 #[tokio::test]
+async fn groups_are_found_under_their_own_base_when_users_are_searched_under_another() {
+    let slapd = Slapd::start();
+    let mut server = slapd.auth_server(Security::Ldaps);
+    // Users under ou=people; a directory whose users carry no memberOf (here: the group
+    // attribute names one nobody has), so the groups themselves are asked.
+    server.base_dn = "ou=people,dc=example,dc=com".into();
+    server.group_attribute = "businessCategory".into();
+    server.nested_groups = true;
+    let users_base_only = LdapDirectory::new(server.clone());
+    let bob = guarded(users_base_only.authenticate("bob", &password_of("bob")))
+        .await
+        .expect("bob");
+    assert!(bob.groups.is_empty(), "no group lives under ou=people");
+    assert!(
+        guarded(users_base_only.groups())
+            .await
+            .expect("groups")
+            .is_empty()
+    );
+
+    server.group_base_dn = "ou=groups,dc=example,dc=com".into();
+    let with_group_base = LdapDirectory::new(server);
+    let bob = guarded(with_group_base.authenticate("bob", &password_of("bob")))
+        .await
+        .expect("bob");
+    assert_eq!(
+        bob.groups,
+        vec!["all-staff", "staff"],
+        "members asked, nested too"
+    );
+    assert_eq!(
+        guarded(with_group_base.groups()).await.expect("groups"),
+        vec!["admins", "all-staff", "former", "staff"]
+    );
+}
+
+#[tokio::test]
 async fn generated_users_load_fast_for_bigger_tests() {
     let slapd = Slapd::start_with(&SlapdOptions {
         generated_users: 300,
