@@ -57,7 +57,8 @@ Other options:
 The broker's configuration file is only written when absent. On an upgrade the service is
 stopped, the data folder is exported with the OLD binary to
   <data>/backups/pre-upgrade-<UTC timestamp>.ghbak
-then the binary is replaced atomically and the service started again. Without systemd, a
+then the binary is replaced atomically (the old one is kept as <binary>.previous, to go back
+with that backup) and the service started again. Without systemd, a
 server that still holds the data folder must be stopped first: the script refuses otherwise.
 
 A standalone gateway on another host (`gatehouse gateway`, no data folder, no console):
@@ -321,7 +322,14 @@ ensure_service_user() {
 }
 
 # Puts the new binary in place: a same-folder rename, so the path always names a whole binary.
+# An upgrade keeps the old one beside it as gatehouse.previous: the pre-upgrade backup is best
+# restored with the version that wrote it.
 install_binary() {
+    if [[ -e "$target_bin" ]] && ! cmp -s -- "$target_bin" "$new_bin"; then
+        cp -p -- "$target_bin" "$target_bin.previous.$$"
+        mv -f -- "$target_bin.previous.$$" "$target_bin.previous"
+        say "kept the previous binary as $target_bin.previous"
+    fi
     staged="$bin_dir/.gatehouse.new.$$"
     cp -- "$new_bin" "$staged"
     chmod 0755 "$staged"
@@ -539,7 +547,7 @@ uninstall() {
         runners="$(binary_runners)"
         [[ -z "$runners" ]] ||
             die "$target_bin still runs; stop it, then re-run to remove it (the binary was not removed):"$'\n'"$runners"
-        rm -f -- "$target_bin"
+        rm -f -- "$target_bin" "$target_bin.previous"
         say "removed $target_bin"
     fi
 

@@ -308,6 +308,10 @@ async fn install_serve_then_upgrade_in_place_keeps_config_and_takes_a_backup() {
         "install.sh --no-systemd must print the command that starts it:\n{}",
         describe(&first)
     );
+    // Stand in for an older version: the installed binary with one byte more (it still runs).
+    let mut older = fs::read(layout.binary()).expect("the binary is readable");
+    older.push(0);
+    fs::write(layout.binary(), &older).expect("the older binary is written");
     // An administrator's edit, which an upgrade must keep.
     let mut config_before = fs::read(layout.config()).expect("the configuration is readable");
     config_before.extend_from_slice(b"\n# edited by the administrator\n");
@@ -364,6 +368,15 @@ async fn install_serve_then_upgrade_in_place_keeps_config_and_takes_a_backup() {
         backups[0].display()
     );
     assert_installed_layout(&layout);
+    // The old binary is kept beside the new one, to go back with the pre-upgrade backup.
+    let previous = layout.binary().with_extension("previous");
+    assert_eq!(
+        fs::read(&previous).expect("the previous binary is kept"),
+        older,
+        "{}",
+        describe(&upgrade)
+    );
+    assert_ne!(fs::read(layout.binary()).expect("binary"), older);
 
     // The upgraded install starts again on the kept data folder.
     let again = Server::start(&layout);
