@@ -392,17 +392,7 @@ pub fn fresh_data() -> (tempfile::TempDir, PathBuf) {
 /// Runs `gatehouse setup` on `data` with `password` as the administrator's (the wizard done
 /// unattended: evaluation, generated certificate); returns what it printed.
 pub fn finish_setup(data: &Path, password: &str) -> String {
-    let password_file = data.with_extension("admin-password");
-    std::fs::write(&password_file, format!("{password}\n")).expect("write");
-    let (ok, out, err) = run(&[
-        "setup",
-        "--data",
-        data.to_str().expect("utf8"),
-        "--admin-password-file",
-        password_file.to_str().expect("utf8"),
-    ]);
-    assert!(ok, "setup: {err}");
-    out
+    run_setup(data, password, &[])
 }
 
 /// As [`finish_setup`], activating a licence issued by `licensing` for this installation
@@ -420,22 +410,35 @@ pub fn finish_setup_licensed(
     std::fs::write(&key_file, key).expect("write key");
     let folder = data.parent().expect("data has a parent");
     let config = licensing.config_file(folder, "");
+    run_setup(
+        data,
+        password,
+        &[
+            "--config",
+            config.to_str().expect("utf8"),
+            "--licence-file",
+            key_file.to_str().expect("utf8"),
+            "--accept-licence",
+        ],
+    );
+    config
+}
+
+/// `gatehouse setup --data DATA --admin-password-file F EXTRA…`: its output.
+fn run_setup(data: &Path, password: &str, extra: &[&str]) -> String {
     let password_file = data.with_extension("admin-password");
     std::fs::write(&password_file, format!("{password}\n")).expect("write");
-    let (ok, _, err) = run(&[
+    let mut args = vec![
         "setup",
-        "--config",
-        config.to_str().expect("utf8"),
         "--data",
         data.to_str().expect("utf8"),
         "--admin-password-file",
         password_file.to_str().expect("utf8"),
-        "--licence-file",
-        key_file.to_str().expect("utf8"),
-        "--accept-licence",
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    let (ok, out, err) = run(&args);
     assert!(ok, "setup: {err}");
-    config
+    out
 }
 
 /// The installation code of a data folder that has been started once.

@@ -426,8 +426,22 @@ fn at_nine() -> DateTime<Utc> {
         .expect("time")
 }
 
-#[tokio::test]
-async fn a_forced_logout_without_an_agent_keeps_the_desktop_and_other_users_reports_do_nothing() {
+/// One directory user, one Lab desktop with the chain's plans, a broker on the test's clock
+/// (09:00), and that user connected to the desktop from `ADDRESS`.
+struct OneDesktop {
+    _slapd: Slapd,
+    _dir: tempfile::TempDir,
+    store: Store,
+    broker: Arc<Broker>,
+    clock: Clock,
+    t0: DateTime<Utc>,
+    alice: gatehouse::broker::Decision,
+    desktop: Desktop,
+}
+
+const ADDRESS: &str = "192.0.2.10";
+
+async fn one_desktop() -> OneDesktop {
     let slapd = Slapd::start_with(&SlapdOptions {
         generated_users: 1,
         ..SlapdOptions::default()
@@ -439,9 +453,32 @@ async fn a_forced_logout_without_an_agent_keeps_the_desktop_and_other_users_repo
     let t0 = at_nine();
     let clock = Clock::at(t0);
     clock.install(&broker);
+    let (alice, desktop) = alice_connected(&broker, ADDRESS.parse().expect("ip")).await;
+    OneDesktop {
+        _slapd: slapd,
+        _dir: dir,
+        store,
+        broker,
+        clock,
+        t0,
+        alice,
+        desktop,
+    }
+}
+
+#[tokio::test]
+async fn a_forced_logout_without_an_agent_keeps_the_desktop_and_other_users_reports_do_nothing() {
+    let OneDesktop {
+        store,
+        broker,
+        clock,
+        t0,
+        alice,
+        desktop: d,
+        ..
+    } = one_desktop().await;
     let recorder = Recorder::default();
-    let address: IpAddr = "192.0.2.10".parse().expect("ip");
-    let (alice, d) = alice_connected(&broker, address).await;
+    let address: IpAddr = ADDRESS.parse().expect("ip");
     broker
         .report_event(
             &d.id,
@@ -521,13 +558,16 @@ impl DesktopControl for UserBackWhileWaiting {
 
 #[tokio::test]
 async fn a_user_back_while_the_run_waits_on_a_center_keeps_the_desktop() {
-    let slapd = Slapd::start_with(&SlapdOptions {
-        generated_users: 1,
-        ..SlapdOptions::default()
-    });
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = Store::open(dir.path()).expect("store");
-    seed(&store, 1);
+    let OneDesktop {
+        store,
+        broker,
+        clock,
+        t0,
+        alice,
+        desktop: d,
+        ..
+    } = one_desktop().await;
+    let address: IpAddr = ADDRESS.parse().expect("ip");
     // Suspend 10 minutes after a disconnect, release after 20.
     let mut power: PowerPlan = store.get("chain").expect("get").expect("power plan");
     power.on_disconnect = PowerRule {
@@ -539,12 +579,6 @@ async fn a_user_back_while_the_run_waits_on_a_center_keeps_the_desktop() {
     release.logout_after_disconnect_minutes = None;
     release.release_after_disconnect_minutes = Some(20);
     store.put("chain", &release).expect("release plan");
-    let broker = broker(&store, Some(&slapd));
-    let t0 = at_nine();
-    let clock = Clock::at(t0);
-    clock.install(&broker);
-    let address: IpAddr = "192.0.2.10".parse().expect("ip");
-    let (alice, d) = alice_connected(&broker, address).await;
     broker
         .report_event(
             &d.id,
@@ -597,19 +631,14 @@ impl DesktopControl for Refusing {
 
 #[tokio::test]
 async fn a_refused_power_action_is_tried_again_then_given_up() {
-    let slapd = Slapd::start_with(&SlapdOptions {
-        generated_users: 1,
-        ..SlapdOptions::default()
-    });
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = Store::open(dir.path()).expect("store");
-    seed(&store, 1);
-    let broker = broker(&store, Some(&slapd));
-    let t0 = at_nine();
-    let clock = Clock::at(t0);
-    clock.install(&broker);
-    let address: IpAddr = "192.0.2.10".parse().expect("ip");
-    let (_, d) = alice_connected(&broker, address).await;
+    let OneDesktop {
+        store,
+        broker,
+        clock,
+        t0,
+        desktop: d,
+        ..
+    } = one_desktop().await;
     // Idle for 20 minutes already: the power-off is due at once.
     broker
         .report_event(

@@ -488,31 +488,10 @@ async fn send(server: &Server, method: Method, path: &str, token: &str, body: Va
 
 #[tokio::test]
 async fn a_licence_without_provisioning_refuses_enabling_it() {
-    let (dir, data) = common::fresh_data();
+    let (_dir, data) = common::fresh_data();
+    drop(Store::open(&data).expect("a new store"));
     let vendor = Licensing::new();
-    let config = vendor.config_file(dir.path(), "");
-    let code = {
-        let store = Store::open(&data).expect("store");
-        gatehouse::admin::installation_code(&store)
-    };
-    let key = vendor.issue("S-NOPROV", &code, &["--no-provisioning"]);
-    let key_file = dir.path().join("licence.key");
-    std::fs::write(&key_file, key).expect("key");
-    let password_file = dir.path().join("password");
-    std::fs::write(&password_file, format!("{PASSWORD}\n")).expect("password");
-    let (ok, _, err) = common::run(&[
-        "setup",
-        "--config",
-        config.to_str().expect("utf8"),
-        "--data",
-        data.to_str().expect("utf8"),
-        "--admin-password-file",
-        password_file.to_str().expect("utf8"),
-        "--licence-file",
-        key_file.to_str().expect("utf8"),
-        "--accept-licence",
-    ]);
-    assert!(ok, "setup: {err}");
+    let config = common::finish_setup_licensed(&data, PASSWORD, &vendor, &["--no-provisioning"]);
     let server = Server::start(&data, Some(&config));
     let r = common::client()
         .post(format!("{}/api/v1/tokens", server.base))
