@@ -362,6 +362,9 @@ pub struct Broker {
     link: RwLock<Option<Arc<dyn GatewayLink>>>,
     on_assigned: RwLock<Option<OnAssigned>>,
     licence: RwLock<Option<crate::licence::Verifier>>,
+    /// The licence in force as last read, and when: connections read it again after
+    /// [`LICENCE_READ_AGAIN`], not each time (it is a signature check).
+    licence_read: std::sync::Mutex<Option<(std::time::Instant, crate::licence::LicenceState)>>,
     clock: RwLock<Clock>,
 }
 
@@ -386,6 +389,7 @@ impl Broker {
             link: RwLock::new(None),
             on_assigned: RwLock::new(None),
             licence: RwLock::new(None),
+            licence_read: std::sync::Mutex::new(None),
             clock: RwLock::new(Arc::new(Utc::now)),
         })
     }
@@ -707,9 +711,10 @@ impl Broker {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         if let Some(verifier) = verifier {
+            let state = self.licence_in_force(verifier).await?;
             let user = decision.user.key();
             self.store
-                .call(move |s| licence_allows(s, &verifier, &user))
+                .call(move |s| licence_allows(s, &state, &user))
                 .await?;
         }
         let membership = self.membership().await?;
@@ -864,17 +869,43 @@ impl Broker {
     }
 }
 
+/// How long connections go by the licence state last read (a new key, or the day it ends,
+/// counts for connections at most this much later).
+pub const LICENCE_READ_AGAIN: std::time::Duration = std::time::Duration::from_secs(30);
+
+impl Broker {
+    /// The licence in force, read again when the last reading is [`LICENCE_READ_AGAIN`] old.
+    async fn licence_in_force(
+        &self,
+        verifier: crate::licence::Verifier,
+    ) -> Result<crate::licence::LicenceState> {
+        let lock = || self.licence_read.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, state)) = lock().as_ref()
+            && at.elapsed() < LICENCE_READ_AGAIN
+        {
+            return Ok(state.clone());
+        }
+        let state = self
+            .store
+            .call(move |s| {
+                crate::admin::licence_state(s, &verifier).map_err(|e| match e {
+                    crate::admin::AdminError::Store(e) => BrokerError::Store(e),
+                    other => BrokerError::Store(StoreError::Engine(other.to_string())),
+                })
+            })
+            .await?;
+        *lock() = Some((std::time::Instant::now(), state.clone()));
+        Ok(state)
+    }
+}
+
 /// Whether the licence in force lets `user` connect: not once it has ended; and when it
 /// counts concurrent users, a user who holds no desktop yet only while fewer users than it
 /// allows hold one (a user who holds one may always reconnect). Concurrent users are the
 /// users holding a desktop, the count the console shows; connections taken at the same
 /// moment as the last free place may each pass the count before either is assigned.
-pub fn licence_allows(s: &Store, verifier: &crate::licence::Verifier, user: &str) -> Result<()> {
+pub fn licence_allows(s: &Store, state: &crate::licence::LicenceState, user: &str) -> Result<()> {
     use crate::licence::Capability;
-    let state = crate::admin::licence_state(s, verifier).map_err(|e| match e {
-        crate::admin::AdminError::Store(e) => BrokerError::Store(e),
-        other => BrokerError::Store(StoreError::Engine(other.to_string())),
-    })?;
     if !state.allows(Capability::Connect) {
         return Err(BrokerError::LicenceLimit(
             "Gatehouse's licence has ended, so no desktop can be given out. Tell your \
