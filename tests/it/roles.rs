@@ -62,6 +62,26 @@ async fn token(server: &Server, user: &str, password: &str) -> (u16, Value) {
     (status, resp.json().await.unwrap_or(Value::Null))
 }
 
+/// An API token of directory user `user` (signed in with their password).
+async fn directory_token(server: &Server, user: &str) -> String {
+    let (status, body) = token(server, user, &password_of(user)).await;
+    assert_eq!(status, 200, "{user}: {body}");
+    body["token"].as_str().expect("token").to_string()
+}
+
+/// A console signed in as directory user `user`, on the dashboard.
+async fn signed_in(server: &Server, user: &str) -> Console {
+    let mut console = server.console();
+    let a = console.sign_in(user, &password_of(user)).await;
+    assert_eq!(
+        (a.status, a.location.as_str()),
+        (303, "/admin"),
+        "{user}: {}",
+        a.body
+    );
+    console
+}
+
 async fn api(
     server: &Server,
     token: &str,
@@ -128,14 +148,7 @@ async fn roles_decide_what_directory_users_see_and_change() {
     assert_eq!(pool_names(&server, &admin_token).await, ["Lab"]);
 
     // The auditor (bob, group staff) sees every area and no edit controls.
-    let mut auditor = server.console();
-    let a = auditor.sign_in("bob", &password_of("bob")).await;
-    assert_eq!(
-        (a.status, a.location.as_str()),
-        (303, "/admin"),
-        "{}",
-        a.body
-    );
+    let mut auditor = signed_in(&server, "bob").await;
     let page = auditor.get("/admin").await;
     assert_eq!(page.status, 200, "{}", page.body);
     for path in [
@@ -221,9 +234,7 @@ async fn roles_decide_what_directory_users_see_and_change() {
     assert_eq!(r.status, 403, "{}", r.body);
 
     // The same through an API token.
-    let (status, body) = token(&server, "bob", &password_of("bob")).await;
-    assert_eq!(status, 200, "{body}");
-    let bob = body["token"].as_str().expect("token").to_string();
+    let bob = directory_token(&server, "bob").await;
     let (status, body) = api(&server, &bob, reqwest::Method::GET, "/api/v1/pools", None).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body.as_array().map(Vec::len), Some(1));
@@ -269,14 +280,7 @@ async fn roles_decide_what_directory_users_see_and_change() {
     );
 
     // A directory administrator (alice, group admins) changes things; CSRF still holds.
-    let mut alice = server.console();
-    let a = alice.sign_in("alice", &password_of("alice")).await;
-    assert_eq!(
-        (a.status, a.location.as_str()),
-        (303, "/admin"),
-        "{}",
-        a.body
-    );
+    let mut alice = signed_in(&server, "alice").await;
     let pools = alice.get("/admin/configuration/pools").await;
     assert!(pools.body.contains("id=\"new\""), "{}", pools.body);
     let r = alice
@@ -289,9 +293,7 @@ async fn roles_decide_what_directory_users_see_and_change() {
     assert!(r.body.contains("data-code=\"csrf_failed\""), "{}", r.body);
     let r = create_pool(&mut alice, "Alice pool").await;
     assert_eq!(r.status, 303, "{}", r.body);
-    let (status, body) = token(&server, "alice", &password_of("alice")).await;
-    assert_eq!(status, 200, "{body}");
-    let alice_token = body["token"].as_str().expect("token").to_string();
+    let alice_token = directory_token(&server, "alice").await;
     let (status, body) = api(
         &server,
         &alice_token,
@@ -373,9 +375,7 @@ async fn roles_decide_what_directory_users_see_and_change() {
     .await;
     assert_eq!(status, 200, "{body}");
     // Bob, signed in again, now changes Configuration, but not what roles grant.
-    let (status, body) = token(&server, "bob", &password_of("bob")).await;
-    assert_eq!(status, 200, "{body}");
-    let bob = body["token"].as_str().expect("token").to_string();
+    let bob = directory_token(&server, "bob").await;
     let (status, body) = api(
         &server,
         &bob,
@@ -454,28 +454,10 @@ async fn directory_users_are_checked_again_and_lose_the_console_with_their_direc
 
     // Bob (staff: Auditor) and Alice (admins: Administrator) sign in to the console and take
     // API tokens.
-    let mut bob = server.console();
-    let a = bob.sign_in("bob", &password_of("bob")).await;
-    assert_eq!(
-        (a.status, a.location.as_str()),
-        (303, "/admin"),
-        "{}",
-        a.body
-    );
-    let (status, body) = token(&server, "bob", &password_of("bob")).await;
-    assert_eq!(status, 200, "{body}");
-    let bob_token = body["token"].as_str().expect("token").to_string();
-    let mut alice = server.console();
-    let a = alice.sign_in("alice", &password_of("alice")).await;
-    assert_eq!(
-        (a.status, a.location.as_str()),
-        (303, "/admin"),
-        "{}",
-        a.body
-    );
-    let (status, body) = token(&server, "alice", &password_of("alice")).await;
-    assert_eq!(status, 200, "{body}");
-    let alice_token = body["token"].as_str().expect("token").to_string();
+    let mut bob = signed_in(&server, "bob").await;
+    let bob_token = directory_token(&server, "bob").await;
+    let mut alice = signed_in(&server, "alice").await;
+    let alice_token = directory_token(&server, "alice").await;
     assert_eq!(bob.get("/admin/configuration/pools").await.status, 200);
     assert_eq!(
         api(&server, &bob_token, get.clone(), pools, None).await.0,
