@@ -722,14 +722,7 @@ async fn the_licence_limits_who_gets_a_desktop() {
         assert_eq!(r.status, 200, "{user}: {}", r.body);
     }
     let r = sign_in_and_connect(&api, "user00003").await;
-    assert_eq!(
-        (r.status, &r.body["error"]),
-        (403, &json!("licence_limit")),
-        "{}",
-        r.body
-    );
-    let said = r.body["message"].as_str().unwrap_or_default();
-    assert!(said.contains("allows 2 users at once"), "{said}");
+    assert_licence_limit(&r, "allows 2 users at once");
     let again = sign_in_and_connect(&api, "user00001").await;
     assert_eq!(again.status, 200, "{}", again.body);
     let login = api.login("user00001", GENERATED_PASSWORD, "licence").await;
@@ -759,6 +752,11 @@ async fn the_licence_limits_who_gets_a_desktop() {
     let server = Server::start(&data, None);
     let api = Api::new(&server);
     let r = sign_in_and_connect(&api, "user00001").await;
+    assert_licence_limit(&r, "licence has ended");
+}
+
+/// A connect the licence refused: 403 `licence_limit`, its message saying `why`.
+fn assert_licence_limit(r: &Reply, why: &str) {
     assert_eq!(
         (r.status, &r.body["error"]),
         (403, &json!("licence_limit")),
@@ -766,5 +764,5 @@ async fn the_licence_limits_who_gets_a_desktop() {
         r.body
     );
     let said = r.body["message"].as_str().unwrap_or_default();
-    assert!(said.contains("licence has ended"), "{said}");
+    assert!(said.contains(why), "{said}");
 }
