@@ -85,6 +85,11 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
 
     let metrics = Arc::new(Metrics::new());
     let scheduler = Scheduler::new();
+    scheduler.set_time_limit(
+        Some(config.jobs.time_limit_seconds)
+            .filter(|s| *s > 0)
+            .map(std::time::Duration::from_secs),
+    );
     // One set of cloud connections for the console, the jobs and the broker's hooks.
     let centers = Arc::new(crate::centers::Centers::new(store.clone(), broker.clone()));
     register_jobs(

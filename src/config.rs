@@ -164,6 +164,10 @@ pub struct JobsConfig {
     pub plan_timers: String,
     /// Days of pool history and of desktop history kept.
     pub history_days: u32,
+    /// Seconds a run of any job may take before it is stopped and recorded as failed, so a
+    /// run that hangs (a cloud that never answers) does not hold back the job's next starts.
+    /// 0: no limit.
+    pub time_limit_seconds: u64,
 }
 
 impl Default for JobsConfig {
@@ -173,6 +177,7 @@ impl Default for JobsConfig {
             pool_history_stats: "*/5 * * * *".into(),
             plan_timers: "*/5 * * * * *".into(),
             history_days: 90,
+            time_limit_seconds: 1800,
         }
     }
 }

@@ -4,12 +4,15 @@
 //! wants a seconds field and numbers weekdays 1–7 from Sunday. [`parse_schedule`] accepts both
 //! forms and normalises to the crate's. The scheduler knows when to run a job and records how
 //! it went; what a job does belongs to the module that owns the work (backup, broker, centers).
+//! A run never overlaps the same job's previous one, and one that outlives the time limit
+//! ([`Scheduler::set_time_limit`]) is stopped and recorded as failed.
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -180,11 +183,19 @@ pub struct Scheduler {
     jobs: Arc<Mutex<BTreeMap<String, Job>>>,
     status: Arc<Mutex<BTreeMap<String, JobStatus>>>,
     wake: Arc<tokio::sync::Notify>,
+    /// How long one run may take before it is stopped; `None`: no limit.
+    time_limit: Arc<Mutex<Option<Duration>>>,
 }
 
 impl Scheduler {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Stops any run that takes longer than `limit` (`None`: runs may take as long as they
+    /// take). A stopped run is recorded as failed and the job's next start goes ahead.
+    pub fn set_time_limit(&self, limit: Option<Duration>) {
+        *lock(&self.time_limit) = limit;
     }
 
     /// Registers (or replaces) a job on its configured schedule (empty: off until an
@@ -328,6 +339,7 @@ impl Scheduler {
             s.last_start = Some(Utc::now());
         }
         let (done, finished) = tokio::sync::oneshot::channel();
+        let limit = *lock(&self.time_limit);
         let this = self.clone();
         let name = name.to_string();
         let span = tracing::info_span!("job", job = %name);
@@ -336,9 +348,20 @@ impl Scheduler {
                 let started = std::time::Instant::now();
                 // In a task of its own, so that a job that panics is reported as failed and
                 // its next run still happens.
-                let result = match tokio::spawn(run()).await {
-                    Ok(result) => result,
-                    Err(e) => Err(format!("the job stopped unexpectedly: {e}")),
+                let mut task = tokio::spawn(run());
+                let result = match limit {
+                    Some(limit) => match tokio::time::timeout(limit, &mut task).await {
+                        Ok(joined) => run_result(joined),
+                        Err(_) => {
+                            task.abort();
+                            Err(format!(
+                                "did not finish within {} s (jobs.time_limit_seconds) and was \
+                                 stopped; it starts again at its next time",
+                                limit.as_secs()
+                            ))
+                        }
+                    },
+                    None => run_result(task.await),
                 };
                 match &result {
                     Ok(msg) => tracing::info!(job = %name, "{msg}"),
@@ -359,6 +382,13 @@ impl Scheduler {
         );
         RunNow::Started(Finished(finished))
     }
+}
+
+/// What a run's task came back with: the job's own result, or why it ended without one.
+fn run_result(
+    joined: Result<Result<String, String>, tokio::task::JoinError>,
+) -> Result<String, String> {
+    joined.unwrap_or_else(|e| Err(format!("the job stopped unexpectedly: {e}")))
 }
 
 /// A poisoned lock only means another thread panicked while holding it; the maps stay usable.
@@ -501,6 +531,53 @@ mod tests {
                 "{st:?}"
             );
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_run_past_the_time_limit_is_stopped_and_the_next_one_starts() {
+        /// Tells the test when the run's future is dropped, i.e. the run was really stopped.
+        struct Stopped(Option<tokio::sync::oneshot::Sender<()>>);
+        impl Drop for Stopped {
+            fn drop(&mut self) {
+                if let Some(tx) = self.0.take() {
+                    let _ = tx.send(());
+                }
+            }
+        }
+        let s = Scheduler::new();
+        s.set_time_limit(Some(Duration::from_secs(60)));
+        let (tx, stopped) = tokio::sync::oneshot::channel();
+        let tx = Arc::new(Mutex::new(Some(tx)));
+        s.add("hangs", "", move || {
+            let guard = Stopped(lock(&tx).take());
+            async move {
+                // A cloud that never answers.
+                std::future::pending::<()>().await;
+                drop(guard);
+                Ok(String::new())
+            }
+        })
+        .expect("added");
+        let RunNow::Started(run) = s.run_now("hangs") else {
+            panic!("not started");
+        };
+        // The clock is paused: an hour passes at once if nothing stops the run.
+        let ended = tokio::time::timeout(Duration::from_secs(3600), run.wait()).await;
+        assert!(ended.is_ok(), "the run ended at the time limit");
+        let st = s.status("hangs").expect("job");
+        assert_eq!((st.running, st.last_ok, st.runs), (false, Some(false), 1));
+        assert!(
+            st.last_result
+                .as_deref()
+                .is_some_and(|r| r.contains("did not finish within 60 s")),
+            "{st:?}"
+        );
+        let dropped = tokio::time::timeout(Duration::from_secs(3600), stopped).await;
+        assert!(matches!(dropped, Ok(Ok(()))), "the run was stopped");
+        assert!(
+            matches!(s.run_now("hangs"), RunNow::Started(_)),
+            "the next start goes ahead"
+        );
     }
 
     #[test]
