@@ -34,9 +34,11 @@ use std::time::{Duration, Instant};
 
 use ldap3::adapters::{Adapter, EntriesOnly, PagedResults};
 use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, LdapError, Scope, SearchEntry, StdStream};
-use rustls::{ClientConfig, RootCertStore};
-use rustls_pki_types::CertificateDer;
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use serde::Serialize;
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -263,7 +265,7 @@ struct ConnectFailure {
 /// on first use and kept in small pools. Share it (`Arc`) between requests.
 pub struct LdapDirectory {
     server: AuthServer,
-    tls: OnceLock<std::result::Result<Arc<ClientConfig>, String>>,
+    tls: OnceLock<std::result::Result<DirectoryTls, String>>,
     search_pool: Pool,
     bind_pool: Pool,
     down_since: Mutex<HashMap<HostPort, Instant>>,
@@ -989,16 +991,26 @@ impl LdapDirectory {
             Security::Ldaps => "ldaps",
             Security::StartTls | Security::Plain => "ldap",
         };
+        let mut url_host = hp.url_host();
         if security.uses_tls() {
-            let config = self
+            let tls = self
                 .tls_config()
                 .map_err(|e| fail(DirectoryError::Config(e)))?;
+            let config = match hp.host.parse::<std::net::Ipv6Addr>() {
+                Ok(address) => {
+                    let (config, stand_in) = tls.for_ipv6_literal(address);
+                    url_host = stand_in;
+                    config
+                }
+                Err(_) => tls.config.clone(),
+            };
             settings = settings
                 .set_config(config)
                 .set_starttls(security == Security::StartTls)
                 .set_no_tls_verify(!self.server.verify_tls);
         }
-        let url = format!("{scheme}://{}:{}", hp.url_host(), hp.port);
+        // The stream is already connected: the URL only names the scheme and the TLS name.
+        let url = format!("{scheme}://{url_host}:{}", hp.port);
         let (conn, ldap) =
             match timeout_at(deadline, LdapConnAsync::with_settings(settings, &url)).await {
                 Err(_) => {
@@ -1030,10 +1042,11 @@ impl LdapDirectory {
 
     /// The TLS client settings: the pasted CA, else the system's CA bundle; no verification
     /// when the administrator turned it off.
-    fn tls_config(&self) -> std::result::Result<Arc<ClientConfig>, String> {
+    fn tls_config(&self) -> std::result::Result<&DirectoryTls, String> {
         self.tls
             .get_or_init(|| build_tls_config(&self.server))
-            .clone()
+            .as_ref()
+            .map_err(Clone::clone)
     }
 
     // -----------------------------------------------------------------------------------------
@@ -1526,54 +1539,131 @@ fn failure_detail(e: &DirectoryError) -> String {
     }
 }
 
-fn build_tls_config(server: &AuthServer) -> std::result::Result<Arc<ClientConfig>, String> {
+/// A directory's TLS client settings, with the certificate check kept beside them so that a
+/// connection to an IPv6 literal can be checked against the address itself.
+struct DirectoryTls {
+    config: Arc<ClientConfig>,
+    verifier: Arc<dyn ServerCertVerifier>,
+}
+
+impl DirectoryTls {
+    /// The settings for a host given as an IPv6 literal, and the stand-in name to open it
+    /// under. The LDAP client turns the URL's host into the TLS server name and keeps an IPv6
+    /// literal's brackets, which no TLS name allows; so the connection is opened under a name
+    /// of its own (one per address, which also keeps resumed sessions apart) and the
+    /// certificate is checked against the address, as for an IPv4 literal.
+    fn for_ipv6_literal(&self, address: std::net::Ipv6Addr) -> (Arc<ClientConfig>, String) {
+        let mut config = (*self.config).clone();
+        config.enable_sni = false;
+        config
+            .dangerous()
+            .set_certificate_verifier(Arc::new(AtAddress {
+                inner: self.verifier.clone(),
+                address: ServerName::IpAddress(std::net::IpAddr::V6(address).into()),
+            }));
+        (
+            Arc::new(config),
+            format!("v6-{:032x}.invalid", u128::from(address)),
+        )
+    }
+}
+
+/// Checks a server certificate against one address, whatever name the connection was
+/// opened under (see [`DirectoryTls::for_ipv6_literal`]).
+#[derive(Debug)]
+struct AtAddress {
+    inner: Arc<dyn ServerCertVerifier>,
+    address: ServerName<'static>,
+}
+
+impl ServerCertVerifier for AtAddress {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _opened_as: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+        self.inner
+            .verify_server_cert(end_entity, intermediates, &self.address, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+fn build_tls_config(server: &AuthServer) -> std::result::Result<DirectoryTls, String> {
     let provider = crate::tls::provider();
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS setup failed: {e}"))?;
-    if !server.verify_tls {
-        let mut config = builder
-            .with_root_certificates(RootCertStore::empty())
-            .with_no_client_auth();
-        config
-            .dangerous()
-            .set_certificate_verifier(Arc::new(crate::tls::NoVerification(provider)));
-        return Ok(Arc::new(config));
-    }
-    let mut roots = RootCertStore::empty();
-    match server
+    let verifier: Arc<dyn ServerCertVerifier> = if server.verify_tls {
+        WebPkiServerVerifier::builder_with_provider(Arc::new(trusted_roots(server)?), provider)
+            .build()
+            .map_err(|e| format!("TLS setup failed: {e}"))?
+    } else {
+        Arc::new(crate::tls::NoVerification(provider))
+    };
+    let config = builder
+        .dangerous()
+        .with_custom_certificate_verifier(verifier.clone())
+        .with_no_client_auth();
+    Ok(DirectoryTls {
+        config: Arc::new(config),
+        verifier,
+    })
+}
+
+/// The CAs a directory's certificate must chain to: the pasted CA, else the system's bundle.
+fn trusted_roots(server: &AuthServer) -> std::result::Result<RootCertStore, String> {
+    let Some(pem) = server
         .ca_cert_pem
         .as_deref()
         .filter(|p| !p.trim().is_empty())
-    {
-        Some(pem) => {
-            let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
-                .collect::<std::result::Result<Vec<_>, _>>()
-                .map_err(|e| format!("the pasted CA certificate is not valid PEM ({e})"))?;
-            if certs.is_empty() {
-                return Err("the pasted CA certificate field holds no certificate".to_string());
-            }
-            for cert in certs {
-                roots
-                    .add(cert)
-                    .map_err(|e| format!("the pasted CA certificate cannot be used ({e})"))?;
-            }
+    else {
+        let system = system_roots();
+        if system.is_empty() {
+            return Err(
+                "no CA certificate is pasted and the system has no CA bundle: paste the \
+                 directory's CA certificate"
+                    .to_string(),
+            );
         }
-        None => {
-            let system = system_roots();
-            if system.is_empty() {
-                return Err(
-                    "no CA certificate is pasted and the system has no CA bundle: paste the \
-                     directory's CA certificate"
-                        .to_string(),
-                );
-            }
-            roots = (*system).clone();
-        }
+        return Ok((*system).clone());
+    };
+    let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| format!("the pasted CA certificate is not valid PEM ({e})"))?;
+    if certs.is_empty() {
+        return Err("the pasted CA certificate field holds no certificate".to_string());
     }
-    Ok(Arc::new(
-        builder.with_root_certificates(roots).with_no_client_auth(),
-    ))
+    let mut roots = RootCertStore::empty();
+    for cert in certs {
+        roots
+            .add(cert)
+            .map_err(|e| format!("the pasted CA certificate cannot be used ({e})"))?;
+    }
+    Ok(roots)
 }
 
 /// The system's CA bundle, read once.

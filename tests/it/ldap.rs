@@ -265,6 +265,27 @@ async fn a_starttls_server_signs_users_in() {
 }
 
 #[tokio::test]
+async fn an_ipv6_literal_host_is_verified_against_its_address_over_ldaps_and_starttls() {
+    let slapd = Slapd::start();
+    for security in [Security::Ldaps, Security::StartTls] {
+        let mut server = slapd.auth_server(security);
+        let port = server.hosts[0].port;
+        server.hosts = vec![HostPort::new("::1", port)];
+        let dir = LdapDirectory::new(server.clone());
+        let user = guarded(dir.authenticate("alice", &password_of("alice")))
+            .await
+            .unwrap_or_else(|e| panic!("alice over {security:?} to [::1]: {e}"));
+        assert_eq!(user.groups, vec!["admins", "staff"]);
+        // The certificate names ::1, so the check is real: another CA is still refused.
+        server.ca_cert_pem = Some(slapd::other_ca_pem());
+        let err = guarded(LdapDirectory::new(server).authenticate("alice", &password_of("alice")))
+            .await
+            .expect_err("a certificate from another CA");
+        assert!(matches!(err, DirectoryError::Tls(_)), "{security:?}: {err}");
+    }
+}
+
+#[tokio::test]
 async fn plain_binds_refused_by_the_server_name_the_fix() {
     let slapd = Slapd::start_with(&SlapdOptions {
         require_tls_for_binds: true,

@@ -1,8 +1,9 @@
 //! A throwaway OpenLDAP server for the tests: Debian's `slapd` on free loopback ports
-//! (`ldap://` with StartTLS, `ldaps://` with a certificate from a generated CA, and an `ldapi://`
-//! socket the fixture itself uses), the memberOf overlay, the ppolicy schema, users loaded with
-//! `slapadd` before start and groups added over LDAP after start (the memberOf overlay does not
-//! fire for `slapadd`). Killed on `Drop`.
+//! (`ldap://` with StartTLS and `ldaps://` with a certificate from a generated CA, each on
+//! 127.0.0.1 and on ::1 with the same port, and an `ldapi://` socket the fixture itself uses),
+//! the memberOf overlay, the ppolicy schema, users loaded with `slapadd` before start and groups
+//! added over LDAP after start (the memberOf overlay does not fire for `slapadd`). Killed on
+//! `Drop`.
 //!
 //! The directory (base `dc=example,dc=com`):
 //! - `ou=people`: alice (groups staff, admins; staff is inside all-staff), bob (staff), carol
@@ -108,7 +109,8 @@ impl Slapd {
         }
 
         let urls = format!(
-            "ldap://127.0.0.1:{ldap_port}/ ldaps://127.0.0.1:{ldaps_port}/ {}",
+            "ldap://127.0.0.1:{ldap_port}/ ldaps://127.0.0.1:{ldaps_port}/ \
+             ldap://[::1]:{ldap_port}/ ldaps://[::1]:{ldaps_port}/ {}",
             ldapi_url(dir.path())
         );
         let mut child = Command::new(slapd)
@@ -345,7 +347,7 @@ pub fn other_ca_pem() -> String {
     params.self_signed(&key).expect("cert").pem()
 }
 
-/// Makes a CA and a server certificate for localhost / 127.0.0.1 signed by it (rustls refuses
+/// Makes a CA and a server certificate for localhost / 127.0.0.1 / ::1 signed by it (rustls refuses
 /// a CA certificate used as a server's own); returns the CA's PEM.
 fn write_certificates(dir: &Path) -> String {
     use rcgen::{
@@ -361,8 +363,12 @@ fn write_certificates(dir: &Path) -> String {
     let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("ca key"))
         .expect("ca certificate");
 
-    let mut params = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
-        .expect("server params");
+    let mut params = CertificateParams::new(vec![
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+    ])
+    .expect("server params");
     params.is_ca = IsCa::ExplicitNoCa;
     params
         .distinguished_name
