@@ -379,23 +379,27 @@ pub fn activate_licence(
         key_text: Some(licence.key_text().to_string()),
         activated: Some(Utc::now()),
     };
-    accept_agreement(store, actor, line, |tx| {
+    licence_step(store, actor, line, true, |tx| {
         tx.put(LicenceKey::KEY, &stored)?;
         Ok(())
     })?;
     Ok(licence)
 }
 
-/// The licence step's common part: the agreement is recorded and the wizard moves on.
-fn accept_agreement(
+/// The licence step's common part: the agreement is recorded (when it was accepted) and the
+/// wizard moves on.
+fn licence_step(
     store: &Store,
     actor: &Actor,
     line: AuditEntry,
+    agreed: bool,
     f: impl Fn(&Tx<'_>) -> std::result::Result<(), TxError<AdminError>>,
 ) -> Result<()> {
     change_setup(store, line, &[], |tx, setup| {
         require_step(setup, WizardStep::Licence)?;
-        setup.agreement_accepted = Some((Utc::now(), actor.name.clone()));
+        if agreed {
+            setup.agreement_accepted = Some((Utc::now(), actor.name.clone()));
+        }
         if !setup.wizard_done {
             setup.wizard_step = setup.wizard_step.max(WizardStep::Certificate as u8);
         }
@@ -414,7 +418,20 @@ pub fn choose_evaluation(store: &Store, actor: &Actor, agreed: bool) -> Result<(
         "continuing with the evaluation",
         true,
     );
-    accept_agreement(store, actor, line, |_| Ok(()))
+    licence_step(store, actor, line, true, |_| Ok(()))
+}
+
+/// The licence step of an unattended setup without a key: the evaluation runs, and the
+/// agreement is recorded as accepted only when the operator said so (`--accept-licence`);
+/// otherwise it is accepted with the first licence key.
+pub fn choose_evaluation_unattended(store: &Store, actor: &Actor, agreed: bool) -> Result<()> {
+    let said = if agreed {
+        "continuing with the evaluation"
+    } else {
+        "continuing with the evaluation; the licence agreement is not accepted yet"
+    };
+    let line = entry(actor, "licence.evaluation", said, true);
+    licence_step(store, actor, line, agreed, |_| Ok(()))
 }
 
 /// Wizard step 3 or Setup > Certificate: keep the current certificate (`None`) or replace it

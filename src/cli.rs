@@ -236,7 +236,8 @@ struct SetupArgs {
     /// Licence key file to activate (needs --accept-licence). Without it: the evaluation.
     #[arg(long, requires = "accept_licence")]
     licence_file: Option<PathBuf>,
-    /// Accept the licence agreement.
+    /// Accept the licence agreement (needed with --licence-file; with the evaluation, recorded
+    /// as accepted only when given).
     #[arg(long)]
     accept_licence: bool,
     /// PEM certificate chain to use instead of the generated one (with --tls-key).
@@ -778,8 +779,15 @@ fn setup(args: SetupArgs) -> Result<()> {
             println!("Licence {} for {} activated.", l.serial(), l.customer());
         }
         None => {
-            admin::choose_evaluation(&store, &actor, true).context("step 2 (licence)")?;
+            admin::choose_evaluation_unattended(&store, &actor, args.accept_licence)
+                .context("step 2 (licence)")?;
             println!("No licence key given: the 30-day evaluation runs.");
+            if !args.accept_licence {
+                println!(
+                    "The licence agreement is not accepted yet: it is accepted with the first \
+                     licence key (System > Licence), or run setup with --accept-licence."
+                );
+            }
         }
     }
     let upload = match (&args.tls_cert, &args.tls_key) {

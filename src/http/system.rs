@@ -104,6 +104,14 @@ fn licence_view(state: &LicenceState) -> LicenceView {
 
 async fn licence_form(state: &AppState, who: &Console) -> Result<Page, HttpError> {
     let licence = state.licence_state().await?;
+    let setup = state
+        .store
+        .call(|s| s.get_one::<SetupState>().map_err(AdminError::from))
+        .await?;
+    let agreement = match setup.agreement_accepted {
+        Some((at, by)) => format!("accepted by {by} on {}", at.format("%Y-%m-%d %H:%M UTC")),
+        None => "not accepted yet: it is accepted with the next licence key".to_string(),
+    };
     let mut page = Page::new(
         state,
         Some(who),
@@ -113,6 +121,7 @@ async fn licence_form(state: &AppState, who: &Console) -> Result<Page, HttpError
     )
     .await?;
     page.set("licence", &licence_view(&licence))
+        .set("agreement", &agreement)
         .set("installation_code", &admin::installation_code(&state.store))
         .set("licence_action", "/admin/system/licence")
         .set("offer_evaluation", &false);

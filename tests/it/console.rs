@@ -343,7 +343,13 @@ async fn licence_keys_are_checked_with_a_clear_error_for_each_fault() {
     c.post("/admin/wizard/finish", &[]).await;
     let page = c.get("/admin/system/licence").await;
     assert_eq!(page.status, 200);
-    for fact in ["S-GOOD", "ACME Test", "2099-12-31", "250"] {
+    for fact in [
+        "S-GOOD",
+        "ACME Test",
+        "2099-12-31",
+        "250",
+        "accepted by admin on",
+    ] {
         assert!(page.body.contains(fact), "licence page shows {fact}");
     }
     assert!(
@@ -733,7 +739,11 @@ async fn unattended_setup_runs_the_wizard_steps() {
         (303, "/admin"),
         "the wizard is done"
     );
-    assert!(c.get("/admin/system/licence").await.body.contains("S-CLI"));
+    let licence = c.get("/admin/system/licence").await.body;
+    assert!(
+        licence.contains("S-CLI") && licence.contains("accepted by cli on"),
+        "{licence}"
+    );
 
     let (ok, out, _) = common::run(&["version"]);
     assert!(ok);

@@ -173,6 +173,11 @@ async fn roles_decide_what_directory_users_see_and_change() {
     let licence = auditor.get("/admin/system/licence").await;
     assert_eq!(licence.status, 200, "{}", licence.body);
     assert!(!licence.body.contains("Enter a new licence key"));
+    assert!(
+        licence.body.contains("not accepted yet"),
+        "an unattended setup without --accept-licence accepted nothing: {}",
+        licence.body
+    );
 
     // The server refuses the change all the same, with the CSRF token right.
     let r = create_pool(&mut auditor, "Auditor pool").await;
