@@ -182,7 +182,8 @@ UNIT
     cat <<'UNIT'
 EnvironmentFile=/etc/gatehouse/gateway.env
 ExecStart=/usr/local/bin/gatehouse gateway $GATEHOUSE_GATEWAY_ARGS
-ExecReload=/bin/kill -HUP $MAINPID
+# The shell's own kill: a minimal system may have no kill program. ($$ is a literal $.)
+ExecReload=/bin/sh -c 'kill -HUP $$MAINPID'
 UNIT
     unit_limits
     cat <<'UNIT'

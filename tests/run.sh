@@ -8,8 +8,10 @@ set -euo pipefail
 
 # Debian packages the tests need. Add to this list (slapd, xrdp, …) when a test needs a server.
 # The OpenStack lab (tests/openstack/up.sh) needs python3-venv, python3-dev and build-essential
-# (its venv, and uWSGI, which pip compiles) and rabbitmq-server (Nova's message bus).
-TEST_PACKAGES="chromium chromium-driver fonts-liberation curl ca-certificates slapd ldap-utils nginx libnginx-mod-stream apache2 haproxy xvfb x11vnc novnc freerdp2-x11 freerdp2-shadow-x11 winpr-utils python3 python3-venv python3-dev build-essential rabbitmq-server"
+# (its venv, and uWSGI, which pip compiles) and rabbitmq-server (Nova's message bus). The
+# installer's systemd test boots a Debian machine made by debootstrap with systemd-nspawn
+# (package systemd-container).
+TEST_PACKAGES="chromium chromium-driver fonts-liberation curl ca-certificates slapd ldap-utils nginx libnginx-mod-stream apache2 haproxy xvfb x11vnc novnc freerdp2-x11 freerdp2-shadow-x11 winpr-utils python3 python3-venv python3-dev build-essential rabbitmq-server systemd-container debootstrap"
 
 # Answers for packages that would otherwise prompt ("package question value" lines for
 # debconf-set-selections), e.g. "slapd slapd/no_configuration boolean true".

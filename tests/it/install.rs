@@ -1,12 +1,16 @@
-//! `packaging/install.sh` end to end, in `--prefix DIR --no-systemd` mode so it needs neither
-//! root nor systemd: the layout it installs, that the installed binary serves HTTPS, that a
-//! re-run upgrades in place (configuration byte-identical, a pre-upgrade backup taken) and
-//! refuses while a server holds the data folder, the `--archive file://…` source, and
-//! `--uninstall` (the binary goes, configuration and data stay). The
-//! gateway role (`--gateway`) is tested in `standalone.rs`, beside the broker it registers with.
+//! `packaging/install.sh` end to end.
 //!
-//! Owns nothing but its temporary folders and the processes it starts, which a guard ends on
-//! `Drop`. It does not touch the system-wide paths (`/usr/local/bin`, `/etc`, `/var/lib`).
+//! Most tests use `--prefix DIR --no-systemd` mode, which needs neither root nor systemd: the
+//! layout it installs, that the installed binary serves HTTPS, that a re-run upgrades in place
+//! (configuration byte-identical, a pre-upgrade backup taken) and refuses while a server holds
+//! the data folder, the `--archive file://…` source, and `--uninstall` (the binary goes,
+//! configuration and data stay). They own nothing but their temporary folders and the
+//! processes they start, which a guard ends on `Drop`, and never touch the system-wide paths.
+//!
+//! One test takes the system-wide path with its systemd services, on a throwaway Debian
+//! machine booted with systemd (`machine.rs`): the services' sandbox, clean stops, an upgrade,
+//! the gateway's reload, uninstalling. The gateway role is also tested in `standalone.rs`,
+//! beside the broker it registers with.
 
 use std::ffi::{OsStr, OsString};
 use std::fs;
@@ -18,6 +22,8 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
+
+use crate::machine::Machine;
 
 const BINARY: &str = env!("CARGO_BIN_EXE_gatehouse");
 const CONSOLE_PREFIX: &str = "Gatehouse console: ";
@@ -569,6 +575,219 @@ fn installed_units_are_the_packaged_units() {
             String::from_utf8_lossy(&output.stdout),
             packaged,
             "install.sh {args:?} prints a unit that differs from packaging/{file}: edit both together"
+        );
+    }
+}
+
+/// The systemd path, on a real systemd: a Debian machine booted under systemd-nspawn
+/// (`machine.rs`). The broker's service is installed, runs in its sandbox, stops cleanly, is set
+/// up by the CLI as its user and upgraded in place (pre-upgrade backup);
+/// its backup job writes where the sandbox allows. The standalone gateway's service forwards to
+/// it, trusting the broker's certificate authority, and reloads without a restart. Uninstalling
+/// both removes the services and the binary and keeps configuration, data and the user.
+#[test]
+fn on_systemd_the_services_run_sandboxed_upgrade_reload_and_uninstall() {
+    const PASSWORD: &str = "Correct-Horse-Battery-9";
+    let binary = Path::new(BINARY);
+    let files = tempfile::tempdir().expect("tempdir");
+    // The broker's own certificate, from a private authority the gateway is told to trust.
+    let (ca, chain, key) = crate::openstack_fake::private_ca(&["127.0.0.1", "localhost"]);
+    for (name, text) in [
+        ("ca.pem", &ca),
+        ("broker.pem", &chain),
+        ("broker.key", &key),
+    ] {
+        fs::write(files.path().join(name), text).expect("write");
+    }
+    fs::write(files.path().join("admin-password"), format!("{PASSWORD}\n")).expect("write");
+    fs::set_permissions(files.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
+    let m = Machine::boot(&[
+        (binary.parent().expect("a folder"), "/opt/gatehouse/bin"),
+        (
+            install_script().parent().expect("packaging"),
+            "/opt/gatehouse/packaging",
+        ),
+        (files.path(), "/opt/gatehouse/files"),
+    ]);
+    let installer = |args: &str| {
+        m.sh(&format!(
+            "bash /opt/gatehouse/packaging/install.sh {args} 2>&1"
+        ))
+    };
+    let install = |args: &str| installer(&format!("--binary /opt/gatehouse/bin/gatehouse {args}"));
+    let as_service = |command: &str| {
+        m.sh(&format!(
+            "cd /var/lib/gatehouse && runuser -u gatehouse -- /usr/local/bin/gatehouse {command}"
+        ))
+    };
+
+    // A fresh install: enabled, running, answering on 443, in its sandbox.
+    let said = install("");
+    assert!(said.contains("creating system user gatehouse"), "{said}");
+    assert!(said.contains("is running"), "{said}");
+    assert_eq!(m.sh("systemctl is-enabled gatehouse").trim(), "enabled");
+    let packaged = fs::read_to_string(install_script().with_file_name("gatehouse.service"))
+        .expect("the packaged unit");
+    assert_eq!(m.sh("cat /etc/systemd/system/gatehouse.service"), packaged);
+    assert_eq!(m.sh("curl -fsk https://127.0.0.1/healthz").trim(), "ok");
+    assert_sandboxed(&m, "gatehouse");
+
+    // SIGTERM from systemd ends it cleanly.
+    m.sh("systemctl stop gatehouse");
+    assert_stopped_cleanly(&m, "gatehouse");
+
+    // The wizard by the CLI, as the service user, with the broker's own certificate; the
+    // broker's key for the gateway.
+    m.sh(
+        "install -m 0400 -o gatehouse /opt/gatehouse/files/admin-password \
+         /var/lib/gatehouse/admin-password",
+    );
+    as_service(
+        "setup --config /etc/gatehouse/gatehouse.toml --data /var/lib/gatehouse \
+         --admin-password-file /var/lib/gatehouse/admin-password \
+         --tls-cert /opt/gatehouse/files/broker.pem --tls-key /opt/gatehouse/files/broker.key",
+    );
+    as_service("broker-key export --data /var/lib/gatehouse --out /var/lib/gatehouse/broker.pub");
+    m.sh("rm /var/lib/gatehouse/admin-password; mv /var/lib/gatehouse/broker.pub /root/broker.pub");
+
+    // An upgrade in place (the same binary again: keeping the previous one is tested above): a
+    // backup with the old binary first, the service started again.
+    let said = install("");
+    assert!(said.contains("is running"), "{said}");
+    let backups = m.sh("ls -l /var/lib/gatehouse/backups");
+    assert!(
+        backups.contains("pre-upgrade-") && backups.contains(" gatehouse gatehouse "),
+        "{backups}"
+    );
+    // It now serves the certificate it was given: checked against its authority.
+    assert_eq!(
+        m.sh("curl -fs --cacert /opt/gatehouse/files/ca.pem https://127.0.0.1/healthz")
+            .trim(),
+        "ok"
+    );
+
+    // The scheduled backup writes into the data folder, the one place the sandbox lets it.
+    let token = m.sh(&format!(
+        "curl -fs --cacert /opt/gatehouse/files/ca.pem -H 'Content-Type: application/json' \
+         -d '{{\"username\": \"admin\", \"password\": \"{PASSWORD}\"}}' \
+         https://127.0.0.1/api/v1/tokens"
+    ));
+    let token: serde_json::Value = serde_json::from_str(&token).expect("a token answer");
+    let token = token["token"].as_str().expect("a token").to_string();
+    let api = |method: &str, port: u16, path: &str| {
+        m.sh(&format!(
+            "curl -fs -X {method} --cacert /opt/gatehouse/files/ca.pem -k \
+             -H 'Authorization: Bearer {token}' https://127.0.0.1:{port}{path}"
+        ))
+    };
+    let run: serde_json::Value =
+        serde_json::from_str(&api("POST", 443, "/api/v1/jobs/backup/run?wait=true"))
+            .expect("a run answer");
+    assert_eq!(run["last_ok"], true, "{run}");
+    let scheduled = m.sh("ls /var/lib/gatehouse/backups");
+    assert_eq!(
+        scheduled
+            .lines()
+            .filter(|f| !f.starts_with("pre-upgrade-"))
+            .count(),
+        1,
+        "{scheduled}"
+    );
+
+    // The standalone gateway beside it: its own sandbox, forwarding API requests to the
+    // broker (whose certificate it checks against the authority it was given).
+    let said = install(
+        "--gateway --broker https://127.0.0.1:443 --broker-key /root/broker.pub \
+         --broker-ca /opt/gatehouse/files/ca.pem --listen 0.0.0.0:8444",
+    );
+    assert!(said.contains("is running"), "{said}");
+    assert_sandboxed(&m, "gatehouse-gateway");
+    let jobs: serde_json::Value =
+        serde_json::from_str(&api("GET", 8444, "/api/v1/jobs")).expect("jobs through the gateway");
+    assert!(
+        jobs.as_array()
+            .is_some_and(|jobs| jobs.iter().any(|j| j["name"] == "backup")),
+        "{jobs}"
+    );
+    // A reload re-reads the certificate in the same process.
+    let before = main_pid(&m, "gatehouse-gateway");
+    m.sh("systemctl reload gatehouse-gateway");
+    assert_eq!(
+        m.sh("systemctl is-active gatehouse-gateway").trim(),
+        "active"
+    );
+    assert_eq!(main_pid(&m, "gatehouse-gateway"), before);
+    m.sh("systemctl stop gatehouse-gateway");
+    assert_stopped_cleanly(&m, "gatehouse-gateway");
+
+    // Uninstalling: the gateway's service goes and the binary stays for the broker's; then
+    // the broker's, and the binary with it. Configuration, data and the user stay.
+    installer("--gateway --uninstall");
+    assert!(!m.run("systemctl cat gatehouse-gateway").status.success());
+    assert!(m.sh("ls /usr/local/bin").contains("gatehouse"));
+    installer("--uninstall");
+    assert!(!m.run("systemctl cat gatehouse").status.success());
+    assert_eq!(m.sh("ls /usr/local/bin").trim(), "");
+    let kept =
+        m.sh("ls /etc/gatehouse /var/lib/gatehouse /var/lib/gatehouse/backups; id -u gatehouse");
+    for file in ["gatehouse.toml", "gateway.env", "pre-upgrade-", "CURRENT"] {
+        assert!(kept.contains(file), "{file} is kept:\n{kept}");
+    }
+}
+
+fn main_pid(m: &Machine, service: &str) -> String {
+    let pid = m.sh(&format!("systemctl show -p MainPID --value {service}"));
+    let pid = pid.trim().to_string();
+    assert_ne!(pid, "0", "{service} has a main process");
+    pid
+}
+
+/// The service runs as the `gatehouse` user, with no privilege but binding low ports, no way
+/// to gain any, a system-call filter, and a read-only view of the system.
+fn assert_sandboxed(m: &Machine, service: &str) {
+    let pid = main_pid(m, service);
+    let status = m.sh(&format!("cat /proc/{pid}/status"));
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.split_whitespace().collect::<Vec<_>>())
+            .unwrap_or_else(|| panic!("no {name} in:\n{status}"))
+    };
+    let uid = m.sh("id -u gatehouse");
+    assert!(
+        field("Uid:").iter().all(|u| *u == uid.trim()),
+        "{service} runs as gatehouse:\n{status}"
+    );
+    // CAP_NET_BIND_SERVICE is capability 10.
+    for caps in ["CapEff:", "CapPrm:", "CapBnd:", "CapAmb:"] {
+        assert_eq!(field(caps), ["0000000000000400"], "{service} {caps}");
+    }
+    assert_eq!(field("NoNewPrivs:"), ["1"], "{service}");
+    assert_eq!(
+        field("Seccomp:"),
+        ["2"],
+        "{service} runs under a system-call filter"
+    );
+    let write = m.run(&format!(
+        "nsenter --target {pid} --mount touch /usr/local/bin/probe"
+    ));
+    assert!(
+        !write.status.success()
+            && String::from_utf8_lossy(&write.stderr).contains("Read-only file system"),
+        "{service} sees the system read-only: {}",
+        describe(&write)
+    );
+}
+
+fn assert_stopped_cleanly(m: &Machine, service: &str) {
+    let show = m.sh(&format!(
+        "systemctl show -p ActiveState -p Result -p ExecMainStatus {service}"
+    ));
+    for line in ["ActiveState=inactive", "Result=success", "ExecMainStatus=0"] {
+        assert!(
+            show.lines().any(|l| l == line),
+            "{service}: {line}?\n{show}"
         );
     }
 }

@@ -21,6 +21,7 @@ mod install;
 mod jobs;
 mod lab;
 mod ldap;
+mod machine;
 mod openstack;
 mod openstack_fake;
 mod plans;
