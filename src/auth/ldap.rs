@@ -20,6 +20,13 @@
 //!   then they are followed once, with the same TLS settings (an `ldap://` reference is
 //!   upgraded with StartTLS unless the server is configured for plain LDAP) and search account.
 //!   A reference that cannot be followed never breaks a sign-in.
+//! - Active Directory leaves a user's primary group (`primaryGroupID`, usually 513, "Domain
+//!   Users") out of `memberOf`. For a user found on the configured servers, the group whose
+//!   `objectSid` is the user's SID with its last part (the user's RID) replaced by
+//!   `primaryGroupID` is searched under the group base and counted as one of their groups (with
+//!   the groups containing it, when nested groups are on). A user without a readable SID or
+//!   primary group ID, or whose primary group is not under the group base, simply has no
+//!   primary group.
 //! - Disabled accounts: Active Directory `userAccountControl` bit 0x2 (ACCOUNTDISABLE) or an
 //!   `accountExpires` in the past; OpenLDAP `pwdAccountLockedTime` present (ppolicy; any value,
 //!   including a lockout that would expire, counts as locked) or `shadowExpire` (days since
@@ -27,6 +34,7 @@
 //!   the bind (OpenLDAP's ppolicy does not refuse binds without a default policy).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -352,13 +360,9 @@ impl LdapDirectory {
         Ok(user)
     }
 
-    /// The user as the directory describes them now, without checking a password: `None`
-    /// when the account no longer exists. One search (two with nested groups), on a pooled
-    /// connection: cheap enough for the broker to call on every request and end the session
-    /// of a user who is gone or `disabled`.
-    #[tracing::instrument(skip(self), fields(server = %self.server.id))]
     /// Whether the user still exists and is enabled: one search, no group lookups (the check
     /// the broker makes on every request of a signed-in user).
+    #[tracing::instrument(skip(self), fields(server = %self.server.id))]
     pub async fn is_enabled(&self, user: &str) -> Result<bool> {
         let name = self.login_name(user);
         if name.is_empty() {
@@ -370,6 +374,10 @@ impl LdapDirectory {
         })
     }
 
+    /// The user as the directory describes them now, without checking a password: `None`
+    /// when the account no longer exists. One search on a pooled connection, plus one for an
+    /// Active Directory user's primary group and more with nested groups.
+    #[tracing::instrument(skip(self), fields(server = %self.server.id))]
     pub async fn lookup(&self, user: &str) -> Result<Option<DirectoryUser>> {
         let name = self.login_name(user);
         if name.is_empty() {
@@ -434,7 +442,12 @@ impl LdapDirectory {
         ];
         match self.server.kind {
             DirectoryKind::ActiveDirectory => {
-                attrs.extend(["userAccountControl".into(), "accountExpires".into()]);
+                attrs.extend([
+                    "userAccountControl".into(),
+                    "accountExpires".into(),
+                    "objectSid".into(),
+                    "primaryGroupID".into(),
+                ]);
             }
             DirectoryKind::OpenLdap => {
                 attrs.extend(["pwdAccountLockedTime".into(), "shadowExpire".into()]);
@@ -504,21 +517,16 @@ impl LdapDirectory {
             .to_string();
         if found.origin.is_none() {
             match self.server.kind {
-                DirectoryKind::ActiveDirectory if self.server.nested_groups => {
-                    let filter = format!(
-                        "(&(objectClass=group)(member:1.2.840.113556.1.4.1941:={}))",
-                        ldap3::ldap_escape(entry.dn.as_str())
-                    );
-                    let out = self
-                        .search(
-                            self.server.group_base(),
-                            Scope::Subtree,
-                            &filter,
-                            &["1.1"],
-                            true,
-                        )
-                        .await?;
-                    group_dns.extend(out.entries.into_iter().map(|e| e.dn));
+                DirectoryKind::ActiveDirectory => {
+                    if self.server.nested_groups {
+                        group_dns.extend(self.ad_groups_containing(&entry.dn).await?);
+                    }
+                    if let Some(primary) = self.ad_primary_group(entry).await? {
+                        if self.server.nested_groups {
+                            group_dns.extend(self.ad_groups_containing(&primary).await?);
+                        }
+                        group_dns.insert(primary);
+                    }
                 }
                 DirectoryKind::OpenLdap => {
                     if group_dns.is_empty() {
@@ -545,7 +553,6 @@ impl LdapDirectory {
                         self.expand_nested(&mut group_dns).await?;
                     }
                 }
-                DirectoryKind::ActiveDirectory => {}
             }
         }
         let groups: BTreeSet<String> = group_dns.iter().filter_map(|dn| rdn_value(dn)).collect();
@@ -563,6 +570,53 @@ impl LdapDirectory {
             group_dns: group_dns.into_iter().collect(),
             disabled: is_disabled(self.server.kind, entry, chrono::Utc::now()),
         })
+    }
+
+    /// The DNs of the Active Directory groups under the group base that contain `dn`, directly
+    /// or through other groups (AD's in-chain matching rule).
+    async fn ad_groups_containing(&self, dn: &str) -> Result<Vec<String>> {
+        let filter = format!(
+            "(&(objectClass=group)(member:1.2.840.113556.1.4.1941:={}))",
+            ldap3::ldap_escape(dn)
+        );
+        let out = self
+            .search(
+                self.server.group_base(),
+                Scope::Subtree,
+                &filter,
+                &["1.1"],
+                true,
+            )
+            .await?;
+        Ok(out.entries.into_iter().map(|e| e.dn).collect())
+    }
+
+    /// The DN of an Active Directory user's primary group, which `memberOf` leaves out: the
+    /// group under the group base whose SID is the user's with `primaryGroupID` as its last
+    /// part. `None` (logged at debug level) when the entry has no usable SID or primary group
+    /// ID, or no such group is found; only a failed search is an error, as for other groups.
+    async fn ad_primary_group(&self, entry: &SearchEntry) -> Result<Option<String>> {
+        let sid = match primary_group_sid(entry) {
+            Ok(sid) => sid,
+            Err(reason) => {
+                tracing::debug!(dn = %entry.dn, reason, "no primary group");
+                return Ok(None);
+            }
+        };
+        let filter = format!(
+            "(&(objectClass=group)(objectSid={}))",
+            escape_filter_bytes(&sid.to_bytes())
+        );
+        let base = self.server.group_base();
+        let out = self
+            .search(base, Scope::Subtree, &filter, &["1.1"], false)
+            .await?;
+        let found = out.entries.into_iter().next().map(|e| e.dn);
+        if found.is_none() {
+            tracing::debug!(dn = %entry.dn, %sid, rc = out.rc, %base,
+                "the primary group is not found under the group base");
+        }
+        Ok(found)
     }
 
     /// Adds the groups that contain any group already in `dns`, level by level.
@@ -1335,6 +1389,116 @@ fn attr_first<'e>(entry: &'e SearchEntry, name: &str) -> Option<&'e str> {
         .filter(|v| !v.is_empty())
 }
 
+/// The first value of `name` as bytes: ldap3 keeps an attribute among the strings when every
+/// value happens to be UTF-8 and among the binary values otherwise, so a SID can be in either.
+fn attr_first_bytes<'e>(entry: &'e SearchEntry, name: &str) -> Option<&'e [u8]> {
+    entry
+        .bin_attrs
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .and_then(|(_, v)| v.first())
+        .map(Vec::as_slice)
+        .or_else(|| attr_values(entry, name).first().map(String::as_bytes))
+        .filter(|v| !v.is_empty())
+}
+
+/// A Windows security identifier in the binary form Active Directory stores in `objectSid`:
+/// revision (1 byte), the number of sub-authorities (1 byte), the identifier authority (6
+/// bytes, big-endian), then the sub-authorities (4 bytes each, little-endian).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Sid {
+    revision: u8,
+    authority: [u8; 6],
+    sub_authorities: Vec<u32>,
+}
+
+/// A SID has at most this many sub-authorities.
+const SID_MAX_SUB_AUTHORITIES: usize = 15;
+
+impl Sid {
+    /// Parses a binary SID; `None` unless the bytes are exactly one well-formed SID.
+    fn from_bytes(bytes: &[u8]) -> Option<Sid> {
+        let (&revision, rest) = bytes.split_first()?;
+        let (&count, rest) = rest.split_first()?;
+        let count = usize::from(count);
+        if revision != 1 || count == 0 || count > SID_MAX_SUB_AUTHORITIES {
+            return None;
+        }
+        let (authority, rest) = rest.split_first_chunk::<6>()?;
+        if rest.len() != count * 4 {
+            return None;
+        }
+        let sub_authorities = rest
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        Some(Sid {
+            revision,
+            authority: *authority,
+            sub_authorities,
+        })
+    }
+
+    fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(8 + 4 * self.sub_authorities.len());
+        out.push(self.revision);
+        // At most SID_MAX_SUB_AUTHORITIES, by construction.
+        out.push(self.sub_authorities.len() as u8);
+        out.extend_from_slice(&self.authority);
+        for sub in &self.sub_authorities {
+            out.extend_from_slice(&sub.to_le_bytes());
+        }
+        out
+    }
+
+    /// The SID of another account of the same domain: this one with its last sub-authority
+    /// (the relative identifier) replaced by `rid`.
+    fn with_rid(&self, rid: u32) -> Sid {
+        let mut sid = self.clone();
+        if let Some(last) = sid.sub_authorities.last_mut() {
+            *last = rid;
+        }
+        sid
+    }
+}
+
+impl std::fmt::Display for Sid {
+    /// The usual text form, `S-1-5-21-…`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut authority = [0u8; 8];
+        authority[2..].copy_from_slice(&self.authority);
+        write!(f, "S-{}-{}", self.revision, u64::from_be_bytes(authority))?;
+        for sub in &self.sub_authorities {
+            write!(f, "-{sub}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The SID of an Active Directory user's primary group, from their `objectSid` and
+/// `primaryGroupID`; the reason when the entry does not give one.
+fn primary_group_sid(entry: &SearchEntry) -> std::result::Result<Sid, &'static str> {
+    let user_sid = attr_first_bytes(entry, "objectSid").ok_or("no objectSid")?;
+    let user_sid = Sid::from_bytes(user_sid).ok_or("objectSid is not a well-formed SID")?;
+    let rid = attr_first(entry, "primaryGroupID")
+        .ok_or("no primaryGroupID")?
+        .trim()
+        .parse::<u32>()
+        .ok()
+        .filter(|&rid| rid != 0)
+        .ok_or("primaryGroupID is not a relative identifier")?;
+    Ok(user_sid.with_rid(rid))
+}
+
+/// Bytes as an LDAP filter value: every byte `\xx`, so any binary value is safe in a filter.
+fn escape_filter_bytes(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len() * 3);
+    for b in bytes {
+        let _ = write!(out, "\\{b:02x}");
+    }
+    out
+}
+
 /// Whether the directory says the account may not sign in (see the module documentation).
 fn is_disabled(
     kind: DirectoryKind,
@@ -1803,6 +1967,105 @@ mod tests {
             Some(DirectoryError::PasswordExpired)
         );
         assert_eq!(ad_bind_error("Invalid credentials"), None);
+    }
+
+    /// S-1-5-21-1-2-3-`rid`, written out byte by byte.
+    fn domain_sid_bytes(rid: u32) -> Vec<u8> {
+        let mut bytes = vec![1, 5, 0, 0, 0, 0, 0, 5];
+        for sub in [21, 1, 2, 3, rid] {
+            bytes.extend_from_slice(&u32::to_le_bytes(sub));
+        }
+        bytes
+    }
+
+    #[test]
+    fn a_well_formed_sid_is_read_and_its_rid_replaced() {
+        let sid = Sid::from_bytes(&domain_sid_bytes(1105)).expect("a SID");
+        assert_eq!(sid.to_string(), "S-1-5-21-1-2-3-1105");
+        assert_eq!(sid.to_bytes(), domain_sid_bytes(1105));
+        let group = sid.with_rid(513);
+        assert_eq!(group.to_string(), "S-1-5-21-1-2-3-513");
+        assert_eq!(group.to_bytes(), domain_sid_bytes(513));
+    }
+
+    #[test]
+    fn malformed_sids_are_refused() {
+        let good = domain_sid_bytes(1105);
+        assert!(Sid::from_bytes(&[]).is_none());
+        assert!(
+            Sid::from_bytes(&good[..good.len() - 1]).is_none(),
+            "cut short"
+        );
+        assert!(
+            Sid::from_bytes(&[&good[..], &[0]].concat()).is_none(),
+            "trailing byte"
+        );
+        let mut revision = good.clone();
+        revision[0] = 2;
+        assert!(Sid::from_bytes(&revision).is_none(), "unknown revision");
+        let mut count = good.clone();
+        count[1] = 4;
+        assert!(
+            Sid::from_bytes(&count).is_none(),
+            "count disagrees with length"
+        );
+        assert!(
+            Sid::from_bytes(&[1, 0, 0, 0, 0, 0, 0, 5]).is_none(),
+            "no RID"
+        );
+        let mut long = vec![1, 16, 0, 0, 0, 0, 0, 5];
+        long.extend(std::iter::repeat_n(0, 16 * 4));
+        assert!(Sid::from_bytes(&long).is_none(), "too many sub-authorities");
+    }
+
+    #[test]
+    fn a_sid_is_escaped_byte_by_byte_for_a_filter() {
+        assert_eq!(
+            escape_filter_bytes(&domain_sid_bytes(513)),
+            concat!(
+                r"\01\05\00\00\00\00\00\05",
+                r"\15\00\00\00\01\00\00\00\02\00\00\00\03\00\00\00",
+                r"\01\02\00\00"
+            )
+        );
+        assert_eq!(escape_filter_bytes(b"*()\\"), r"\2a\28\29\5c");
+    }
+
+    #[test]
+    fn the_primary_group_sid_comes_from_objectsid_and_primarygroupid() {
+        let with = |sid: Option<Vec<u8>>, binary: bool, pgid: Option<&str>| {
+            let mut e = entry(&[]);
+            if let Some(sid) = sid {
+                if binary {
+                    e.bin_attrs.insert("objectSid".into(), vec![sid]);
+                } else {
+                    let text = String::from_utf8(sid).expect("this SID happens to be UTF-8");
+                    e.attrs.insert("objectSid".into(), vec![text]);
+                }
+            }
+            if let Some(pgid) = pgid {
+                e.attrs.insert("primaryGroupID".into(), vec![pgid.into()]);
+            }
+            primary_group_sid(&e).map(|sid| sid.to_string())
+        };
+        let sid = domain_sid_bytes(1105);
+        let expected = Ok("S-1-5-21-1-2-3-513".to_string());
+        assert_eq!(with(Some(sid.clone()), true, Some("513")), expected);
+        // Every byte of this SID is below 0x80, so ldap3 hands it over as a string.
+        assert_eq!(with(Some(sid.clone()), false, Some("513")), expected);
+        assert!(with(None, true, Some("513")).is_err());
+        assert!(with(Some(sid[..9].to_vec()), true, Some("513")).is_err());
+        assert!(with(Some(sid.clone()), true, None).is_err());
+        assert!(with(Some(sid.clone()), true, Some("Domain Users")).is_err());
+        assert!(with(Some(sid), true, Some("0")).is_err());
+    }
+
+    #[test]
+    fn active_directory_searches_ask_for_the_sid_and_primary_group() {
+        let dir = LdapDirectory::new(AuthServer::defaults_for(DirectoryKind::ActiveDirectory));
+        let attrs = dir.user_attributes();
+        assert!(attrs.iter().any(|a| a == "objectSid"), "{attrs:?}");
+        assert!(attrs.iter().any(|a| a == "primaryGroupID"), "{attrs:?}");
     }
 
     #[test]

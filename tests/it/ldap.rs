@@ -1,6 +1,7 @@
 //! Directory sign-in against a real OpenLDAP (`slapd`, started per test by `slapd.rs`):
 //! LDAPS and StartTLS, wrong and empty passwords, unknown users, filter injection, failover,
-//! TLS verification, pooled connections, disabled accounts, referrals and "Test connection".
+//! TLS verification, pooled connections, disabled accounts, referrals, "Test connection", and
+//! Active Directory's primary group against the fixture's Active Directory-like entries.
 
 use std::time::Duration;
 
@@ -557,5 +558,59 @@ async fn generated_users_load_fast_for_bigger_tests() {
             .await
             .expect("lookup")
             .is_none()
+    );
+}
+
+#[tokio::test]
+async fn an_active_directory_users_primary_group_counts_though_memberof_leaves_it_out() {
+    let slapd = Slapd::start();
+    let mut server = slapd.ad_auth_server(Security::Ldaps);
+    let dir = LdapDirectory::new(server.clone());
+    let ada = guarded(dir.authenticate("ada", &password_of("ada")))
+        .await
+        .expect("ada signs in");
+    assert_eq!(ada.dn, "cn=Ada Lovelace,ou=ad,dc=example,dc=com");
+    assert_eq!(ada.groups, vec!["Domain Users", "Engineers"]);
+    assert_eq!(
+        ada.group_dns,
+        vec![
+            "cn=Domain Users,ou=ad,dc=example,dc=com",
+            "cn=Engineers,ou=ad,dc=example,dc=com"
+        ]
+    );
+    assert!(!ada.disabled);
+    let seen = guarded(dir.lookup("EXAMPLE\\ada"))
+        .await
+        .expect("lookup")
+        .expect("ada exists");
+    assert_eq!(
+        seen.groups, ada.groups,
+        "lookup finds the primary group too"
+    );
+
+    // No objectSid or primaryGroupID: no primary group, and the sign-in still works.
+    let ned = guarded(dir.authenticate("ned", &password_of("ned")))
+        .await
+        .expect("ned signs in");
+    assert_eq!(ned.groups, vec!["Engineers"]);
+
+    // The console's group list offers the primary group like any other group.
+    assert_eq!(
+        guarded(dir.groups()).await.expect("groups"),
+        vec!["Domain Users", "Engineers"]
+    );
+
+    // With nested groups on, the primary group is still found. (The groups containing it are
+    // asked with Active Directory's in-chain matching rule, which slapd does not implement, so
+    // that part cannot be checked here.)
+    server.nested_groups = true;
+    let nested = LdapDirectory::new(server);
+    let ada = guarded(nested.authenticate("ada", &password_of("ada")))
+        .await
+        .expect("ada signs in with nested groups on");
+    assert!(
+        ada.groups.iter().any(|g| g == "Domain Users"),
+        "{:?}",
+        ada.groups
     );
 }

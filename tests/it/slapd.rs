@@ -15,6 +15,15 @@
 //!   Active Directory's do.
 //! - The schema also has Active Directory's `userPrincipalName` attribute (no entry holds it
 //!   until a test adds it, with the `extensibleObject` class).
+//! - `ou=ad` ([`AD_BASE`], served as Active Directory by [`Slapd::ad_auth_server`]): entries
+//!   shaped as Active Directory's, with its attribute and class names and OIDs (`user`,
+//!   `group`, `sAMAccountName`, `objectSid`, `primaryGroupID`, `userAccountControl`,
+//!   `objectCategory`). ada (objectSid [`AD_DOMAIN_SID`]-1105, primaryGroupID 513, `memberOf`
+//!   only Engineers) and ned (no objectSid or primaryGroupID, `memberOf` Engineers); groups
+//!   `cn=Domain Users` (objectSid [`AD_DOMAIN_SID`]-513, no `member`: Active Directory lists
+//!   nobody's primary group there) and `cn=Engineers`. All loaded with slapadd, `memberOf`
+//!   included, since Active Directory maintains `memberOf` itself and the memberOf overlay here
+//!   only tracks `groupOfNames`. Passwords as above (`ada-pw`, `ned-pw`).
 //! - `SlapdOptions::generated_users`: `user00001` … with password [`GENERATED_PASSWORD`], all in
 //!   group `cn=generated`.
 
@@ -36,6 +45,10 @@ pub const ROOT_PASSWORD: &str = "root-secret";
 pub const SEARCH_DN: &str = "cn=search,ou=services,dc=example,dc=com";
 pub const SEARCH_PASSWORD: &str = "search-secret";
 pub const GENERATED_PASSWORD: &str = "generated-pw";
+/// Where the Active Directory-like entries live.
+pub const AD_BASE: &str = "ou=ad,dc=example,dc=com";
+/// The domain part of the SIDs under [`AD_BASE`]; an account's SID adds its RID.
+pub const AD_DOMAIN_SID: &str = "S-1-5-21-111-222-333";
 
 /// The password of a fixture user.
 pub fn password_of(uid: &str) -> String {
@@ -296,6 +309,20 @@ impl Slapd {
             ..AuthServer::defaults_for(DirectoryKind::OpenLdap)
         }
     }
+
+    /// An Active Directory server for the entries under [`AD_BASE`] (logins by
+    /// `sAMAccountName`, groups from `memberOf`), otherwise as [`Slapd::auth_server`].
+    pub fn ad_auth_server(&self, security: Security) -> AuthServer {
+        AuthServer {
+            id: "slapd-ad".into(),
+            name: "Test Active Directory".into(),
+            kind: DirectoryKind::ActiveDirectory,
+            base_dn: AD_BASE.into(),
+            login_attribute: "sAMAccountName".into(),
+            group_attribute: "memberOf".into(),
+            ..self.auth_server(security)
+        }
+    }
 }
 
 impl Drop for Slapd {
@@ -402,6 +429,41 @@ attributetype ( 1.2.840.113556.1.4.656 NAME 'userPrincipalName'
     EQUALITY caseIgnoreMatch
     SUBSTR caseIgnoreSubstringsMatch
     SYNTAX 1.3.6.1.4.1.1466.115.121.1.15 SINGLE-VALUE )
+attributetype ( 1.2.840.113556.1.4.221 NAME 'sAMAccountName'
+    DESC 'Active Directory logon name'
+    EQUALITY caseIgnoreMatch
+    SUBSTR caseIgnoreSubstringsMatch
+    SYNTAX 1.3.6.1.4.1.1466.115.121.1.15 SINGLE-VALUE )
+attributetype ( 1.2.840.113556.1.4.146 NAME 'objectSid'
+    DESC 'Active Directory security identifier, binary'
+    EQUALITY octetStringMatch
+    SYNTAX 1.3.6.1.4.1.1466.115.121.1.40 SINGLE-VALUE )
+attributetype ( 1.2.840.113556.1.4.98 NAME 'primaryGroupID'
+    DESC 'Active Directory: RID of the primary group, which memberOf leaves out'
+    EQUALITY integerMatch
+    SYNTAX 1.3.6.1.4.1.1466.115.121.1.27 SINGLE-VALUE )
+attributetype ( 1.2.840.113556.1.4.8 NAME 'userAccountControl'
+    DESC 'Active Directory account flags (0x2: disabled)'
+    EQUALITY integerMatch
+    SYNTAX 1.3.6.1.4.1.1466.115.121.1.27 SINGLE-VALUE )
+# In Active Directory objectCategory holds a DN (CN=Person,CN=Schema,CN=Configuration,...) and
+# the server expands (objectCategory=person) to it. Here it is a plain string holding person,
+# so the same filter matches the value stored.
+attributetype ( 1.2.840.113556.1.4.782 NAME 'objectCategory'
+    DESC 'Active Directory object category; here the short name, not the schema DN'
+    EQUALITY caseIgnoreMatch
+    SYNTAX 1.3.6.1.4.1.1466.115.121.1.15 SINGLE-VALUE )
+objectclass ( 1.2.840.113556.1.5.9 NAME 'user'
+    DESC 'Active Directory user'
+    SUP organizationalPerson STRUCTURAL
+    MUST sAMAccountName
+    MAY ( objectSid $ primaryGroupID $ userAccountControl $ objectCategory $
+          displayName $ mail $ userPrincipalName ) )
+objectclass ( 1.2.840.113556.1.5.8 NAME 'group'
+    DESC 'Active Directory group'
+    SUP top STRUCTURAL
+    MUST cn
+    MAY ( member $ objectSid $ description ) )
 modulepath /usr/lib/ldap
 moduleload back_mdb
 moduleload memberof
@@ -539,6 +601,7 @@ ou: hidden
         "Zed Remote",
         "",
     );
+    ad_ldif(&mut out);
     for i in 1..=generated {
         let _ = write!(
             out,
@@ -553,6 +616,70 @@ userPassword: {GENERATED_PASSWORD}
         );
     }
     out
+}
+
+/// A SID of [`AD_DOMAIN_SID`] with `rid`, base64 for LDIF: revision 1, the number of
+/// sub-authorities, authority 5 in 6 big-endian bytes, then 21, 111, 222, 333 and `rid` as
+/// little-endian u32s.
+fn ad_sid_base64(rid: u32) -> String {
+    use base64::Engine as _;
+    let mut sid = vec![1, 5, 0, 0, 0, 0, 0, 5];
+    for sub in [21, 111, 222, 333, rid] {
+        sid.extend_from_slice(&u32::to_le_bytes(sub));
+    }
+    base64::engine::general_purpose::STANDARD.encode(sid)
+}
+
+/// The Active Directory-like entries under [`AD_BASE`] (see the module documentation).
+fn ad_ldif(out: &mut String) {
+    let _ = write!(
+        out,
+        "dn: {AD_BASE}
+objectClass: organizationalUnit
+ou: ad
+
+dn: cn=Ada Lovelace,{AD_BASE}
+objectClass: user
+cn: Ada Lovelace
+sn: Lovelace
+displayName: Ada Lovelace
+sAMAccountName: ada
+objectCategory: person
+userAccountControl: 512
+objectSid:: {ada_sid}
+primaryGroupID: 513
+memberOf: cn=Engineers,{AD_BASE}
+userPassword: {ada_pw}
+
+dn: cn=Ned Nosid,{AD_BASE}
+objectClass: user
+cn: Ned Nosid
+sn: Nosid
+sAMAccountName: ned
+objectCategory: person
+userAccountControl: 512
+memberOf: cn=Engineers,{AD_BASE}
+userPassword: {ned_pw}
+
+dn: cn=Domain Users,{AD_BASE}
+objectClass: group
+cn: Domain Users
+objectSid:: {domain_users_sid}
+
+dn: cn=Engineers,{AD_BASE}
+objectClass: group
+cn: Engineers
+objectSid:: {engineers_sid}
+member: cn=Ada Lovelace,{AD_BASE}
+member: cn=Ned Nosid,{AD_BASE}
+
+",
+        ada_sid = ad_sid_base64(1105),
+        ada_pw = password_of("ada"),
+        ned_pw = password_of("ned"),
+        domain_users_sid = ad_sid_base64(513),
+        engineers_sid = ad_sid_base64(1200),
+    );
 }
 
 fn groups_ldif(generated: usize) -> String {
