@@ -35,7 +35,9 @@ use crate::model::desktop::{Desktop, PowerState};
 use crate::model::directory::{AuthServer, choose, split_login};
 use crate::model::location::{ClientFacts, Location};
 use crate::model::plan::{DEFAULT_PLAN_ID, GatewayMethod, ProtocolPlan};
-use crate::model::policy::{AssignmentTable, MatchedRow, PickOrder, Policy, PolicyEntry};
+use crate::model::policy::{
+    AssignmentTable, MatchedRow, PickOrder, Policy, PolicyEntry, UserGroups,
+};
 use crate::model::pool::{Membership, Pool};
 use crate::model::role::Role;
 use crate::store::{Record, Store, StoreError, TxError};
@@ -304,7 +306,10 @@ impl SessionEnds {
 pub struct Decision {
     pub user: UserKey,
     pub display_name: String,
+    /// Group names (CNs), as [`DirectoryUser::groups`].
     pub groups: Vec<String>,
+    /// The full group DNs, as [`DirectoryUser::group_dns`]: what rows naming a DN match.
+    pub group_dns: Vec<String>,
     pub location_id: String,
     pub location_name: String,
     pub matched_row: MatchedRow,
@@ -944,7 +949,10 @@ pub fn licence_allows(s: &Store, state: &crate::licence::LicenceState, user: &st
 pub struct Identity {
     pub user: UserKey,
     pub display_name: String,
+    /// Group names (CNs), as [`DirectoryUser::groups`].
     pub groups: Vec<String>,
+    /// The full group DNs, as [`DirectoryUser::group_dns`].
+    pub group_dns: Vec<String>,
     pub location_id: String,
     pub location_name: String,
 }
@@ -964,6 +972,7 @@ fn identity_of(
         },
         display_name: found.display_name.clone(),
         groups: found.groups.clone(),
+        group_dns: found.group_dns.clone(),
         location_id: location.id.clone(),
         location_name: location.name.clone(),
     })
@@ -974,8 +983,9 @@ fn decision_for(s: &Store, identity: Identity) -> Result<Decision> {
     let table = s
         .get::<AssignmentTable>(&identity.user.server_id)?
         .unwrap_or_default();
+    let groups = UserGroups::new(&identity.groups, &identity.group_dns);
     let (matched_row, role_id, policy_id) = table
-        .decide(&identity.groups, &identity.location_id)
+        .decide(&groups, &identity.location_id)
         .ok_or(BrokerError::NoAccess)?;
     let role = find_role(s, role_id)?;
     let policy = s
@@ -988,6 +998,7 @@ fn decision_for(s: &Store, identity: Identity) -> Result<Decision> {
         user: identity.user,
         display_name: identity.display_name,
         groups: identity.groups,
+        group_dns: identity.group_dns,
         location_id: identity.location_id,
         location_name: identity.location_name,
         matched_row,

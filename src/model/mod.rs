@@ -9,6 +9,7 @@ mod appliance;
 pub mod center;
 pub mod desktop;
 pub mod directory;
+pub mod dn;
 pub mod gateway;
 pub mod history;
 pub mod location;

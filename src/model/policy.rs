@@ -1,10 +1,15 @@
 //! Policies: which pools a user is offered desktops from, how many, in which order, and the
 //! plans that apply; and the assignment table of each authentication server that maps
 //! (group, location) to (role, policy), first match winning.
+//!
+//! A row names its group by distinguished name (matched only by that one group, compared as
+//! [`Dn`] compares) or, in the older form, by name (matched by every group of that name the
+//! directory reports for the user, wherever it lives): see [`AssignmentRow::group`].
 
 use serde::{Deserialize, Serialize};
 
 use super::FieldError;
+use super::dn::Dn;
 use super::plan::{DEFAULT_PLAN_ID, name_errors};
 use crate::store::Record;
 
@@ -103,7 +108,17 @@ impl Policy {
 /// One row of an assignment table. `None` matches anything.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AssignmentRow {
-    /// A group name as the directory reports it (compared case-insensitively).
+    /// The group a user must be in, in one of two forms:
+    /// - a distinguished name (any value with `=`: `cn=Admins,ou=Groups,dc=example,dc=com`):
+    ///   matches only a user one of whose group DNs is that DN, compared as [`Dn`] does
+    ///   (case-insensitively, spaces around `,` `=` `+` and escaping spellings aside). The
+    ///   console offers and stores this form;
+    /// - a name (no `=`: `Admins`): matches a user in any group whose name (its DN's first
+    ///   value, the CN) is that, compared case-insensitively. Anyone who may create a group
+    ///   anywhere under the search base can create one of that name, so this form is kept for
+    ///   tables written before DNs were possible.
+    ///
+    /// A value with `=` that is not a DN is refused when the table is saved.
     pub group: Option<String>,
     pub location_id: Option<String>,
     pub role_id: String,
@@ -122,6 +137,41 @@ impl Record for AssignmentTable {
     const TREE: &'static str = "assignments_by_server";
 }
 
+/// The groups a user is in, as the directory reported them, ready to be matched against rows.
+#[derive(Debug, Clone, Default)]
+pub struct UserGroups {
+    names: Vec<String>,
+    dns: Vec<Dn>,
+}
+
+impl UserGroups {
+    /// From the group names (CNs) and the full group DNs. A DN that does not parse is left
+    /// out: no row can name it.
+    pub fn new(names: &[String], dns: &[String]) -> Self {
+        UserGroups {
+            names: names.to_vec(),
+            dns: dns.iter().filter_map(|dn| Dn::parse(dn).ok()).collect(),
+        }
+    }
+
+    /// Whether a row's `group` names one of these groups (see [`AssignmentRow::group`]). A
+    /// row's DN that does not parse matches nobody.
+    pub fn has(&self, group: &str) -> bool {
+        if names_a_dn(group) {
+            Dn::parse(group).is_ok_and(|want| self.dns.contains(&want))
+        } else {
+            self.names
+                .iter()
+                .any(|have| have.eq_ignore_ascii_case(group))
+        }
+    }
+}
+
+/// Whether a row's group is given as a distinguished name rather than a name.
+pub fn names_a_dn(group: &str) -> bool {
+    group.contains('=')
+}
+
 /// Which row decided, for the test-login report.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub enum MatchedRow {
@@ -131,12 +181,13 @@ pub enum MatchedRow {
 
 impl AssignmentTable {
     /// The first row whose group the user has and whose location is theirs.
-    pub fn decide(&self, groups: &[String], location_id: &str) -> Option<(MatchedRow, &str, &str)> {
+    pub fn decide(
+        &self,
+        groups: &UserGroups,
+        location_id: &str,
+    ) -> Option<(MatchedRow, &str, &str)> {
         for (i, row) in self.rows.iter().enumerate() {
-            let group_ok = row
-                .group
-                .as_deref()
-                .is_none_or(|g| groups.iter().any(|have| have.eq_ignore_ascii_case(g)));
+            let group_ok = row.group.as_deref().is_none_or(|g| groups.has(g));
             let location_ok = row.location_id.as_deref().is_none_or(|l| l == location_id);
             if group_ok && location_ok {
                 return Some((MatchedRow::Row(i), &row.role_id, &row.policy_id));
@@ -149,6 +200,19 @@ impl AssignmentTable {
 
     pub fn validate(&self, exists: impl Fn(&str, &str) -> bool) -> Vec<FieldError> {
         let mut errors = Vec::new();
+        for (i, row) in self.rows.iter().enumerate() {
+            if let Some(group) = row.group.as_deref().filter(|g| names_a_dn(g))
+                && let Err(reason) = Dn::parse(group)
+            {
+                errors.push(FieldError::new(
+                    format!("rows[{i}].group"),
+                    format!(
+                        "`{group}` is not a distinguished name: {reason}. Pick the group's DN \
+                         from the list, or give its name without `=`"
+                    ),
+                ));
+            }
+        }
         let rows = self.rows.iter().enumerate().map(|(i, r)| {
             (
                 format!("rows[{i}]"),
@@ -214,7 +278,11 @@ mod tests {
             ],
             otherwise: Some(("user".into(), "default".into())),
         };
-        let eng = vec!["ENGINEERS".to_string()];
+        let eng = UserGroups::new(
+            &["ENGINEERS".to_string()],
+            &["cn=ENGINEERS,ou=groups,dc=example".to_string()],
+        );
+        let none = UserGroups::default();
         assert_eq!(
             table.decide(&eng, "office").map(|d| d.2),
             Some("eng-office")
@@ -223,14 +291,117 @@ mod tests {
             table.decide(&eng, "home").map(|d| d.2),
             Some("eng-anywhere")
         );
-        assert_eq!(table.decide(&[], "office").map(|d| d.2), Some("office"));
-        let other = table.decide(&[], "home").expect("otherwise");
+        assert_eq!(table.decide(&none, "office").map(|d| d.2), Some("office"));
+        let other = table.decide(&none, "home").expect("otherwise");
         assert_eq!((other.0, other.2), (MatchedRow::Otherwise, "default"));
         let closed = AssignmentTable {
             rows: table.rows.clone(),
             otherwise: None,
         };
-        assert!(closed.decide(&[], "home").is_none(), "no row, no access");
+        assert!(closed.decide(&none, "home").is_none(), "no row, no access");
+    }
+
+    /// A user as the directory describes them: group DNs, and the names (CNs) taken from them
+    /// (by splitting at the first `,`: enough for the unescaped DNs given here).
+    fn member_of(dns: &[&str]) -> UserGroups {
+        let names: Vec<String> = dns
+            .iter()
+            .map(|dn| {
+                let first = dn.split(',').next().unwrap_or_default();
+                first
+                    .split_once('=')
+                    .map_or("", |(_, v)| v)
+                    .trim()
+                    .to_string()
+            })
+            .collect();
+        let dns: Vec<String> = dns.iter().map(|d| d.to_string()).collect();
+        UserGroups::new(&names, &dns)
+    }
+
+    #[test]
+    fn a_row_naming_a_dn_matches_only_that_group() {
+        let table = AssignmentTable {
+            rows: vec![row(
+                Some("cn=Admins,ou=Groups,dc=example,dc=com"),
+                None,
+                "admin",
+            )],
+            otherwise: Some(("user".into(), "default".into())),
+        };
+        let decided = |user: &UserGroups| table.decide(user, "office").map(|d| (d.0, d.2));
+        // The admins group itself, however the directory spells its DN.
+        for spelling in [
+            "cn=Admins,ou=Groups,dc=example,dc=com",
+            "CN=admins,OU=GROUPS,DC=Example,DC=Com",
+            "cn = Admins , ou=Groups,dc=example, dc=com",
+            "cn=\\41dmins,ou=Groups,dc=example,dc=com",
+        ] {
+            assert_eq!(
+                decided(&member_of(&["cn=staff,dc=example,dc=com", spelling])),
+                Some((MatchedRow::Row(0), "admin")),
+                "{spelling}"
+            );
+        }
+        // A group of the same name elsewhere (a delegated OU, say) is not that group.
+        for elsewhere in [
+            "cn=Admins,ou=Helpdesk,dc=example,dc=com",
+            "cn=Admins,ou=Groups,dc=example,dc=org",
+            "cn=Admins,ou=Groups,ou=Groups,dc=example,dc=com",
+            "cn=Admins\\,ou=Groups,dc=example,dc=com",
+            "cn=Admins+ou=Groups,dc=example,dc=com",
+        ] {
+            // Whatever name the directory reports for it.
+            let user = UserGroups::new(&["admins".to_string()], &[elsewhere.to_string()]);
+            assert_eq!(
+                decided(&user),
+                Some((MatchedRow::Otherwise, "default")),
+                "{elsewhere}"
+            );
+        }
+        // The name alone (the older form) still matches any group of that name.
+        let by_name = AssignmentTable {
+            rows: vec![row(Some("ADMINS"), None, "admin")],
+            otherwise: None,
+        };
+        let helpdesk = member_of(&["cn=Admins,ou=Helpdesk,dc=example,dc=com"]);
+        assert_eq!(
+            by_name.decide(&helpdesk, "office").map(|d| d.2),
+            Some("admin")
+        );
+        // A row whose DN does not parse matches nobody, not everybody.
+        let broken = AssignmentTable {
+            rows: vec![row(Some("cn=Admins,,dc=com"), None, "admin")],
+            otherwise: None,
+        };
+        assert!(
+            broken
+                .decide(&member_of(&["cn=Admins,dc=com"]), "office")
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn a_group_with_equals_that_is_no_dn_is_refused() {
+        let table = AssignmentTable {
+            rows: vec![
+                row(Some("cn=Admins,ou=Groups,dc=example,dc=com"), None, "p"),
+                row(Some("Domain Admins"), None, "p"),
+                row(Some("cn=Admins,,dc=example"), None, "p"),
+                row(None, None, "p"),
+                row(Some("R&D=EMEA"), None, "p"),
+            ],
+            otherwise: None,
+        };
+        let errors = table.validate(|_, _| true);
+        let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["rows[2].group", "rows[4].group"], "{errors:?}");
+        assert!(
+            errors[0].reason.contains("is not a distinguished name")
+                && errors[0].reason.contains("empty"),
+            "{errors:?}"
+        );
+        assert!(errors[1].reason.contains("`R&D`"), "{errors:?}");
     }
 
     #[test]
