@@ -155,6 +155,13 @@ pub struct DirectoryUser {
     pub disabled: bool,
 }
 
+/// A group as the directory lists it: its name (CN) and its DN.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct DirectoryGroup {
+    pub name: String,
+    pub dn: String,
+}
+
 /// One step of "Test connection".
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Step {
@@ -389,11 +396,24 @@ impl LdapDirectory {
         }
     }
 
-    /// The names (CNs) of the groups under the group base DN, sorted: what the console offers when
-    /// an assignment names a group. Paged, so Active Directory's 1,000-entry limit does not
-    /// cut the list.
-    #[tracing::instrument(skip(self), fields(server = %self.server.id))]
+    /// The names (CNs) of the groups under the group base DN, sorted, each once (groups of one
+    /// name in several places are one name here: [`LdapDirectory::group_entries`] tells them
+    /// apart).
     pub async fn groups(&self) -> Result<Vec<String>> {
+        let names: BTreeSet<String> = self
+            .group_entries()
+            .await?
+            .into_iter()
+            .map(|g| g.name)
+            .collect();
+        Ok(names.into_iter().collect())
+    }
+
+    /// The groups under the group base DN with their DNs, sorted by name, then DN: what the
+    /// console offers when an assignment names a group. Paged, so Active Directory's
+    /// 1,000-entry limit does not cut the list.
+    #[tracing::instrument(skip(self), fields(server = %self.server.id))]
+    pub async fn group_entries(&self) -> Result<Vec<DirectoryGroup>> {
         let filter = match self.server.kind {
             DirectoryKind::ActiveDirectory => "(objectClass=group)",
             DirectoryKind::OpenLdap => {
@@ -405,16 +425,19 @@ impl LdapDirectory {
             .search(base, Scope::Subtree, filter, &["cn"], true)
             .await?;
         self.check_outcome(&out, base)?;
-        let mut names = BTreeSet::new();
+        let mut groups = BTreeSet::new();
         for entry in &out.entries {
             let name = attr_first(entry, "cn")
                 .map(str::to_string)
                 .or_else(|| rdn_value(&entry.dn));
             if let Some(name) = name {
-                names.insert(name);
+                groups.insert(DirectoryGroup {
+                    name,
+                    dn: entry.dn.clone(),
+                });
             }
         }
-        Ok(names.into_iter().collect())
+        Ok(groups.into_iter().collect())
     }
 
     /// The name to search for: the user part of what was typed, or all of it when the login

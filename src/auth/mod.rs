@@ -10,7 +10,7 @@
 
 pub mod ldap;
 
-pub use ldap::{DirectoryError, DirectoryUser, LdapDirectory};
+pub use ldap::{DirectoryError, DirectoryGroup, DirectoryUser, LdapDirectory};
 
 use std::collections::HashMap;
 use std::net::IpAddr;

@@ -21,7 +21,7 @@ use super::session::client_ip;
 use super::signin::Credentials;
 use super::{AppState, HttpError};
 use crate::admin::{self, Actor};
-use crate::auth::{LdapDirectory, Verdict};
+use crate::auth::{DirectoryGroup, LdapDirectory, Verdict};
 use crate::broker::{BrokerError, DesktopSession, KnownUser, OfferedDesktop};
 use crate::model::FieldError;
 use crate::model::desktop::{Desktop, DesktopError};
@@ -188,11 +188,23 @@ fn own_endpoints() -> Vec<Endpoint> {
             Method::GET,
             "/api/v1/auth-servers/{id}/groups",
             "auth-servers",
-            "The groups the directory has, to pick from in assignments",
+            "The names (CNs) of the groups the directory has, each once. A row naming a group \
+             by name matches every group of that name: group-dns lists each group with its DN",
             vec![],
             (200, Some(array(string()))),
             true,
             || web::get().to(groups),
+        ),
+        endpoint(
+            Method::GET,
+            "/api/v1/auth-servers/{id}/group-dns",
+            "auth-servers",
+            "The groups the directory has, each with its name (CN) and DN, sorted by name: an \
+             assignment row's group given as the DN matches only that group",
+            vec![],
+            (200, Some(array(reference("DirectoryGroup")))),
+            true,
+            || web::get().to(group_dns),
         ),
         endpoint(
             Method::GET,
@@ -237,7 +249,17 @@ fn own_schemas() -> Vec<(&'static str, Value)> {
     let row = object(
         &["role_id", "policy_id"],
         vec![
-            ("group", nullable(string())),
+            (
+                "group",
+                schema::described(
+                    nullable(string()),
+                    "The group a user must be in; null: any. A value with `=` is a \
+                     distinguished name and matches only that group (compared \
+                     case-insensitively, spaces around `,` `=` `+` aside); one without `=` is a \
+                     group name (CN) and matches every group of that name. A value with `=` that \
+                     is not a DN is refused.",
+                ),
+            ),
             ("location_id", nullable(string())),
             ("role_id", string()),
             ("policy_id", string()),
@@ -352,6 +374,7 @@ fn own_schemas() -> Vec<(&'static str, Value)> {
                     "server",
                     "display_name",
                     "groups",
+                    "group_dns",
                     "location",
                     "assignment",
                     "role",
@@ -373,6 +396,10 @@ fn own_schemas() -> Vec<(&'static str, Value)> {
                     ("server", nullable(named.clone())),
                     ("display_name", string()),
                     ("groups", array(string())),
+                    (
+                        "group_dns",
+                        schema::described(array(string()), "The full DNs of the user's groups"),
+                    ),
                     ("location", nullable(named)),
                     (
                         "assignment",
@@ -441,6 +468,10 @@ fn own_schemas() -> Vec<(&'static str, Value)> {
                     ("desktops", array(reference("Desktop"))),
                 ],
             ),
+        ),
+        (
+            "DirectoryGroup",
+            object(&["name", "dn"], vec![("name", string()), ("dn", string())]),
         ),
         (
             "ConnectionTest",
@@ -749,6 +780,7 @@ pub struct TestLoginReport {
     pub server: Option<Named>,
     pub display_name: String,
     pub groups: Vec<String>,
+    pub group_dns: Vec<String>,
     pub location: Option<Named>,
     pub assignment: Option<AssignmentView>,
     pub role: Option<Role>,
@@ -836,6 +868,7 @@ pub async fn run_test_login(
         server: None,
         display_name: String::new(),
         groups: Vec::new(),
+        group_dns: Vec::new(),
         location: None,
         assignment: None,
         role: None,
@@ -860,6 +893,7 @@ pub async fn run_test_login(
                 report.username = who.user.username.clone();
                 report.display_name = who.display_name;
                 report.groups = who.groups;
+                report.group_dns = who.group_dns;
                 report.location = Some(Named {
                     id: who.location_id,
                     name: who.location_name,
@@ -892,6 +926,7 @@ pub async fn run_test_login(
     report.username = decision.user.username.clone();
     report.display_name = decision.display_name.clone();
     report.groups = decision.groups.clone();
+    report.group_dns = decision.group_dns.clone();
     report.location = Some(Named {
         id: decision.location_id.clone(),
         name: decision.location_name.clone(),
@@ -1054,13 +1089,24 @@ async fn test_connection(
     ))
 }
 
-/// The groups an authentication server has (for the assignment pages).
-pub async fn server_groups(state: &AppState, id: String) -> Result<Vec<String>, HttpError> {
+/// The groups an authentication server has, with their DNs (for the assignment pages).
+pub async fn server_groups(state: &AppState, id: String) -> Result<Vec<DirectoryGroup>, HttpError> {
     let server = stored_server(state, id).await?;
-    Ok(LdapDirectory::new(server).groups().await?)
+    Ok(LdapDirectory::new(server).group_entries().await?)
 }
 
+/// The group names, each once: the shape scripts have read since before DNs were listed.
 async fn groups(
+    state: web::Data<AppState>,
+    _who: AdminToken,
+    path: web::Path<String>,
+) -> ApiResult {
+    let server = stored_server(&state, path.into_inner()).await?;
+    let names = LdapDirectory::new(server).groups().await?;
+    Ok(json_ok(StatusCode::OK, &names))
+}
+
+async fn group_dns(
     state: web::Data<AppState>,
     _who: AdminToken,
     path: web::Path<String>,
@@ -1242,6 +1288,8 @@ mod tests {
             "/api/v1/test-login",
             "/api/v1/desktops/import",
             "/api/v1/assignments/{server_id}",
+            "/api/v1/auth-servers/{id}/groups",
+            "/api/v1/auth-servers/{id}/group-dns",
             "/api/v1/openapi.json",
             "/api/v1/gateways/{id}/token",
             "/api/v1/gateway-reports",
@@ -1273,6 +1321,7 @@ mod tests {
             server: None,
             display_name: String::new(),
             groups: vec![],
+            group_dns: vec![],
             location: None,
             assignment: None,
             role: None,

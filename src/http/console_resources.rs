@@ -31,13 +31,14 @@ use super::resource::{self, Effect, Resource};
 use super::session::Console;
 use super::session::CsrfOnly;
 use super::{AppState, HttpError};
+use crate::auth::DirectoryGroup;
 use crate::model::FieldError;
 use crate::model::desktop::Desktop;
 use crate::model::directory::AuthServer;
 use crate::model::gateway::GatewayRecord;
 use crate::model::location::Location;
 use crate::model::plan::{DEFAULT_PLAN_ID, PowerPlan, ProtocolPlan, ReleasePlan};
-use crate::model::policy::{AssignmentTable, Policy};
+use crate::model::policy::{AssignmentTable, Policy, names_a_dn};
 use crate::model::pool::{Membership, Pool};
 use crate::model::role::Role;
 use crate::store::{Store, StoreError};
@@ -1468,7 +1469,14 @@ async fn assignments_page(
 static ASSIGNMENT_ROWS: Rows = Rows {
     item: "Row",
     columns: &[
-        helped("group", "Group", Kind::Suggest, "Empty: any group."),
+        helped(
+            "group",
+            "Group",
+            Kind::Suggest,
+            "The group's DN, picked from the list: only that group matches. A bare name \
+             (no `=`) matches every group of that name under the search base. Empty: any \
+             group.",
+        ),
         helped(
             "location_id",
             "Location",
@@ -1504,10 +1512,10 @@ fn assignment_fields() -> Vec<Field> {
     ]
 }
 
-/// Choices of the assignment form: the directory's groups, and locations, roles and
-/// policies as (id, name).
+/// Choices of the assignment form: the directory's groups (offered by DN, labelled with
+/// their name), and locations, roles and policies as (id, name).
 struct AssignmentChoices {
-    groups: Vec<String>,
+    groups: Vec<DirectoryGroup>,
     locations: Vec<(String, String)>,
     roles: Vec<(String, String)>,
     policies: Vec<(String, String)>,
@@ -1521,7 +1529,11 @@ impl AssignmentChoices {
             out
         };
         match key {
-            "rows.group" => self.groups.iter().map(|g| (g.clone(), g.clone())).collect(),
+            "rows.group" => self
+                .groups
+                .iter()
+                .map(|g| (g.dn.clone(), g.name.clone()))
+                .collect(),
             "rows.location_id" => with("(any)", &self.locations),
             "rows.role_id" => self.roles.clone(),
             "rows.policy_id" => self.policies.clone(),
@@ -1565,6 +1577,25 @@ fn assignment_body(values: &Values) -> Result<Value, Vec<FieldError>> {
         }
     };
     Ok(value)
+}
+
+/// A warning naming the rows whose group is a bare name, which any group of that name
+/// matches; empty when there are none.
+fn by_name_note(values: &Values) -> String {
+    let rows: Vec<String> = (0..forms::row_count(values, "rows"))
+        .filter_map(|i| {
+            let group = values.get(&format!("rows[{i}].group"))?.trim();
+            (!group.is_empty() && !names_a_dn(group)).then(|| format!("{} (`{group}`)", i + 1))
+        })
+        .collect();
+    if rows.is_empty() {
+        return String::new();
+    }
+    format!(
+        "Row(s) {} name a group by name only: any group of that name anywhere under the search \
+         base matches, including one someone else created. Pick the group's DN instead.",
+        rows.join(", ")
+    )
 }
 
 /// One authentication server's assignment form: the stored table, or what was submitted.
@@ -1611,7 +1642,11 @@ async fn assignment_page(
         Ok::<_, HttpError>(choices.of(key))
     })?;
     if let Some(rows) = fields.first_mut() {
-        rows.help = format!("{} {groups_note}", rows.help);
+        rows.help = [rows.help.as_str(), &groups_note, &by_name_note(&values)]
+            .into_iter()
+            .filter(|s| !s.is_empty())
+            .collect::<Vec<_>>()
+            .join(" ");
     }
     let view = FormView::new(
         format!("{ASSIGNMENTS}/{server_id}"),
@@ -1827,6 +1862,9 @@ async fn test_login(
     if report.found {
         fact("Display name", report.display_name.clone());
         fact("Groups", report.groups.join(", "));
+        for dn in &report.group_dns {
+            fact("Group DN", dn.clone());
+        }
     }
     if let Some(l) = &report.location {
         fact("Location", format!("{} ({})", l.name, l.id));
@@ -2163,7 +2201,10 @@ mod tests {
                 label: "Group".into(),
                 widget: "text".into(),
                 list: "group-list".into(),
-                suggestions: vec!["staff".into()],
+                suggestions: vec![forms::SuggestionView {
+                    value: "cn=staff,ou=a".into(),
+                    label: "staff".into(),
+                }],
                 ..FieldView::default()
             },
         ];
@@ -2180,7 +2221,12 @@ mod tests {
         assert!(html.contains("give it a name"));
         assert!(html.contains("<option value=\"a\" selected>"), "{html}");
         assert!(html.contains("checked"));
-        assert!(html.contains("<datalist id=\"group-list\">"), "{html}");
+        assert!(
+            html.contains(
+                "<datalist id=\"group-list\"><option value=\"cn=staff,ou=a\" label=\"staff\">"
+            ),
+            "{html}"
+        );
         assert!(html.contains("list=\"group-list\""), "{html}");
         assert!(html.contains("/admin/x/1/test"));
         assert!(!html.contains("fieldset"), "no row group: {html}");

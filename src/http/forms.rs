@@ -169,7 +169,7 @@ pub struct FieldView {
     /// The id of the `<datalist>` the input suggests from.
     pub list: String,
     /// Suggestions this field brings along as the `<datalist>` `list`.
-    pub suggestions: Vec<String>,
+    pub suggestions: Vec<SuggestionView>,
     /// Widget `rows`: one per item.
     pub rows: Vec<RowFieldsView>,
     /// Widget `rows`: what one row is (`Entry`).
@@ -195,7 +195,30 @@ pub struct RowFieldsView {
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct DatalistView {
     pub id: String,
-    pub options: Vec<String>,
+    pub options: Vec<SuggestionView>,
+}
+
+/// One suggestion of a `<datalist>`: the text it fills in, and a label shown beside it when
+/// the caller's label says something else (a group's name beside its DN); empty otherwise.
+#[derive(Debug, Clone, Serialize, Default, PartialEq, Eq)]
+pub struct SuggestionView {
+    pub value: String,
+    pub label: String,
+}
+
+/// The caller's (value, label) choices as suggestions.
+fn suggestions(choices: &[(String, String)]) -> Vec<SuggestionView> {
+    choices
+        .iter()
+        .map(|(value, label)| SuggestionView {
+            value: value.clone(),
+            label: if label == value {
+                String::new()
+            } else {
+                label.clone()
+            },
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone, Serialize, Default)]
@@ -382,7 +405,7 @@ fn put_rows(values: &mut Values, key: &str, rows: Vec<Values>) {
 }
 
 /// How many rows the group `key` has (numbered from 0, as [`normalize`] leaves them).
-fn row_count(values: &Values, key: &str) -> usize {
+pub fn row_count(values: &Values, key: &str) -> usize {
     (0..)
         .take_while(|i| values.contains_key(&row_key(key, *i)))
         .count()
@@ -636,10 +659,7 @@ fn input_view(f: &Field, name: &str, values: &Values, choices: &[(String, String
         }
     }
     let (list, suggestions) = match f.kind {
-        Kind::Suggest => (
-            format!("{name}-list"),
-            choices.iter().map(|(v, _)| v.clone()).collect(),
-        ),
+        Kind::Suggest => (format!("{name}-list"), suggestions(choices)),
         _ => (String::new(), Vec::new()),
     };
     FieldView {
@@ -697,7 +717,7 @@ pub fn field_views<E>(
             if c.kind == Kind::Suggest {
                 datalists.push(DatalistView {
                     id: format!("{}-{}-list", f.key, c.key),
-                    options: choices.iter().map(|(v, _)| v.clone()).collect(),
+                    options: suggestions(&choices),
                 });
             }
             column_choices.push(choices);
