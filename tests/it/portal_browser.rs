@@ -97,6 +97,8 @@ const DESKTOPS_CSV: &str =
     "name,address,os\nlab-a,10.0.0.21,Windows 11\nlab-b,10.0.0.22,Windows 11\n";
 const POOL: &str = "Lab";
 const POLICY: &str = "Lab desktops";
+/// The fixture's group of generated users, as the directory names it.
+const GENERATED_DN: &str = "cn=generated,ou=groups,dc=example,dc=com";
 
 /// An appliance that went only through `gatehouse setup` (admin password, evaluation,
 /// self-signed certificate), started: nothing is configured yet.
@@ -232,7 +234,8 @@ async fn configure(c: &Client, base: &str, directory: &Directory) {
     assert!(list.contains(POLICY) && list.contains(&pool_id), "{list}");
 
     // Configuration > Assignments: the directory's group `generated` gets role User and the
-    // policy. The form offers the directory's groups to pick from.
+    // policy. The form offers the directory's groups to pick from, by DN, labelled with their
+    // names; the row stores the DN.
     c.goto(&format!("{base}/admin/configuration/assignments"))
         .await
         .expect("assignments");
@@ -240,8 +243,12 @@ async fn configure(c: &Client, base: &str, directory: &Directory) {
     let help = text_of(c, "form.resource p.help").await;
     assert!(help.contains("group(s) found"), "{help}");
     click(c, "button[name=add_row][value=rows]").await;
-    find(c, "datalist#rows-group-list option[value='generated']").await;
-    type_into(c, "input[name='rows[0].group']", "generated").await;
+    find(
+        c,
+        &format!("datalist#rows-group-list option[value='{GENERATED_DN}'][label='generated']"),
+    )
+    .await;
+    type_into(c, "input[name='rows[0].group']", GENERATED_DN).await;
     choose(c, "select[name='rows[0].role_id']", "User").await;
     choose(c, "select[name='rows[0].policy_id']", POLICY).await;
     submit(c).await;

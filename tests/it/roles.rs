@@ -1,7 +1,8 @@
 //! Console access by role, against the real server and a real directory (slapd): an auditor
 //! (view only) reads every area and changes nothing, in the console and through the API; a
 //! directory administrator changes things; a user whose role has no console is refused like a
-//! wrong password; the local `admin` keeps full access; audit lines name `server/user`.
+//! wrong password; the local `admin` keeps full access; audit lines name `server/user`; a row
+//! naming the administrators' group by DN is not given to members of a same-named group.
 
 use std::path::Path;
 
@@ -587,4 +588,215 @@ async fn directory_users_are_checked_again_and_lose_the_console_with_their_direc
     };
     assert!(ended("bob", "disabled or no longer exists"), "{audit:?}");
     assert!(ended("alice", "no console access"), "{audit:?}");
+}
+
+/// A group named like the administrators' group, in another OU, with bob in it: what anyone
+/// allowed to create groups somewhere under the search base can make.
+const IMPOSTOR_ADMINS: &str = "cn=admins,ou=helpdesk,dc=example,dc=com";
+const ADMINS: &str = "cn=admins,ou=groups,dc=example,dc=com";
+
+/// `POST /api/v1/test-login` for `user`: the report.
+async fn test_login(server: &Server, admin_token: &str, user: &str) -> Value {
+    let (status, body) = api(
+        server,
+        admin_token,
+        reqwest::Method::POST,
+        "/api/v1/test-login",
+        Some(json!({"username": user})),
+    )
+    .await;
+    assert_eq!(status, 200, "{user}: {body}");
+    body
+}
+
+#[tokio::test]
+async fn a_row_naming_the_admins_group_by_dn_ignores_a_same_named_group_elsewhere() {
+    let slapd = Slapd::start();
+    slapd.add_ldif(&format!(
+        "dn: ou=helpdesk,dc=example,dc=com\nobjectClass: organizationalUnit\nou: helpdesk\n\n\
+         dn: {IMPOSTOR_ADMINS}\nobjectClass: groupOfNames\ncn: admins\n\
+         member: uid=bob,ou=people,dc=example,dc=com\n"
+    ));
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Checked on every request, so a changed table applies to open sessions without a clock.
+    let (server, server_id) = appliance_with(
+        &slapd,
+        dir.path(),
+        Some("[security]\ndirectory_recheck_seconds = 0\n"),
+    );
+    let (status, body) = token(&server, "admin", ADMIN_PASSWORD).await;
+    assert_eq!(status, 200, "{body}");
+    let admin_token = body["token"].as_str().expect("token").to_string();
+    let get = reqwest::Method::GET;
+
+    // The old listing keeps its shape (names, each once); the new one tells the two apart.
+    let (status, names) = api(
+        &server,
+        &admin_token,
+        get.clone(),
+        &format!("/api/v1/auth-servers/{server_id}/groups"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{names}");
+    assert_eq!(
+        names,
+        json!(["admins", "all-staff", "former", "staff"]),
+        "{names}"
+    );
+    let (status, listed) = api(
+        &server,
+        &admin_token,
+        get.clone(),
+        &format!("/api/v1/auth-servers/{server_id}/group-dns"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{listed}");
+    let admins: Vec<&Value> = listed
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter(|g| g["name"] == "admins")
+        .collect();
+    assert_eq!(
+        admins,
+        [
+            &json!({"name": "admins", "dn": ADMINS}),
+            &json!({"name": "admins", "dn": IMPOSTOR_ADMINS})
+        ],
+        "{listed}"
+    );
+
+    // A row naming `admins` by name (the seeded table) is fooled: bob is an administrator.
+    let report = test_login(&server, &admin_token, "bob").await;
+    assert_eq!(report["role"]["id"], "administrator", "{report}");
+    assert_eq!(report["assignment"]["group"], "admins", "{report}");
+    assert!(
+        report["group_dns"]
+            .as_array()
+            .is_some_and(|dns| dns.contains(&json!(IMPOSTOR_ADMINS))),
+        "{report}"
+    );
+    let mut bob = signed_in(&server, "bob").await;
+    let pools = bob.get("/admin/configuration/pools").await;
+    assert!(pools.body.contains("id=\"new\""), "{}", pools.body);
+    let alice_token = directory_token(&server, "alice").await;
+
+    // The console offers each group by DN, labelled with its name, and says which rows still
+    // name a group by name.
+    let mut admin = server.console();
+    admin.sign_in("admin", ADMIN_PASSWORD).await;
+    let page_path = format!("/admin/configuration/assignments/{server_id}");
+    let form = admin.get(&page_path).await;
+    assert_eq!(form.status, 200, "{}", form.body);
+    for dn in [ADMINS, IMPOSTOR_ADMINS] {
+        assert!(
+            form.body
+                .contains(&format!("<option value=\"{dn}\" label=\"admins\">")),
+            "{dn}: {}",
+            form.body
+        );
+    }
+    assert!(
+        form.body
+            .contains("Row(s) 1 (`admins`), 2 (`staff`), 3 (`generated`) name a group"),
+        "{}",
+        form.body
+    );
+    let rows = |admins_group: &'static str| {
+        vec![
+            ("rows[0]", ""),
+            ("rows[0].group", admins_group),
+            ("rows[0].location_id", ""),
+            ("rows[0].role_id", "administrator"),
+            ("rows[0].policy_id", "lab"),
+            ("rows[1]", ""),
+            ("rows[1].group", "cn=staff,ou=groups,dc=example,dc=com"),
+            ("rows[1].location_id", ""),
+            ("rows[1].role_id", "auditor"),
+            ("rows[1].policy_id", "lab"),
+            ("otherwise.role_id", ""),
+            ("otherwise.policy_id", ""),
+        ]
+    };
+
+    // A group with `=` that is no DN is refused on its field, and nothing is stored.
+    let refused = admin
+        .post(&page_path, &rows("cn=admins,,dc=example,dc=com"))
+        .await;
+    assert_eq!(refused.status, 400, "{}", refused.body);
+    assert!(
+        refused.body.contains("data-field=\"rows[0].group\"")
+            && refused.body.contains("is not a distinguished name"),
+        "{}",
+        refused.body
+    );
+    let assignments = format!("/api/v1/assignments/{server_id}");
+    let (_, stored) = api(&server, &admin_token, get.clone(), &assignments, None).await;
+    assert_eq!(stored["rows"][0]["group"], "admins", "unchanged: {stored}");
+    assert_eq!(stored["rows"].as_array().map(Vec::len), Some(3), "{stored}");
+
+    // The administrators' row by DN (spelt another way than the directory spells it).
+    let saved = admin
+        .post(
+            &page_path,
+            &rows("CN=Admins, OU=Groups, DC=example, DC=com"),
+        )
+        .await;
+    assert_eq!(saved.status, 303, "{}", saved.body);
+    let (_, stored) = api(&server, &admin_token, get.clone(), &assignments, None).await;
+    assert_eq!(
+        stored["rows"][0]["group"], "CN=Admins, OU=Groups, DC=example, DC=com",
+        "{stored}"
+    );
+    let form = admin.get(&page_path).await;
+    assert!(!form.body.contains("name a group by name"), "{}", form.body);
+
+    // Bob's open session is decided again: the same-named group gives nothing, staff gives
+    // the Auditor.
+    let pools = bob.get("/admin/configuration/pools").await;
+    assert_eq!(pools.status, 200, "{}", pools.body);
+    assert!(!pools.body.contains("id=\"new\""), "{}", pools.body);
+    let report = test_login(&server, &admin_token, "bob").await;
+    assert_eq!(report["role"]["id"], "auditor", "{report}");
+    assert_eq!(report["assignment"]["row"], 2, "{report}");
+    let bob_token = directory_token(&server, "bob").await;
+    let (status, body) = api(
+        &server,
+        &bob_token,
+        reqwest::Method::POST,
+        "/api/v1/pools",
+        Some(json!({"name": "Helpdesk pool"})),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+
+    // Alice, a real member, keeps the row, in her open session and at a new sign-in.
+    let report = test_login(&server, &admin_token, "alice").await;
+    assert_eq!(report["role"]["id"], "administrator", "{report}");
+    assert_eq!(
+        (&report["assignment"]["row"], &report["assignment"]["group"]),
+        (
+            &json!(1),
+            &json!("CN=Admins, OU=Groups, DC=example, DC=com")
+        ),
+        "{report}"
+    );
+    let tokens = [alice_token, directory_token(&server, "alice").await];
+    for (n, token) in tokens.iter().enumerate() {
+        let (status, body) = api(
+            &server,
+            token,
+            reqwest::Method::POST,
+            "/api/v1/pools",
+            Some(json!({"name": format!("Alice pool {n}")})),
+        )
+        .await;
+        assert_eq!(status, 201, "{body}");
+    }
+
+    // The change is audited.
+    let audit = admin.get("/admin/system/audit").await;
+    assert!(audit.body.contains("assignments.updated"), "{}", audit.body);
 }
