@@ -405,7 +405,10 @@ mod tests {
                 json!(["Password", "Licence", "Certificate", "Done"]),
             ),
             ("installation_code", json!("GH-AAAAA-BBBBB-CCCCC-DDDDD")),
-            ("agreement", json!("accepted by admin on 2026-11-22 01:00 UTC")),
+            (
+                "agreement",
+                json!("accepted by admin on 2026-11-22 01:00 UTC"),
+            ),
             ("min_password_length", json!(12)),
             (
                 "certificate",

@@ -12,6 +12,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use super::dn::is_attribute_type;
 use crate::store::Record;
 
 /// The directory products Gatehouse knows how to talk to.
@@ -498,7 +499,7 @@ impl AuthServer {
             );
         }
 
-        if !is_attribute_name(&self.login_attribute) {
+        if !is_attribute_type(&self.login_attribute) {
             err(
                 "login_attribute",
                 format!(
@@ -508,7 +509,7 @@ impl AuthServer {
                 ),
             );
         }
-        if !is_attribute_name(&self.group_attribute) {
+        if !is_attribute_type(&self.group_attribute) {
             err(
                 "group_attribute",
                 format!(
@@ -608,20 +609,8 @@ fn looks_like_dn(dn: &str) -> bool {
     !dn.is_empty()
         && dn.split(',').next().is_some_and(|rdn| {
             rdn.split_once('=')
-                .is_some_and(|(a, v)| is_attribute_name(a.trim()) && !v.trim().is_empty())
+                .is_some_and(|(a, v)| is_attribute_type(a.trim()) && !v.trim().is_empty())
         })
-}
-
-/// An attribute description (`memberOf`, `x-foo`) or an OID (`2.5.4.3`).
-fn is_attribute_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    match chars.next() {
-        Some(c) if c.is_ascii_alphabetic() => chars.all(|c| c.is_ascii_alphanumeric() || c == '-'),
-        Some(c) if c.is_ascii_digit() => name
-            .split('.')
-            .all(|part| !part.is_empty() && part.chars().all(|c| c.is_ascii_digit())),
-        _ => false,
-    }
 }
 
 /// Splits what a user typed into the domain (if given) and the user name:

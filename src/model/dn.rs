@@ -95,8 +95,8 @@ fn attribute_type(text: &str, from: usize) -> Result<(String, usize), String> {
     Ok((ty.to_string(), end + 1))
 }
 
-/// An attribute name (`cn`, `x-foo`) or an OID (`2.5.4.3`).
-fn is_attribute_type(name: &str) -> bool {
+/// An attribute name (`cn`, `memberOf`, `x-foo`) or an OID (`2.5.4.3`).
+pub fn is_attribute_type(name: &str) -> bool {
     let mut chars = name.chars();
     match chars.next() {
         Some(c) if c.is_ascii_alphabetic() => chars.all(|c| c.is_ascii_alphanumeric() || c == '-'),
