@@ -255,6 +255,33 @@ impl Issuer {
     }
 }
 
+/// How most tests here begin: a gateway that lets tunnels reach any unprivileged port (with
+/// `extra` flags), one echo target, and a ticket for it.
+pub(crate) struct OneTarget {
+    pub(crate) issuer: Issuer,
+    pub(crate) target: Target,
+    pub(crate) gw: Gateway,
+    pub(crate) ticket: String,
+}
+
+impl OneTarget {
+    pub(crate) async fn start(extra: &[&str]) -> OneTarget {
+        common::install_crypto();
+        let issuer = Issuer::new();
+        let target = Target::start().await;
+        let mut args = vec!["--allowed-ports", "1024-65535"];
+        args.extend_from_slice(extra);
+        let gw = Gateway::start(&issuer, &args).await;
+        let ticket = issuer.ticket(target.addr, &[]);
+        OneTarget {
+            issuer,
+            target,
+            gw,
+            ticket,
+        }
+    }
+}
+
 /// A running `gatehouse gateway` with a certificate written for the test (to pass as `--ca`).
 pub(crate) struct Gateway {
     pub(crate) proc: Proc,
@@ -693,11 +720,9 @@ async fn tungstenite_echo(ws: tokio_tungstenite::WebSocketStream<TcpStream>, dat
 
 #[tokio::test]
 async fn tunnels_carry_streams_intact_both_ways_over_ws_and_wss() {
-    common::install_crypto();
-    let issuer = Issuer::new();
-    let target = Target::start().await;
-    let gw = Gateway::start(&issuer, &["--allowed-ports", "1024-65535"]).await;
-    let ticket = issuer.ticket(target.addr, &[]);
+    let OneTarget {
+        target, gw, ticket, ..
+    } = OneTarget::start(&[]).await;
     let cert = gw.cert.to_str().expect("utf8").to_string();
     let (_plain, plain_at) = start_tunnel(&gw.ws_url(), &ticket, &[]).await;
     let (_tls, tls_at) = start_tunnel(&gw.wss_url(), &ticket, &["--ca", &cert]).await;
@@ -805,11 +830,9 @@ async fn with_busy_polling_streams_and_small_round_trips_arrive_intact() {
 
 #[tokio::test]
 async fn an_independent_websocket_client_gets_the_binary_subprotocol_and_its_bytes() {
-    common::install_crypto();
-    let issuer = Issuer::new();
-    let target = Target::start().await;
-    let gw = Gateway::start(&issuer, &["--allowed-ports", "1024-65535"]).await;
-    let ticket = issuer.ticket(target.addr, &[]);
+    let OneTarget {
+        target, gw, ticket, ..
+    } = OneTarget::start(&[]).await;
     let conn = TcpStream::connect(gw.plain).await.expect("connect");
     let ws = tungstenite_client(conn, &format!("{}?ticket={ticket}", gw.ws_url())).await;
     let mut data = vec![0u8; 3 * MB + 17];
@@ -827,11 +850,9 @@ async fn an_independent_websocket_client_gets_the_binary_subprotocol_and_its_byt
 
 #[tokio::test]
 async fn fifty_tunnels_at_once_all_arrive_intact() {
-    common::install_crypto();
-    let issuer = Issuer::new();
-    let target = Target::start().await;
-    let gw = Gateway::start(&issuer, &["--allowed-ports", "1024-65535"]).await;
-    let ticket = issuer.ticket(target.addr, &[]);
+    let OneTarget {
+        target, gw, ticket, ..
+    } = OneTarget::start(&[]).await;
     let (_tunnel, at) = start_tunnel(&gw.ws_url(), &ticket, &[]).await;
     let names: Vec<String> = (0..50).map(|i| format!("tunnel {i}")).collect();
     // Connect all first, so that all fifty are open at the same time.
@@ -850,11 +871,9 @@ async fn fifty_tunnels_at_once_all_arrive_intact() {
 
 #[tokio::test]
 async fn a_new_tunnel_with_the_same_ticket_works_after_the_network_dropped() {
-    common::install_crypto();
-    let issuer = Issuer::new();
-    let target = Target::start().await;
-    let gw = Gateway::start(&issuer, &["--allowed-ports", "1024-65535"]).await;
-    let ticket = issuer.ticket(target.addr, &[]);
+    let OneTarget {
+        target, gw, ticket, ..
+    } = OneTarget::start(&[]).await;
     let (mut first, at) = start_tunnel(&gw.ws_url(), &ticket, &[]).await;
 
     // Mid-stream: bytes went through and came back, the stream is still open.
@@ -1011,22 +1030,9 @@ async fn refused_tunnels_get_403_and_nothing_reaches_any_desktop() {
 
 #[tokio::test]
 async fn keepalive_closes_a_client_that_never_answers_pings_and_keeps_one_that_does() {
-    common::install_crypto();
-    let issuer = Issuer::new();
-    let target = Target::start().await;
-    let gw = Gateway::start(
-        &issuer,
-        &[
-            "--allowed-ports",
-            "1024-65535",
-            "--keepalive",
-            "1",
-            "--pong-timeout",
-            "1",
-        ],
-    )
-    .await;
-    let ticket = issuer.ticket(target.addr, &[]);
+    let OneTarget {
+        target, gw, ticket, ..
+    } = OneTarget::start(&["--keepalive", "1", "--pong-timeout", "1"]).await;
 
     // Raw frames: read what the gateway sends, never answer.
     let mut conn = TcpStream::connect(gw.plain).await.expect("connect");
@@ -1184,11 +1190,9 @@ async fn a_half_closed_tunnel_stays_open_while_the_desktop_still_answers() {
 
 #[tokio::test]
 async fn hand_written_frames_early_data_fragments_split_headers_and_a_client_ping() {
-    common::install_crypto();
-    let issuer = Issuer::new();
-    let target = Target::start().await;
-    let gw = Gateway::start(&issuer, &["--allowed-ports", "1024-65535"]).await;
-    let ticket = issuer.ticket(target.addr, &[]);
+    let OneTarget {
+        target, gw, ticket, ..
+    } = OneTarget::start(&[]).await;
     let mut conn = TcpStream::connect(gw.plain).await.expect("connect");
     conn.set_nodelay(true).expect("nodelay");
 
@@ -1304,11 +1308,7 @@ async fn a_desktop_that_half_closes_first_still_receives_everything() {
 
 #[tokio::test]
 async fn a_client_that_shuts_its_socket_after_its_close_frame_still_gets_everything_back() {
-    common::install_crypto();
-    let issuer = Issuer::new();
-    let target = Target::start().await;
-    let gw = Gateway::start(&issuer, &["--allowed-ports", "1024-65535"]).await;
-    let ticket = issuer.ticket(target.addr, &[]);
+    let OneTarget { gw, ticket, .. } = OneTarget::start(&[]).await;
     let mut conn = TcpStream::connect(gw.plain).await.expect("connect");
     conn.write_all(upgrade_head(&format!("/tunnel?ticket={ticket}"), "").as_bytes())
         .await
@@ -1882,11 +1882,7 @@ async fn the_appliance_believes_a_proxy_v2_header_only_from_a_trusted_proxy() {
 /// that was open before it keeps carrying bytes.
 #[tokio::test]
 async fn a_reloaded_certificate_keeps_open_tunnels_and_serves_new_ones() {
-    common::install_crypto();
-    let issuer = Issuer::new();
-    let target = Target::start().await;
-    let gw = Gateway::start(&issuer, &["--allowed-ports", "1024-65535"]).await;
-    let ticket = issuer.ticket(target.addr, &[]);
+    let OneTarget { gw, ticket, .. } = OneTarget::start(&[]).await;
     let old_ca = gw.cert.to_str().expect("utf8").to_string();
     let (_before, at) = start_tunnel(&gw.wss_url(), &ticket, &["--ca", &old_ca]).await;
     let mut open = TcpStream::connect(at).await.expect("connect");
@@ -2101,20 +2097,12 @@ async fn json_logs_give_a_refusal_its_reason_and_client_as_fields() {
 /// back; a tunnel that ends makes room. A limit of 0 is refused at start.
 #[tokio::test]
 async fn a_session_opens_at_most_its_limit_of_tunnels() {
-    common::install_crypto();
-    let issuer = Issuer::new();
-    let target = Target::start().await;
-    let gw = Gateway::start(
-        &issuer,
-        &[
-            "--allowed-ports",
-            "1024-65535",
-            "--max-tunnels-per-session",
-            "2",
-        ],
-    )
-    .await;
-    let ticket = issuer.ticket(target.addr, &[]);
+    let OneTarget {
+        issuer,
+        target,
+        gw,
+        ticket,
+    } = OneTarget::start(&["--max-tunnels-per-session", "2"]).await;
     let url = format!("{}?ticket={ticket}", gw.ws_url());
     let open = || async {
         let conn = TcpStream::connect(gw.plain).await.expect("connect");
