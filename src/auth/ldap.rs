@@ -561,16 +561,7 @@ impl LdapDirectory {
                             dn = ldap3::ldap_escape(entry.dn.as_str()),
                             uid = ldap3::ldap_escape(username.as_str()),
                         );
-                        let out = self
-                            .search(
-                                self.server.group_base(),
-                                Scope::Subtree,
-                                &filter,
-                                &["1.1"],
-                                false,
-                            )
-                            .await?;
-                        group_dns.extend(out.entries.into_iter().map(|e| e.dn));
+                        group_dns.extend(self.group_dns_where(&filter, false).await?);
                     }
                     if self.server.nested_groups {
                         self.expand_nested(&mut group_dns).await?;
@@ -602,13 +593,19 @@ impl LdapDirectory {
             "(&(objectClass=group)(member:1.2.840.113556.1.4.1941:={}))",
             ldap3::ldap_escape(dn)
         );
+        self.group_dns_where(&filter, true).await
+    }
+
+    /// The DNs of the groups under the group base that `filter` finds (`paged`: in pages, for
+    /// searches that may find many).
+    async fn group_dns_where(&self, filter: &str, paged: bool) -> Result<Vec<String>> {
         let out = self
             .search(
                 self.server.group_base(),
                 Scope::Subtree,
-                &filter,
+                filter,
                 &["1.1"],
-                true,
+                paged,
             )
             .await?;
         Ok(out.entries.into_iter().map(|e| e.dn).collect())
@@ -630,13 +627,13 @@ impl LdapDirectory {
             "(&(objectClass=group)(objectSid={}))",
             escape_filter_bytes(&sid.to_bytes())
         );
-        let base = self.server.group_base();
-        let out = self
-            .search(base, Scope::Subtree, &filter, &["1.1"], false)
-            .await?;
-        let found = out.entries.into_iter().next().map(|e| e.dn);
+        let found = self
+            .group_dns_where(&filter, false)
+            .await?
+            .into_iter()
+            .next();
         if found.is_none() {
-            tracing::debug!(dn = %entry.dn, %sid, rc = out.rc, %base,
+            tracing::debug!(dn = %entry.dn, %sid, base = %self.server.group_base(),
                 "the primary group is not found under the group base");
         }
         Ok(found)
@@ -657,19 +654,10 @@ impl LdapDirectory {
                 })
                 .collect();
             let filter = format!("(|{members})");
-            let out = self
-                .search(
-                    self.server.group_base(),
-                    Scope::Subtree,
-                    &filter,
-                    &["1.1"],
-                    false,
-                )
-                .await?;
-            frontier = out
-                .entries
+            frontier = self
+                .group_dns_where(&filter, false)
+                .await?
                 .into_iter()
-                .map(|e| e.dn)
                 .filter(|dn| dns.insert(dn.clone()))
                 .collect();
         }
