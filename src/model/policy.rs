@@ -141,7 +141,9 @@ impl Record for AssignmentTable {
 #[derive(Debug, Clone, Default)]
 pub struct UserGroups {
     names: Vec<String>,
-    dns: Vec<Dn>,
+    dns: Vec<String>,
+    /// `dns` parsed, on the first row that names a DN (most tables name none).
+    parsed: std::sync::OnceLock<Vec<Dn>>,
 }
 
 impl UserGroups {
@@ -150,7 +152,8 @@ impl UserGroups {
     pub fn new(names: &[String], dns: &[String]) -> Self {
         UserGroups {
             names: names.to_vec(),
-            dns: dns.iter().filter_map(|dn| Dn::parse(dn).ok()).collect(),
+            dns: dns.to_vec(),
+            parsed: std::sync::OnceLock::new(),
         }
     }
 
@@ -158,7 +161,13 @@ impl UserGroups {
     /// row's DN that does not parse matches nobody.
     pub fn has(&self, group: &str) -> bool {
         if names_a_dn(group) {
-            Dn::parse(group).is_ok_and(|want| self.dns.contains(&want))
+            let have = self.parsed.get_or_init(|| {
+                self.dns
+                    .iter()
+                    .filter_map(|dn| Dn::parse(dn).ok())
+                    .collect()
+            });
+            Dn::parse(group).is_ok_and(|want| have.contains(&want))
         } else {
             self.names
                 .iter()
